@@ -1,0 +1,1 @@
+"""The deep-learning agent being tuned: data, model, training, export and serving."""

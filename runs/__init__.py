@@ -1,0 +1,1 @@
+"""Run registry (SQLite) and job supervisor: where every run's state and history live."""
