@@ -1,0 +1,322 @@
+"""The dynamic batcher: many small requests become few model executions.
+
+It lives on the server's event loop and is testable without HTTP
+(``await batcher.submit(x)``). Rows, not requests, are the unit:
+
+- a request may carry many rows; a batch takes rows from the head of the queue
+  up to ``max_batch_size`` (a large request may span several batches) and each
+  request gets back exactly its own rows' outputs;
+- a partial batch waits at most ``batch_timeout_ms`` after its oldest row arrived;
+- a batch is formed only when one of the ``num_batch_threads`` executors is free,
+  so while the model is busy rows pile up and the next batch is bigger (batching
+  adapts to load on its own);
+- batches are zero-padded up to the next of ``allowed_batch_sizes`` so compiled
+  runtimes see a few fixed shapes;
+- the queue holds at most ``max_enqueued_batches * max_batch_size`` waiting rows;
+  a submit that would exceed it fails at once with ``QueueFullError`` (never waits);
+- a request whose deadline passes is failed with ``DeadlineExceededError``; its
+  rows still waiting are dropped from the queue.
+
+Model executions run in a thread pool (TensorFlow and TFLite release the GIL
+while computing), so the event loop keeps accepting and parsing requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import collections
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from agent.serving.config import ServingConfig
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_S = 1  # what a shed client is told to wait before retrying
+
+
+class QueueFullError(Exception):
+    """The queue bound would be exceeded: shed the request (503 + Retry-After)."""
+
+    def __init__(self, message: str, retry_after_s: int = RETRY_AFTER_S) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceededError(Exception):
+    """The request's deadline passed before its outputs were ready (504)."""
+
+
+class BatcherClosedError(QueueFullError):
+    """The batcher is shutting down and takes no new work (503)."""
+
+
+class BatchObserver(Protocol):
+    """Where the batcher reports what it did (the metrics module implements it)."""
+
+    def queue_wait(self, seconds: float) -> None: ...
+
+    def batch_done(self, rows: int, padded_rows: int, compute_s: float) -> None: ...
+
+
+class _NullObserver:
+    def queue_wait(self, seconds: float) -> None:
+        pass
+
+    def batch_done(self, rows: int, padded_rows: int, compute_s: float) -> None:
+        pass
+
+
+class _Pending:
+    """One submitted request while its rows wait and run."""
+
+    __slots__ = ("dead", "deadline_handle", "enqueued", "future", "n", "offset", "out", "remaining", "x")
+
+    def __init__(self, x: np.ndarray, future: asyncio.Future[np.ndarray], enqueued: float) -> None:
+        self.x = x
+        self.n = len(x)
+        self.future = future
+        self.enqueued = enqueued
+        self.offset = 0  # rows already taken into batches
+        self.remaining = self.n  # rows whose outputs are not back yet
+        self.out: np.ndarray | None = None  # assembled output when split across batches
+        self.dead = False  # deadline passed: drop rows still queued, ignore late outputs
+        self.deadline_handle: asyncio.TimerHandle | None = None
+
+
+@dataclass(frozen=True)
+class _Slice:
+    item: _Pending
+    start: int  # row range within the request
+    stop: int
+    batch_start: int  # where those rows sit in the batch
+
+
+PredictFn = Callable[[np.ndarray], np.ndarray]
+
+
+class Batcher:
+    """Dynamic batcher over ``predict`` (called from ``num_batch_threads`` threads)."""
+
+    def __init__(
+        self,
+        predict: PredictFn,
+        config: ServingConfig,
+        observer: BatchObserver | None = None,
+    ) -> None:
+        self._predict = predict
+        self._max_batch = config.max_batch_size
+        self._timeout_s = config.batch_timeout_ms / 1000.0
+        self._allowed = config.allowed_batch_sizes
+        self._capacity = config.queue_capacity_rows
+        self._threads = config.num_batch_threads
+        self._observer: BatchObserver = observer or _NullObserver()
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._queued_rows = 0
+        self._in_flight_batches = 0
+        self._executor: ThreadPoolExecutor | None = None
+        self._slots: asyncio.Semaphore | None = None
+        self._wakeup: asyncio.Event | None = None
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closing = False
+
+    # -- state for metrics and tests ------------------------------------------------------------
+
+    @property
+    def queued_rows(self) -> int:
+        return self._queued_rows
+
+    @property
+    def queued_requests(self) -> int:
+        return sum(1 for p in self._queue if not p.dead)
+
+    @property
+    def in_flight_batches(self) -> int:
+        return self._in_flight_batches
+
+    # -- life cycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._executor = ThreadPoolExecutor(self._threads, thread_name_prefix="batch")
+        self._slots = asyncio.Semaphore(self._threads)
+        self._wakeup = asyncio.Event()
+        self._dispatcher = asyncio.create_task(self._dispatch(), name="batcher")
+
+    async def close(self, timeout_s: float = 30.0) -> None:
+        """Stop taking work, run what is queued, wait (bounded) for running batches."""
+        if self._dispatcher is None:
+            return
+        self._closing = True
+        assert self._wakeup is not None and self._slots is not None
+        self._wakeup.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._dispatcher), timeout_s)
+            # Every slot free again = every batch finished.
+            for _ in range(self._threads):
+                await asyncio.wait_for(self._slots.acquire(), timeout_s)
+        except TimeoutError:
+            log.warning("batcher: batches still running after %.0fs at shutdown", timeout_s)
+            self._dispatcher.cancel()
+        for item in self._queue:
+            if not item.future.done():
+                item.future.set_exception(BatcherClosedError("the server is shutting down"))
+        self._queue.clear()
+        self._queued_rows = 0
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        self._dispatcher = None
+
+    # -- requests -------------------------------------------------------------------------------
+
+    async def submit(self, x: np.ndarray, timeout_s: float | None = None) -> np.ndarray:
+        """Outputs for the rows of ``x``; raises QueueFullError or DeadlineExceededError."""
+        if self._closing or self._dispatcher is None:
+            raise BatcherClosedError("the server is shutting down; not accepting requests")
+        n = len(x)
+        # A request larger than the whole bound is still taken when the queue is
+        # empty, or it could never be served.
+        if self._queued_rows and self._queued_rows + n > self._capacity:
+            raise QueueFullError(
+                f"queue full ({self._queued_rows} rows waiting, bound {self._capacity}); retry later"
+            )
+        loop = self._loop
+        assert loop is not None and self._wakeup is not None
+        item = _Pending(x, loop.create_future(), time.perf_counter())
+        if timeout_s:
+            item.deadline_handle = loop.call_later(timeout_s, self._expire, item, timeout_s)
+        was_empty = not self._queue
+        self._queue.append(item)
+        self._queued_rows += n
+        if was_empty or self._queued_rows >= self._max_batch:
+            self._wakeup.set()
+        try:
+            return await item.future
+        finally:
+            if item.deadline_handle is not None:
+                item.deadline_handle.cancel()
+
+    def _expire(self, item: _Pending, timeout_s: float) -> None:
+        if item.future.done():
+            return
+        item.dead = True
+        self._queued_rows -= item.n - item.offset  # rows not yet taken leave the queue now
+        item.offset = item.n
+        item.future.set_exception(
+            DeadlineExceededError(f"request deadline of {timeout_s * 1000:.0f} ms passed before the model answered")
+        )
+
+    # -- batching -------------------------------------------------------------------------------
+
+    async def _dispatch(self) -> None:
+        assert self._wakeup is not None and self._slots is not None and self._loop is not None
+        loop = self._loop
+        while True:
+            self._drop_dead_head()
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            if self._queued_rows < self._max_batch and self._timeout_s > 0 and not self._closing:
+                wait = self._queue[0].enqueued + self._timeout_s - time.perf_counter()
+                if wait > 0:
+                    # Sleep until the partial batch times out or fills up (submit sets the event).
+                    self._wakeup.clear()
+                    timer = loop.call_later(wait, self._wakeup.set)
+                    await self._wakeup.wait()
+                    timer.cancel()
+                    continue
+            await self._slots.acquire()
+            slices, rows = self._take_batch()
+            if not slices:
+                self._slots.release()
+                continue
+            self._in_flight_batches += 1
+            fut = loop.run_in_executor(self._executor, self._execute, slices, rows)
+            fut.add_done_callback(lambda f, s=slices: self._finish(s, f))
+
+    def _drop_dead_head(self) -> None:
+        q = self._queue
+        while q and q[0].offset >= q[0].n:
+            q.popleft()
+
+    def _take_batch(self) -> tuple[list[_Slice], int]:
+        now = time.perf_counter()
+        slices: list[_Slice] = []
+        rows = 0
+        q = self._queue
+        while q and rows < self._max_batch:
+            item = q[0]
+            if item.offset >= item.n:  # dead or fully taken
+                q.popleft()
+                continue
+            if item.offset == 0:
+                self._observer.queue_wait(now - item.enqueued)
+            take = min(item.n - item.offset, self._max_batch - rows)
+            slices.append(_Slice(item, item.offset, item.offset + take, rows))
+            item.offset += take
+            rows += take
+            if item.offset >= item.n:
+                q.popleft()
+        self._queued_rows -= rows
+        return slices, rows
+
+    def _padded_size(self, rows: int) -> int:
+        if not self._allowed:
+            return rows
+        return self._allowed[bisect.bisect_left(self._allowed, rows)]
+
+    def _execute(self, slices: list[_Slice], rows: int) -> tuple[np.ndarray, float, int]:
+        """Runs in a batch thread: assemble, pad, predict."""
+        padded = self._padded_size(rows)
+        first = slices[0]
+        if len(slices) == 1 and padded == rows and first.start == 0 and first.stop == first.item.n:
+            x = first.item.x  # one whole request: no copy
+        else:
+            x = np.zeros((padded, first.item.x.shape[1]), dtype=np.float32)
+            for s in slices:
+                x[s.batch_start : s.batch_start + (s.stop - s.start)] = s.item.x[s.start : s.stop]
+        t0 = time.perf_counter()
+        y = np.asarray(self._predict(x))
+        compute = time.perf_counter() - t0
+        return y, compute, padded
+
+    def _finish(self, slices: list[_Slice], fut: asyncio.Future[tuple[np.ndarray, float, int]]) -> None:
+        """Back on the event loop: hand each request its rows."""
+        assert self._slots is not None
+        self._in_flight_batches -= 1
+        self._slots.release()
+        exc = fut.exception()
+        if exc is not None:
+            log.error("batch of %d request(s) failed: %r", len(slices), exc)
+            for s in slices:
+                if not s.item.future.done():
+                    s.item.future.set_exception(exc)
+            return
+        y, compute, padded = fut.result()
+        rows = sum(s.stop - s.start for s in slices)
+        self._observer.batch_done(rows, padded, compute)
+        for s in slices:
+            item = s.item
+            if item.future.done():
+                continue  # deadline passed while it ran
+            part = y[s.batch_start : s.batch_start + (s.stop - s.start)]
+            if s.start == 0 and s.stop == item.n:
+                item.future.set_result(part)
+                continue
+            if item.out is None:
+                item.out = np.empty((item.n, *y.shape[1:]), dtype=y.dtype)
+            item.out[s.start : s.stop] = part
+            item.remaining -= s.stop - s.start
+            if item.remaining == 0:
+                item.future.set_result(item.out)

@@ -1,0 +1,163 @@
+"""Predict request decoding and response encoding (TensorFlow Serving REST format).
+
+Pure functions over bytes and numpy arrays, so every bad input can be tested
+without a server. Accepted request bodies (TF Serving's ``api_rest``):
+
+- row format     ``{"instances": [[f1, ..., fn], ...]}`` or, with the input named,
+                 ``{"instances": [{"features": [f1, ..., fn]}, ...]}``
+- columnar       ``{"inputs": [[f1, ..., fn], ...]}`` or ``{"inputs": {"features": [[...], ...]}}``
+- optionally     ``"signature_name": "serving_default"``
+
+Answers are ``{"predictions": [[...], ...]}`` (row) or ``{"outputs": [[...], ...]}``
+(columnar); the served models have one output, which TF Serving returns unnamed.
+
+The hot path does no per-number Python work: orjson parses, numpy converts the
+nested lists in C, and the checks are whole-array shape/dtype/finite tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+
+SIGNATURE_NAME = "serving_default"
+# numpy dtype kinds accepted as numbers: signed/unsigned integers and floats.
+# Booleans, strings and objects (ragged rows, nulls) are refused.
+NUMERIC_KINDS = frozenset("iuf")
+
+
+class RequestError(Exception):
+    """A client mistake: answered with ``status`` and ``{"error": message}``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class PredictRequest:
+    x: np.ndarray  # float32, shape (rows, n_features), C-contiguous
+    columnar: bool  # answer with "outputs" instead of "predictions"
+
+
+def decode_predict(body: bytes, n_features: int, max_instances: int, input_name: str = "features") -> PredictRequest:
+    """Parse and validate a predict body; raise RequestError(400, ...) for anything wrong."""
+    if not body or body.isspace():
+        raise RequestError(400, "empty request body; expected a JSON object with 'instances' or 'inputs'")
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise RequestError(400, f"invalid JSON ({exc}); expected a JSON object with 'instances' or 'inputs' "
+                           "(NaN and Infinity are not JSON)") from None
+    if not isinstance(doc, dict):
+        raise RequestError(400, f"request body is a JSON {_json_type(doc)}; expected an object with "
+                           "'instances' or 'inputs'")
+    signature = doc.get("signature_name", SIGNATURE_NAME)
+    if signature != SIGNATURE_NAME:
+        raise RequestError(400, f"unknown signature_name {signature!r}; this model has {SIGNATURE_NAME!r}")
+    has_instances = "instances" in doc
+    has_inputs = "inputs" in doc
+    if has_instances and has_inputs:
+        raise RequestError(400, "request has both 'instances' and 'inputs'; send one of them")
+    if has_instances:
+        value = _unwrap_instances(doc["instances"], input_name)
+        where = "instances"
+    elif has_inputs:
+        value = _unwrap_inputs(doc["inputs"], input_name)
+        where = "inputs"
+    else:
+        keys = ", ".join(sorted(doc)) or "none"
+        raise RequestError(400, f"missing 'instances' or 'inputs' (keys found: {keys}); expected "
+                           '{"instances": [[...], ...]} or {"inputs": [[...], ...]}')
+    x = to_matrix(value, n_features, max_instances, where)
+    return PredictRequest(x=x, columnar=has_inputs)
+
+
+def _unwrap_instances(instances: object, input_name: str) -> object:
+    if not isinstance(instances, list):
+        raise RequestError(400, f"'instances' is a JSON {_json_type(instances)}; expected a list of rows")
+    if instances and isinstance(instances[0], dict):
+        # Named-input row format: one object per instance. A per-row (not per-number) step.
+        try:
+            rows = [inst[input_name] for inst in instances]
+        except (KeyError, TypeError):
+            raise RequestError(400, f"every instance object must have the key {input_name!r}; expected "
+                               f'[{{"{input_name}": [...]}}, ...]') from None
+        if any(len(inst) != 1 for inst in instances):
+            raise RequestError(400, f"instance objects must hold only {input_name!r} (the model's one input)")
+        return rows
+    return instances
+
+
+def _unwrap_inputs(inputs: object, input_name: str) -> object:
+    if isinstance(inputs, dict):
+        if set(inputs) != {input_name}:
+            names = ", ".join(sorted(map(str, inputs))) or "none"
+            raise RequestError(400, f"'inputs' names {names}; this model has one input named {input_name!r}")
+        return inputs[input_name]
+    return inputs
+
+
+def to_matrix(value: object, n_features: int, max_instances: int, where: str = "instances") -> np.ndarray:
+    """Nested lists -> float32 (rows, n_features), with whole-array checks only."""
+    if not isinstance(value, list):
+        raise RequestError(400, f"'{where}' is a JSON {_json_type(value)}; expected a list of rows "
+                           f"of {n_features} numbers")
+    if not value:
+        raise RequestError(400, f"'{where}' is empty; expected at least one row of {n_features} numbers")
+    if len(value) > max_instances:
+        raise RequestError(400, f"too many instances in one request ({len(value)}); the limit is {max_instances}")
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError):
+        # numpy refuses inhomogeneous nesting outright.
+        raise RequestError(400, f"ragged rows in '{where}'; expected every row to have {n_features} "
+                           "numbers") from None
+    if arr.dtype.kind not in NUMERIC_KINDS:
+        if arr.dtype.kind in "US":
+            raise RequestError(400, f"strings in '{where}'; expected numbers only")
+        if arr.dtype.kind == "b":
+            raise RequestError(400, f"booleans in '{where}'; expected numbers only")
+        raise RequestError(400, f"ragged rows or non-numeric values (null, objects) in '{where}'; "
+                           f"expected every row to be a list of {n_features} numbers")
+    if arr.ndim != 2 or arr.shape[1] != n_features:
+        got = "x".join(map(str, arr.shape))
+        raise RequestError(400, f"wrong shape in '{where}': got {got}; expected rows of {n_features} features "
+                           f"(shape N x {n_features})")
+    with np.errstate(over="ignore"):  # out-of-range values become inf and are refused just below
+        x = arr.astype(np.float32, order="C", copy=False)
+    if not np.isfinite(x).all():
+        raise RequestError(400, f"non-finite value (NaN, Infinity or out of float32 range) in '{where}'; "
+                           "expected finite numbers")
+    return x
+
+
+def encode_predict(y: np.ndarray, columnar: bool) -> bytes:
+    """``{"predictions": y}`` or ``{"outputs": y}`` as JSON bytes."""
+    key = "outputs" if columnar else "predictions"
+    return orjson.dumps({key: np.ascontiguousarray(y)}, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def encode_error(message: str) -> bytes:
+    return orjson.dumps({"error": message})
+
+
+def encode_json(doc: object) -> bytes:
+    return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _json_type(value: object) -> str:
+    if isinstance(value, dict):
+        return "object"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bool):
+        return "boolean"
+    if value is None:
+        return "null"
+    return "number"
