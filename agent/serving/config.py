@@ -8,6 +8,7 @@ helper passes it to a job, and the registry stores its ``to_dict()``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from dataclasses import asdict, dataclass, fields, replace
@@ -75,7 +76,7 @@ class ServingConfig:
         for s in sizes:
             _check_int("allowed_batch_sizes entry", s, 1, self.max_batch_size)
         if sizes:
-            if any(b <= a for a, b in zip(sizes, sizes[1:], strict=False)):
+            if any(b <= a for a, b in itertools.pairwise(sizes)):
                 raise ValueError(f"allowed_batch_sizes must be strictly increasing; got {list(sizes)}")
             if sizes[-1] != self.max_batch_size:
                 raise ValueError(
