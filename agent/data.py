@@ -353,7 +353,8 @@ def load_csv(
         described = ", ".join(f"{c} ({n})" for c, n in na_cols.items())
         if missing == "reject":
             raise CsvError(
-                f"{n_rows} rows have missing values in {described}; choose to drop those rows or fill with the column mean"
+                f"{n_rows} rows have missing values in {described};"
+                " choose to drop those rows or fill with the column mean"
             )
         if missing == "drop":
             keep = ~features.isna().any(axis=1)
@@ -363,7 +364,8 @@ def load_csv(
             non_numeric = [c for c in na_cols if not pd.api.types.is_numeric_dtype(features[c])]
             if non_numeric:
                 raise CsvError(
-                    f"cannot fill missing values of non-numeric columns {', '.join(non_numeric)} with a mean; drop those rows instead"
+                    f"cannot fill missing values of non-numeric columns {', '.join(non_numeric)} with a mean;"
+                    " drop those rows instead"
                 )
             features = features.fillna({c: features[c].mean() for c in na_cols})
             notes.append(f"filled missing values with the column mean in {described}")
@@ -467,7 +469,8 @@ class DataSource:
             raise ValueError("a CSV dataset needs a target column (--target)")
         if self.synthetic_activation not in SYNTHETIC_ACTIVATIONS:
             raise ValueError(
-                f"synthetic_activation must be one of {', '.join(SYNTHETIC_ACTIVATIONS)}; got {self.synthetic_activation!r}"
+                f"synthetic_activation must be one of {', '.join(SYNTHETIC_ACTIVATIONS)};"
+                f" got {self.synthetic_activation!r}"
             )
 
     def load(self) -> Dataset:

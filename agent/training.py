@@ -154,7 +154,7 @@ def train(
     if run_id is None:
         run_id = registry.create_run(
             "train", {"model": config.to_dict(), "data": source.to_dict()},
-            name=f"train {source.csv_path and Path(source.csv_path).stem or source.dataset}",
+            name=f"train {(source.csv_path and Path(source.csv_path).stem) or source.dataset}",
             status="running",
         )
     else:

@@ -9,6 +9,7 @@ can tell "still running" from "gone" even when the pid has been reused.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -189,10 +190,8 @@ def stop_job(registry: Registry, run_id: str, grace_s: float = STOP_GRACE_S) -> 
                 time.sleep(POLL_INTERVAL_S)
     child = _CHILDREN.pop(run_id, None)
     if child is not None:
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             child.wait(timeout=5.0)
-        except subprocess.TimeoutExpired:
-            pass
     registry.finish_if_active(run_id, "stopped", "stopped by request")
     return registry.get_run(run_id).status
 

@@ -70,7 +70,10 @@ def test_stop_ends_the_whole_process_group(registry: Registry) -> None:
 
 def test_stop_escalates_to_sigkill_when_sigterm_is_ignored(registry: Registry) -> None:
     run_id = registry.create_run("serve")
-    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(120)"
+    code = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
+        " print('up', flush=True); time.sleep(120)"
+    )
     handle = jobs.start_job(registry, run_id, [sys.executable, "-c", code])
     _wait_for(lambda: "up" in handle.log_path.read_text())
     t0 = time.monotonic()

@@ -1,0 +1,74 @@
+"""Throughput of training with metric streaming vs plain ``model.fit``, measured side by side.
+
+Prints samples/s of each and their ratio (target: streaming >= 0.95x plain fit).
+Runs alternate (plain, streamed, plain, ...) so drift in machine load hits both.
+
+    python bench/training.py [--epochs 5] [--repeats 3] [--batch-size 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from agent.data import load_builtin, split
+from agent.model import ModelConfig, build_model
+from agent.training import make_streamer
+from runs.registry import Registry
+
+
+def fit_samples_per_s(config: ModelConfig, splits, spec, callbacks_factory) -> float:
+    model = build_model(config, spec, splits.train.x)
+    # One warm-up epoch so graph tracing is not timed.
+    model.fit(splits.train.x, splits.train.y, batch_size=config.batch_size, epochs=1, verbose=0)
+    callbacks = callbacks_factory()
+    t0 = time.perf_counter()
+    model.fit(
+        splits.train.x, splits.train.y, validation_data=(splits.val.x, splits.val.y),
+        batch_size=config.batch_size, epochs=config.epochs, verbose=0, callbacks=callbacks,
+    )
+    elapsed = time.perf_counter() - t0
+    return len(splits.train.y) * config.epochs / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=5, help="epochs per timed fit")
+    parser.add_argument("--repeats", type=int, default=3, help="timed fits of each kind")
+    parser.add_argument("--batch-size", type=int, default=64, help="training batch size")
+    args = parser.parse_args()
+
+    dataset = load_builtin("digits")
+    splits = split(dataset, seed=0)
+    spec = dataset.spec()
+    config = ModelConfig(hidden=(128, 128), epochs=args.epochs, batch_size=args.batch_size)
+    with tempfile.TemporaryDirectory() as home:
+        registry = Registry(home)
+        plain: list[float] = []
+        streamed: list[float] = []
+        for i in range(args.repeats):
+            plain.append(fit_samples_per_s(config, splits, spec, list))
+            run_id = registry.create_run("train", status="running")
+            streamer = make_streamer(registry, run_id, len(splits.train.y))
+            streamed.append(fit_samples_per_s(config, splits, spec, lambda s=streamer: [s]))
+            print(f"repeat {i + 1}: plain {plain[-1]:,.0f} samples/s, streamed {streamed[-1]:,.0f} samples/s")
+        # Best-of is the least disturbed by other load on a shared machine; median shown too.
+        pm, sm = statistics.median(plain), statistics.median(streamed)
+        pb, sb = max(plain), max(streamed)
+        print()
+        print(f"{'':28}{'best samples/s':>16}{'median':>12}")
+        print(f"{'plain model.fit':28}{pb:>16,.0f}{pm:>12,.0f}")
+        print(f"{'fit + registry streaming':28}{sb:>16,.0f}{sm:>12,.0f}")
+        print(f"{'ratio streamed / plain':28}{sb / pb:>16.3f}{sm / pm:>12.3f}   (target >= 0.95)")
+
+
+if __name__ == "__main__":
+    main()
