@@ -1,0 +1,174 @@
+"""Locust swarm against a TensorFlow Serving REST ``:predict`` endpoint.
+
+Run it with Locust itself (this is the only module that imports locust)::
+
+    locust -f loadtest/locustfile.py --host http://127.0.0.1:8600 --samples model/samples.json \\
+        --model-name model --headless -u 32 -r 32 -t 20s [--shape steps --step-users 8 ...]
+
+or through ``python -m loadtest`` / ``loadtest.runner``, which add reports,
+live stats in the run registry and SLO gates. Every option below is declared
+through ``events.init_command_line_parser``, so it also shows in Locust's web
+UI and reaches workers in distributed runs (``--master`` / ``--worker``;
+each worker needs the samples file at the same path).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import sys
+from pathlib import Path
+from typing import Any
+
+import locust.stats
+from locust import FastHttpUser, LoadTestShape, constant_throughput, events, task
+
+# Locust imports this file by path, putting only loadtest/ on sys.path; the project root
+# makes ``loadtest.*`` importable when run as ``locust -f loadtest/locustfile.py`` from anywhere.
+_PROJECT_ROOT = str(Path(__file__).resolve().parent.parent)
+if _PROJECT_ROOT not in sys.path:
+    sys.path.insert(0, _PROJECT_ROOT)
+
+from loadtest import payload, shapes  # noqa: E402
+
+# Locust flushes its CSV files every 5 s by default; the live charts want every second.
+locust.stats.CSV_STATS_FLUSH_INTERVAL_SEC = 1
+
+DEFAULT_TIMEOUT_S = 10.0
+DEFAULT_N_FEATURES = 0
+
+
+@events.init_command_line_parser.add_listener
+def _add_options(parser: Any) -> None:
+    group = parser.add_argument_group("TuneSwarm", "TF Serving :predict swarm options")
+    group.add_argument("--model-name", default="model", help="model name in /v1/models/NAME:predict (default: model)")
+    group.add_argument(
+        "--samples",
+        default="",
+        help="samples.json with {'instances': [[...], ...]} (or a model.keras with one beside it): "
+        "real feature rows used as request payloads",
+    )
+    group.add_argument(
+        "--n-features",
+        type=int,
+        default=DEFAULT_N_FEATURES,
+        help="without --samples: send rows of this many zeros (for targets without a samples file)",
+    )
+    group.add_argument(
+        "--instances-per-request", type=int, default=1, help="feature rows per request body (default: 1)"
+    )
+    group.add_argument(
+        "--request-timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        help=f"client timeout per request in seconds; slower answers count as 'timeout' (default: {DEFAULT_TIMEOUT_S})",
+    )
+    group.add_argument(
+        "--shape",
+        choices=shapes.SHAPES,
+        default="constant",
+        help="load shape: constant users (-u), steps (ladder), spike, or rate (open loop at --target-rps)",
+    )
+    group.add_argument("--step-users", type=int, default=5, help="steps: users added per step (default: 5)")
+    group.add_argument("--step-time", type=float, default=5.0, help="steps: seconds per step (default: 5)")
+    group.add_argument("--max-users", type=int, default=50, help="steps: users at the top of the ladder (default: 50)")
+    group.add_argument("--spike-users", type=int, default=50, help="spike: users during the spike (default: 50)")
+    group.add_argument("--spike-at", type=float, default=5.0, help="spike: seconds into the run it starts (default: 5)")
+    group.add_argument("--spike-duration", type=float, default=5.0, help="spike: how long it lasts in s (default: 5)")
+    group.add_argument(
+        "--target-rps",
+        type=float,
+        default=0.0,
+        help="rate: offered requests/s, split evenly over -u users paced with constant_throughput",
+    )
+
+
+def spec_from_options(options: Any) -> shapes.ShapeSpec:
+    """The shape the command line asked for (Locust has already parsed -u/-r/-t)."""
+    return shapes.ShapeSpec(
+        kind=options.shape,
+        users=int(options.num_users or 1),
+        spawn_rate=float(options.spawn_rate or 1),
+        run_time_s=float(options.run_time or shapes.MAX_RUN_TIME_S),
+        step_users=options.step_users,
+        step_time_s=options.step_time,
+        max_users=options.max_users,
+        spike_users=options.spike_users,
+        spike_at_s=options.spike_at,
+        spike_duration_s=options.spike_duration,
+        target_rps=options.target_rps,
+    )
+
+
+@functools.cache
+def _bodies(samples: str, n_features: int, instances_per_request: int) -> tuple[bytes, ...]:
+    """Request bodies, built once per process."""
+    if samples:
+        rows = payload.load_samples_file(samples)
+    elif n_features > 0:
+        rows = [[0.0] * n_features]
+    else:
+        raise ValueError("give --samples FILE (a samples.json or model.keras) or --n-features N")
+    return tuple(payload.build_bodies(rows, instances_per_request))
+
+
+@events.init.add_listener
+def _check_options(environment: Any, **_kwargs: Any) -> None:
+    """Fail fast, with a one-line reason and exit code 2, on options that would make every request wrong."""
+    options = environment.parsed_options
+    if options is None:
+        return
+    try:
+        spec_from_options(options)
+        payload.predict_path(options.model_name)
+        _bodies(options.samples, options.n_features, options.instances_per_request)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+class PredictUser(FastHttpUser):
+    """One client posting predictions back to back (closed loop) or paced (the rate shape)."""
+
+    def __init__(self, environment: Any) -> None:
+        options = environment.parsed_options
+        # FastHttpUser builds its client from these in __init__, so set them first.
+        self.network_timeout = self.connection_timeout = float(options.request_timeout)
+        super().__init__(environment)
+        self.expected = int(options.instances_per_request)
+        self.path = payload.predict_path(options.model_name)
+        self.bodies = _bodies(options.samples, options.n_features, options.instances_per_request)
+        self.cycle = itertools.cycle(self.bodies)
+        rate = shapes.per_user_rate(spec_from_options(options))
+        # Open loop: each user runs at a fixed pace whatever the latency, so the offered rate stays fixed.
+        self._pace = constant_throughput(rate) if rate else None
+
+    def wait_time(self) -> float:
+        return self._pace(self) if self._pace is not None else 0.0
+
+    @task
+    def predict(self) -> None:
+        with self.client.post(
+            self.path,
+            data=next(self.cycle),
+            headers={"Content-Type": "application/json"},
+            name=self.path,
+            catch_response=True,
+        ) as response:
+            reason = payload.check_response(
+                response.status_code, response.content, self.expected, getattr(response, "error", None)
+            )
+            if reason is None:
+                response.success()
+            else:
+                response.failure(reason)
+
+
+class SwarmShape(LoadTestShape):
+    """Drives users over time from ``loadtest.shapes``; -u, -r and -t keep their usual meaning."""
+
+    use_common_options = True
+
+    def tick(self) -> tuple[int, float] | None:
+        spec = spec_from_options(self.runner.environment.parsed_options)
+        return shapes.tick(spec, self.get_run_time())

@@ -1,0 +1,406 @@
+"""Pure parsing of Locust's output files and the judgement of a finished run.
+
+Locust writes, for ``--csv PREFIX``:
+
+- ``PREFIX_stats_history.csv``: one row per second (per endpoint with
+  ``--csv-full-history``, plus ``Aggregated``); appended while it runs, so the
+  last line may be half written when read;
+- ``PREFIX_stats.csv``: totals per endpoint, rewritten every second;
+- ``PREFIX_failures.csv``: failure messages with their counts.
+
+Nothing here touches files or processes: callers pass text and get plain data
+back, so the live tailer, the final summary and the tests share one parser.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+AGGREGATED = "Aggregated"
+# Percentile columns we turn into registry metrics: Locust column -> metric name.
+PERCENTILES = {"50%": "p50_ms", "90%": "p90_ms", "95%": "p95_ms", "99%": "p99_ms"}
+FRAME_METRICS = ("users", "rps", "fail_per_s", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "avg_ms")
+SERVER_METRICS = ("server_rps", "server_queue_ms", "server_compute_ms", "server_batch_size", "server_shed_per_s")
+ENDPOINT_PREFIX = "endpoint:"
+# Locust's own warning when its process runs hot (locust/runners.py).
+LOCUST_CPU_WARNINGS = ("CPU usage above", "CPU usage was too high", "CPU usage threshold was exceeded")
+SATURATION_CPU_PCT = 90.0
+
+# Failure reasons the locustfile reports (see locustfile.classify_response).
+REASON_SHED = "503 shed"
+REASON_DEADLINE = "504 deadline"
+REASON_REFUSED = "connection refused"
+REASON_TIMEOUT = "timeout"
+
+_WRAPPED_ERROR = re.compile(r"^\w+\((?P<q>['\"])(?P<msg>.*)(?P=q)\)$", re.S)
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    """One line of ``_stats_history.csv`` (latencies in ms; None where Locust wrote N/A)."""
+
+    ts: int
+    users: int
+    method: str
+    name: str
+    rps: float
+    fail_per_s: float
+    percentiles: Mapping[str, float | None]
+    total_requests: int
+    total_failures: int
+    total_avg_ms: float | None
+    total_max_ms: float | None
+
+    @property
+    def aggregated(self) -> bool:
+        return self.name == AGGREGATED
+
+
+@dataclass(frozen=True)
+class StatsRow:
+    """One line of ``_stats.csv``: totals for the run so far."""
+
+    method: str
+    name: str
+    requests: int
+    failures: int
+    avg_ms: float | None
+    min_ms: float | None
+    max_ms: float | None
+    rps: float
+    fail_per_s: float
+    percentiles: Mapping[str, float | None] = field(default_factory=dict)
+
+
+def split_complete_lines(buffer: str) -> tuple[list[str], str]:
+    """Lines that end in a newline, and the unfinished rest (kept for the next read).
+
+    Locust appends the history file through a buffered writer, so a read can
+    stop mid-line; such a line is only parsed once its newline arrives.
+    """
+    if "\n" not in buffer:
+        return [], buffer
+    head, _, rest = buffer.rpartition("\n")
+    return [line for line in head.split("\n") if line.strip()], rest
+
+
+def _num(value: str) -> float | None:
+    """A number from a Locust cell; None for N/A, empty or garbage."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def parse_history_lines(header: Sequence[str], lines: Iterable[str]) -> list[HistoryRow]:
+    """Rows from complete history lines; lines that do not parse (torn, foreign) are skipped."""
+    columns = {name: i for i, name in enumerate(header)}
+    needed = ("Timestamp", "User Count", "Name", "Requests/s", "Failures/s", "Total Request Count")
+    if any(c not in columns for c in needed):
+        raise ValueError(f"not a Locust stats history header: {list(header)!r}")
+    rows: list[HistoryRow] = []
+    for cells in csv.reader(lines):
+        if len(cells) != len(header):
+            continue
+        ts = _num(cells[columns["Timestamp"]])
+        users = _num(cells[columns["User Count"]])
+        total = _num(cells[columns["Total Request Count"]])
+        if ts is None or users is None or total is None:
+            continue
+
+        def cell(name: str, cells: list[str] = cells) -> float | None:
+            i = columns.get(name)
+            return None if i is None else _num(cells[i])
+
+        rows.append(
+            HistoryRow(
+                ts=int(ts),
+                users=int(users),
+                method=cells[columns["Type"]] if "Type" in columns else "",
+                name=cells[columns["Name"]],
+                rps=cell("Requests/s") or 0.0,
+                fail_per_s=cell("Failures/s") or 0.0,
+                percentiles={p: cell(p) for p in PERCENTILES},
+                total_requests=int(total),
+                total_failures=int(cell("Total Failure Count") or 0),
+                total_avg_ms=cell("Total Average Response Time"),
+                total_max_ms=cell("Total Max Response Time"),
+            )
+        )
+    return rows
+
+
+def parse_history(text: str) -> list[HistoryRow]:
+    """All complete rows of a whole history file's text (header included)."""
+    lines, _ = split_complete_lines(text)
+    if not lines:
+        return []
+    header = next(csv.reader([lines[0]]))
+    return parse_history_lines(header, lines[1:])
+
+
+def frames_from_history(rows: Iterable[HistoryRow], start_ts: float) -> list[tuple[int, dict[str, float | None]]]:
+    """Registry frames ``(step, {metric: value})``, one per second of the run.
+
+    ``step`` is whole seconds since ``start_ts``. ``avg_ms`` is the mean latency
+    of the requests completed in that second, recovered from Locust's running
+    totals (count x mean); percentiles are Locust's current-window figures.
+    Per-endpoint rows add ``endpoint:<name>/rps`` etc. A second written twice
+    keeps its last row.
+    """
+    frames: dict[int, dict[str, float | None]] = {}
+    previous: dict[str, HistoryRow] = {}
+    for row in rows:
+        step = max(0, int(row.ts - int(start_ts)))
+        frame = frames.setdefault(step, {})
+        prev = previous.get(row.name)
+        window_avg = _window_mean(prev, row)
+        previous[row.name] = row
+        if row.aggregated:
+            frame.update(
+                {
+                    "users": float(row.users),
+                    "rps": row.rps,
+                    "fail_per_s": row.fail_per_s,
+                    **{metric: row.percentiles.get(col) for col, metric in PERCENTILES.items()},
+                    "avg_ms": window_avg,
+                }
+            )
+        else:
+            prefix = f"{ENDPOINT_PREFIX}{row.method} {row.name}/".replace("  ", " ")
+            frame.update(
+                {
+                    prefix + "rps": row.rps,
+                    prefix + "fail_per_s": row.fail_per_s,
+                    prefix + "p95_ms": row.percentiles.get("95%"),
+                }
+            )
+    return sorted(frames.items())
+
+
+def _window_mean(prev: HistoryRow | None, row: HistoryRow) -> float | None:
+    if row.total_avg_ms is None:
+        return None
+    if prev is None or prev.total_avg_ms is None:
+        return row.total_avg_ms if row.total_requests else None
+    n = row.total_requests - prev.total_requests
+    if n <= 0:
+        return None
+    value = (row.total_avg_ms * row.total_requests - prev.total_avg_ms * prev.total_requests) / n
+    return max(0.0, value)
+
+
+def parse_stats_csv(text: str) -> dict[str, StatsRow]:
+    """``_stats.csv`` rows by endpoint name (``Aggregated`` for the total); torn rows skipped."""
+    reader = csv.reader(io.StringIO(text))
+    try:
+        header = next(reader)
+    except StopIteration:
+        return {}
+    columns = {name: i for i, name in enumerate(header)}
+    if "Request Count" not in columns or "Name" not in columns:
+        return {}
+    out: dict[str, StatsRow] = {}
+    for cells in reader:
+        if len(cells) != len(header):
+            continue
+
+        def cell(name: str, cells: list[str] = cells) -> float | None:
+            i = columns.get(name)
+            return None if i is None else _num(cells[i])
+
+        requests = cell("Request Count")
+        if requests is None:
+            continue
+        out[cells[columns["Name"]]] = StatsRow(
+            method=cells[columns["Type"]] if "Type" in columns else "",
+            name=cells[columns["Name"]],
+            requests=int(requests),
+            failures=int(cell("Failure Count") or 0),
+            avg_ms=cell("Average Response Time"),
+            min_ms=cell("Min Response Time"),
+            max_ms=cell("Max Response Time"),
+            rps=cell("Requests/s") or 0.0,
+            fail_per_s=cell("Failures/s") or 0.0,
+            percentiles={p: cell(p) for p in PERCENTILES},
+        )
+    return out
+
+
+def failure_reason(error: str) -> str:
+    """The reason text inside Locust's recorded error (``CatchResponseError('503 shed')`` -> ``503 shed``)."""
+    text = error.strip()
+    m = _WRAPPED_ERROR.match(text)
+    if m:
+        text = m["msg"]
+    return text or "unknown"
+
+
+def parse_failures_csv(text: str) -> dict[str, int]:
+    """``{reason: occurrences}`` from ``_failures.csv`` (summed over endpoints)."""
+    reader = csv.reader(io.StringIO(text))
+    try:
+        header = next(reader)
+    except StopIteration:
+        return {}
+    columns = {name: i for i, name in enumerate(header)}
+    if "Error" not in columns or "Occurrences" not in columns:
+        return {}
+    out: dict[str, int] = {}
+    for cells in reader:
+        if len(cells) != len(header):
+            continue
+        count = _num(cells[columns["Occurrences"]])
+        if count is None:
+            continue
+        reason = failure_reason(cells[columns["Error"]])
+        out[reason] = out.get(reason, 0) + int(count)
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+def locust_warned_cpu(log_text: str) -> bool:
+    """True if Locust logged its own high-CPU warning."""
+    return any(w in log_text for w in LOCUST_CPU_WARNINGS)
+
+
+def detect_saturation(
+    log_text: str, cpu_samples: Sequence[float], threshold: float = SATURATION_CPU_PCT
+) -> tuple[bool, str | None]:
+    """Did the load generator, rather than the server, limit the run?
+
+    ``cpu_samples`` are Locust's CPU use per second in percent of the cores it
+    can use (100 = every Locust process busy all the time). The run counts as
+    saturated when Locust warned, or when the median second of the busy part
+    of the run reached ``threshold``.
+    """
+    if locust_warned_cpu(log_text):
+        return True, "Locust warned that its CPU usage went above 90%"
+    busy = sorted(s for s in cpu_samples if s is not None)
+    if busy:
+        median = busy[len(busy) // 2]
+        if median >= threshold:
+            return True, f"Locust used {median:.0f}% of its CPU (median second) >= {threshold:.0f}%"
+    return False, None
+
+
+def _mean(values: Iterable[float | None]) -> float | None:
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    return sum(vals) / len(vals) if vals else None
+
+
+def summarize(
+    *,
+    stats: Mapping[str, StatsRow],
+    history: Sequence[HistoryRow],
+    failures_by_reason: Mapping[str, int],
+    cpu_samples: Sequence[float] = (),
+    log_text: str = "",
+    offered_rps: float | None = None,
+    target: str = "",
+    server_frames: Sequence[Mapping[str, float | None]] = (),
+) -> dict[str, Any]:
+    """The run summary (the keys the registry, the CLI, the gates and tuning read).
+
+    Totals come from ``_stats.csv``; if Locust died before rewriting it, the last
+    aggregated history row stands in (so a killed run still has its counts).
+    """
+    total = stats.get(AGGREGATED)
+    last_hist = next((r for r in reversed(history) if r.aggregated), None)
+    if total is not None and (last_hist is None or total.requests >= last_hist.total_requests):
+        requests, failures = total.requests, total.failures
+        pct = dict(total.percentiles)
+        avg_ms, max_ms, rps = total.avg_ms, total.max_ms, total.rps
+    elif last_hist is not None:
+        requests, failures = last_hist.total_requests, last_hist.total_failures
+        pct = {p: None for p in PERCENTILES}
+        avg_ms, max_ms = last_hist.total_avg_ms, last_hist.total_max_ms
+        busy = [r.rps for r in history if r.aggregated and r.users > 0]
+        rps = _mean(busy) or 0.0
+        # Cumulative percentiles are not in the history; the busiest window's are the honest stand-in.
+        for col in PERCENTILES:
+            vals = [r.percentiles.get(col) for r in history if r.aggregated]
+            vals = [v for v in vals if v is not None]
+            pct[col] = max(vals) if vals else None
+    else:
+        requests = failures = 0
+        pct = {p: None for p in PERCENTILES}
+        avg_ms = max_ms = None
+        rps = 0.0
+    if requests == failures:
+        # Locust reports latencies of failed requests too; with no success they say nothing about serving.
+        pct = {p: None for p in PERCENTILES}
+        avg_ms = max_ms = None
+    cpu_mean = _mean(cpu_samples)
+    saturated, saturation_reason = detect_saturation(log_text, cpu_samples)
+    shed = int(failures_by_reason.get(REASON_SHED, 0))
+    summary: dict[str, Any] = {
+        "requests": requests,
+        "failures": failures,
+        "fail_ratio": (failures / requests) if requests else 1.0,
+        "rps": rps,
+        **{metric: pct.get(col) for col, metric in PERCENTILES.items()},
+        "avg_ms": avg_ms,
+        "max_ms": max_ms,
+        "failures_by_reason": dict(failures_by_reason),
+        "saturated": saturated,
+        "saturation_reason": saturation_reason,
+        "locust_cpu_pct": cpu_mean,
+        "offered_rps": offered_rps,
+        "shed": shed,
+        "target": target,
+    }
+    if server_frames:
+        summary["server"] = {
+            name.removeprefix("server_"): _mean(f.get(name) for f in server_frames) for name in SERVER_METRICS
+        }
+    summary["verdict"] = verdict(summary)
+    return summary
+
+
+def verdict(summary: Mapping[str, Any]) -> str:
+    """One line that says what the run measured, worst news first."""
+    requests = int(summary.get("requests") or 0)
+    failures = int(summary.get("failures") or 0)
+    reasons: Mapping[str, int] = summary.get("failures_by_reason") or {}
+    target = summary.get("target") or "the target"
+    parts: list[str] = []
+    if requests == 0:
+        return f"no request completed: {target} never answered"
+    refused = int(reasons.get(REASON_REFUSED, 0))
+    if refused:
+        if refused == requests:
+            parts.append(f"{target} refused every connection ({refused} requests): it is down")
+        else:
+            parts.append(
+                f"{target} refused {refused} of {requests} requests: it went down during the run "
+                f"({requests - failures} succeeded)"
+            )
+    if summary.get("saturated"):
+        parts.append(
+            f"load generator saturated ({summary.get('saturation_reason')}): this run measured Locust, "
+            "not the server; add --processes or workers"
+        )
+    shed = int(summary.get("shed") or 0)
+    if shed:
+        offered = summary.get("offered_rps")
+        offered_txt = f" at an offered {offered:.0f} req/s" if offered else ""
+        parts.append(
+            f"the endpoint shed load: {shed} of {requests} requests got 503 (queue full){offered_txt}, "
+            f"it served {summary.get('rps', 0.0):.0f} req/s — offered load is above its capacity"
+        )
+    other = failures - refused - shed
+    if other > 0:
+        top = ", ".join(f"{r} x{c}" for r, c in reasons.items() if r not in (REASON_REFUSED, REASON_SHED))
+        parts.append(f"{other} other failures ({top})")
+    if not parts:
+        p95 = summary.get("p95_ms")
+        p95_txt = "n/a" if p95 is None else f"{p95:.0f} ms"
+        return f"ok: {summary.get('rps', 0.0):.0f} req/s, p95 {p95_txt}, no failures out of {requests}"
+    return "; ".join(parts)
