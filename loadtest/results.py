@@ -149,9 +149,10 @@ def parse_history(text: str) -> list[HistoryRow]:
 def frames_from_history(rows: Iterable[HistoryRow], start_ts: float) -> list[tuple[int, dict[str, float | None]]]:
     """Registry frames ``(step, {metric: value})``, one per second of the run.
 
-    ``step`` is whole seconds since ``start_ts``. ``avg_ms`` is the mean latency
-    of the requests completed in that second, recovered from Locust's running
-    totals (count x mean); percentiles are Locust's current-window figures.
+    ``step`` is whole seconds since ``start_ts``. ``rps``/``fail_per_s`` count the
+    requests completed in that second and ``avg_ms`` is their mean latency, both
+    recovered from Locust's running totals; percentiles are Locust's own
+    current-window (about 10 s) figures.
     Per-endpoint rows add ``endpoint:<name>/rps`` etc. A second written twice
     keeps its last row.
     """
@@ -162,13 +163,14 @@ def frames_from_history(rows: Iterable[HistoryRow], start_ts: float) -> list[tup
         frame = frames.setdefault(step, {})
         prev = previous.get(row.name)
         window_avg = _window_mean(prev, row)
+        rps, fail_per_s = _per_second(prev, row)
         previous[row.name] = row
         if row.aggregated:
             frame.update(
                 {
                     "users": float(row.users),
-                    "rps": row.rps,
-                    "fail_per_s": row.fail_per_s,
+                    "rps": rps,
+                    "fail_per_s": fail_per_s,
                     **{metric: row.percentiles.get(col) for col, metric in PERCENTILES.items()},
                     "avg_ms": window_avg,
                 }
@@ -177,12 +179,29 @@ def frames_from_history(rows: Iterable[HistoryRow], start_ts: float) -> list[tup
             prefix = f"{ENDPOINT_PREFIX}{row.method} {row.name}/".replace("  ", " ")
             frame.update(
                 {
-                    prefix + "rps": row.rps,
-                    prefix + "fail_per_s": row.fail_per_s,
+                    prefix + "rps": rps,
+                    prefix + "fail_per_s": fail_per_s,
                     prefix + "p95_ms": row.percentiles.get("95%"),
                 }
             )
     return sorted(frames.items())
+
+
+def _per_second(prev: HistoryRow | None, row: HistoryRow) -> tuple[float, float]:
+    """Requests and failures per second since the previous row, from Locust's running totals.
+
+    Locust's own ``Requests/s`` column is a 10-second average lagging 2 s behind,
+    which smears steps and spikes; differencing the totals gives each second its own rate.
+    """
+    if prev is None:
+        return float(row.total_requests), float(row.total_failures)  # the first row covers about one second
+    dt = row.ts - prev.ts
+    if dt <= 0:
+        return row.rps, row.fail_per_s
+    return (
+        max(0.0, (row.total_requests - prev.total_requests) / dt),
+        max(0.0, (row.total_failures - prev.total_failures) / dt),
+    )
 
 
 def _window_mean(prev: HistoryRow | None, row: HistoryRow) -> float | None:

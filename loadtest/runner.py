@@ -1,0 +1,648 @@
+"""Headless Locust runs as registry jobs, with live stats, CPU accounting and server-side scrapes.
+
+A load test is a ``loadtest`` run whose job is ``python -m loadtest.runner
+--run-id ID``. That process starts ``locust --headless`` as its child in the same
+process group (so stopping the job ends Locust and its ``--processes`` workers
+too), then once a second:
+
+- reads the new complete lines of ``<prefix>_stats_history.csv`` and writes them
+  to the registry as frames (users, rps, fail_per_s, p50..p99, avg);
+- samples Locust's CPU (all its processes) with psutil: ``locust_cpu_pct``;
+- scrapes the target's ``/metrics`` when it is our endpoint, so the server's own
+  split of latency (queue wait vs compute), batch size and shed rate sit on
+  the same time axis (``server_*``).
+
+When Locust exits (run time over, stopped, or crashed) it reads the final CSVs,
+writes the summary (see :func:`loadtest.results.summarize`), judges the SLO gates
+and sets the run's status. A stop keeps whatever was measured until then.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import psutil
+
+from loadtest import results, shapes, slo
+from loadtest.payload import MAX_INSTANCES_PER_REQUEST, predict_path
+from runs import jobs
+from runs.registry import Registry
+
+LOCUSTFILE = Path(__file__).resolve().with_name("locustfile.py")
+TICK_S = 1.0
+STARTUP_GRACE_S = 30.0  # Locust's import and start-up, bounded
+EXIT_GRACE_S = 8.0  # after asking Locust to stop, how long it may take to write its reports
+SCRAPE_TIMEOUT_S = 0.5
+STOP_GRACE_S = 15.0
+MAX_PROCESSES = 64
+LOCUST_LOG = "locust.log"
+REPORT_PREFIX = "locust"
+
+
+@dataclass(frozen=True)
+class LoadTestConfig:
+    """Everything one swarm needs; validated on construction (ValueError names the field)."""
+
+    host: str
+    model_name: str = "model"
+    users: int = 10
+    spawn_rate: float = 10.0
+    run_time_s: float = 20.0
+    shape: str = "constant"
+    step_users: int = 5
+    step_time_s: float = 5.0
+    max_users: int = 50
+    spike_users: int = 50
+    spike_at_s: float = 5.0
+    spike_duration_s: float = 5.0
+    target_rps: float = 0.0
+    instances_per_request: int = 1
+    processes: int = 0  # 0: one Locust process; N > 0: Locust's --processes N (one worker per core); -1: all cores
+    timeout_s: float = 10.0
+    samples_path: str = ""
+    n_features: int = 0  # without samples: rows of zeros of this width (for external targets)
+    slos: tuple[str, ...] = ()
+    stop_timeout_s: float = 2.0
+    scrape_server: bool = True  # read the target's /metrics each second if it is a TuneSwarm endpoint
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.host) if isinstance(self.host, str) else None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"host must be an http(s) URL like http://127.0.0.1:8600, got {self.host!r}")
+        object.__setattr__(self, "host", self.host.rstrip("/"))
+        try:
+            predict_path(self.model_name)
+        except ValueError as exc:
+            raise ValueError(f"model_name: {exc}") from None
+        self.shape_spec()  # validates users, spawn_rate, run_time_s and the shape parameters
+        if not isinstance(self.instances_per_request, int) or not (
+            1 <= self.instances_per_request <= MAX_INSTANCES_PER_REQUEST
+        ):
+            raise ValueError(
+                f"instances_per_request must be an integer in [1, {MAX_INSTANCES_PER_REQUEST}], "
+                f"got {self.instances_per_request!r}"
+            )
+        if not isinstance(self.processes, int) or not -1 <= self.processes <= MAX_PROCESSES:
+            raise ValueError(
+                f"processes must be -1 (all cores), 0 (one process) or 1..{MAX_PROCESSES}, got {self.processes!r}"
+            )
+        for name in ("timeout_s", "stop_timeout_s"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a number >= 0 seconds, got {value!r}")
+        if self.timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0 seconds, got {self.timeout_s!r}")
+        if not isinstance(self.n_features, int) or self.n_features < 0:
+            raise ValueError(f"n_features must be an integer >= 0, got {self.n_features!r}")
+        if not self.samples_path and self.n_features == 0:
+            raise ValueError("samples_path must name a samples.json (or model.keras) unless n_features > 0")
+        if self.samples_path and not Path(self.samples_path).exists():
+            raise ValueError(f"samples_path {self.samples_path!r} does not exist")
+        if isinstance(self.slos, str):
+            raise ValueError("slos must be a list of expressions like ['p95<=50ms'], not one string")
+        object.__setattr__(self, "slos", tuple(self.slos))
+        for expr in self.slos:
+            try:
+                slo.parse_slo(expr)
+            except ValueError as exc:
+                raise ValueError(f"slos: {exc}") from None
+
+    def shape_spec(self) -> shapes.ShapeSpec:
+        return shapes.ShapeSpec(
+            kind=self.shape,
+            users=self.users,
+            spawn_rate=self.spawn_rate,
+            run_time_s=self.run_time_s,
+            step_users=self.step_users,
+            step_time_s=self.step_time_s,
+            max_users=self.max_users,
+            spike_users=self.spike_users,
+            spike_at_s=self.spike_at_s,
+            spike_duration_s=self.spike_duration_s,
+            target_rps=self.target_rps,
+        )
+
+    def parsed_slos(self) -> tuple[slo.Slo, ...]:
+        return slo.parse_slos(self.slos)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["slos"] = list(self.slos)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> LoadTestConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown load-test field(s) {', '.join(unknown)}; expected some of {', '.join(sorted(known))}"
+            )
+        values = dict(d)
+        if "slos" in values and values["slos"] is not None and not isinstance(values["slos"], str):
+            values["slos"] = tuple(values["slos"])
+        return cls(**values)
+
+    def with_changes(self, **changes: Any) -> LoadTestConfig:
+        return LoadTestConfig.from_dict({**self.to_dict(), **changes})
+
+
+@dataclass(frozen=True)
+class LoadTestResult:
+    """A finished (or stopped) run as the CLI and tuning read it back from the registry."""
+
+    run_id: str
+    status: str
+    error: str | None
+    summary: dict[str, Any]
+    gates: tuple[slo.GateResult, ...] = ()
+    reports: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        """Completed and every gate held."""
+        return self.status == "completed" and all(g.passed for g in self.gates)
+
+    @property
+    def verdict(self) -> str:
+        return str(self.summary.get("verdict") or self.error or self.status)
+
+
+# -- public API: start / stop / run ------------------------------------------------------------
+
+
+def start_loadtest(
+    registry: Registry,
+    config: LoadTestConfig,
+    *,
+    serve_run_id: str | None = None,
+    name: str | None = None,
+    parent_id: str | None = None,
+) -> str:
+    """Create a ``loadtest`` run and start its job; returns the run id at once.
+
+    ``serve_run_id`` names the ``serve`` run of the target when it is our own
+    endpoint (its process's CPU time is then measured too).
+    """
+    run_config = {**config.to_dict(), "serve_run_id": serve_run_id}
+    run_name = name or f"swarm {config.shape} {config.host}"
+    run_id = registry.create_run("loadtest", run_config, name=run_name, parent_id=parent_id)
+    registry.update_summary(run_id, {"target": config.host, "offered_rps": shapes.offered_rps(config.shape_spec())})
+    jobs.start_job(registry, run_id, jobs.python_module_argv("loadtest.runner", "--run-id", run_id))
+    return run_id
+
+
+def stop_loadtest(registry: Registry, run_id: str, grace_s: float = STOP_GRACE_S) -> str:
+    """Stop a run and Locust's whole process group; partial results stay. Returns the final status."""
+    return jobs.stop_job(registry, run_id, grace_s=grace_s)
+
+
+def wait_timeout_s(config: LoadTestConfig) -> float:
+    """How long a run may take before it counts as hung."""
+    return config.run_time_s + config.stop_timeout_s + STARTUP_GRACE_S + EXIT_GRACE_S + 30.0
+
+
+def run_loadtest(
+    registry: Registry,
+    config: LoadTestConfig,
+    *,
+    serve_run_id: str | None = None,
+    name: str | None = None,
+    parent_id: str | None = None,
+) -> LoadTestResult:
+    """Start a run, wait for it (bounded), and return its result; a Ctrl-C stops it cleanly."""
+    run_id = start_loadtest(registry, config, serve_run_id=serve_run_id, name=name, parent_id=parent_id)
+    try:
+        jobs.wait_job(registry, run_id, wait_timeout_s(config))
+    except TimeoutError:
+        stop_loadtest(registry, run_id)
+        registry.set_status(run_id, "failed", f"load test did not finish within {wait_timeout_s(config):.0f}s")
+    except BaseException:
+        stop_loadtest(registry, run_id)
+        raise
+    return load_result(registry, run_id)
+
+
+def load_result(registry: Registry, run_id: str) -> LoadTestResult:
+    """The result of a recorded run (any status), with its gates as recorded."""
+    run = registry.get_run(run_id)
+    summary = dict(run.summary)
+    gates = tuple(
+        slo.GateResult(**{k: g[k] for k in ("expr", "metric", "op", "limit", "measured", "passed")})
+        for g in summary.get("slo") or ()
+    )
+    return LoadTestResult(
+        run_id=run_id,
+        status=run.status,
+        error=run.error,
+        summary=summary,
+        gates=gates,
+        reports=dict(summary.get("reports") or {}),
+    )
+
+
+# -- inside the job -----------------------------------------------------------------------------
+
+
+def locust_argv(config: LoadTestConfig, prefix: Path) -> list[str]:
+    """The ``locust`` command line for a config; reports go to ``prefix``_*."""
+    argv = [
+        sys.executable, "-m", "locust",
+        "-f", str(LOCUSTFILE),
+        "--headless",
+        "--only-summary",
+        "--host", config.host,
+        "-u", str(config.users),
+        "-r", f"{config.spawn_rate:g}",
+        "-t", f"{math.ceil(config.run_time_s)}s",
+        "--stop-timeout", f"{config.stop_timeout_s:g}",
+        "--csv", str(prefix),
+        "--csv-full-history",
+        "--json-file", str(prefix),
+        "--html", f"{prefix}.html",
+        "--model-name", config.model_name,
+        "--instances-per-request", str(config.instances_per_request),
+        "--request-timeout", f"{config.timeout_s:g}",
+        "--shape", config.shape,
+        "--step-users", str(config.step_users),
+        "--step-time", f"{config.step_time_s:g}",
+        "--max-users", str(config.max_users),
+        "--spike-users", str(config.spike_users),
+        "--spike-at", f"{config.spike_at_s:g}",
+        "--spike-duration", f"{config.spike_duration_s:g}",
+        "--target-rps", f"{config.target_rps:g}",
+    ]  # fmt: skip
+    if config.samples_path:
+        argv += ["--samples", str(config.samples_path)]
+    else:
+        argv += ["--n-features", str(config.n_features)]
+    if config.processes:
+        argv += ["--processes", str(config.processes)]
+    return argv
+
+
+class HistoryTail:
+    """Reads the complete lines Locust has appended to its history CSV since the last call."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self.pending = b""
+        self.header: list[str] | None = None
+
+    def read(self) -> list[results.HistoryRow]:
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(self.offset)
+                chunk = fh.read()
+        except FileNotFoundError:
+            return []
+        self.offset += len(chunk)
+        data = self.pending + chunk
+        head, sep, rest = data.rpartition(b"\n")
+        if not sep:
+            self.pending = data
+            return []
+        self.pending = rest  # a half-written last line waits for its newline
+        lines = [ln for ln in head.decode("utf-8", errors="replace").split("\n") if ln.strip()]
+        if self.header is None and lines:
+            import csv
+
+            self.header = next(csv.reader([lines[0]]))
+            lines = lines[1:]
+        if self.header is None:
+            return []
+        return results.parse_history_lines(self.header, lines)
+
+
+class CpuMeter:
+    """CPU use of a process tree as a percentage of the cores it may use."""
+
+    def __init__(self, root_pid: int, cores: int) -> None:
+        self.root_pid = root_pid
+        self.cores = max(1, cores)
+        self.seen: dict[int, tuple[psutil.Process, float]] = {}
+        self.last_wall = time.monotonic()
+
+    def _tree(self) -> list[psutil.Process]:
+        try:
+            root = psutil.Process(self.root_pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return []
+
+    def sample(self) -> float | None:
+        now = time.monotonic()
+        wall = now - self.last_wall
+        self.last_wall = now
+        used = 0.0
+        alive: dict[int, tuple[psutil.Process, float]] = {}
+        for proc in self._tree():
+            try:
+                t = proc.cpu_times()
+                total = t.user + t.system
+            except psutil.Error:
+                continue
+            prev = self.seen.get(proc.pid)
+            used += total - (prev[1] if prev else 0.0)
+            alive[proc.pid] = (proc, total)
+        self.seen = alive
+        if not alive or wall <= 0:
+            return None
+        return 100.0 * used / (wall * self.cores)
+
+
+def load_generator_cores(processes: int) -> int:
+    """Cores Locust can keep busy: one per load-generating process."""
+    ncpu = os.cpu_count() or 1
+    if processes == -1:
+        return ncpu
+    return max(1, min(processes or 1, ncpu))
+
+
+class ServerScraper:
+    """Per-second server-side figures from a TuneSwarm endpoint's /metrics (None when it is not one)."""
+
+    def __init__(self, host: str) -> None:
+        self.url = f"{host}/metrics"
+        self.previous: Any = None
+        self.enabled = True
+        try:
+            from agent.serving import metrics as serving_metrics  # light: no TensorFlow
+
+            self.metrics = serving_metrics
+        except ImportError:
+            self.enabled = False
+
+    def sample(self) -> dict[str, float | None] | None:
+        if not self.enabled:
+            return None
+        try:
+            with urllib.request.urlopen(self.url, timeout=SCRAPE_TIMEOUT_S) as resp:
+                text = resp.read(2_000_000).decode("utf-8", errors="replace")
+            snapshot = self.metrics.parse_metrics(text)
+        except (OSError, ValueError, urllib.error.URLError):
+            return None
+        previous, self.previous = self.previous, snapshot
+        if previous is None:
+            return None
+        try:
+            delta = self.metrics.snapshot_delta(previous, snapshot)
+        except (ValueError, ZeroDivisionError):
+            return None
+        return server_frame(delta)
+
+
+def server_frame(delta: Any) -> dict[str, float | None]:
+    """Registry metrics from ``agent.serving.metrics.snapshot_delta``'s result."""
+
+    def get(*names: str) -> float | None:
+        for n in names:
+            value = delta.get(n) if isinstance(delta, Mapping) else getattr(delta, n, None)
+            if value is not None:
+                return float(value)
+        return None
+
+    return {
+        "server_rps": get("rps", "requests_per_s"),
+        "server_queue_ms": get("mean_queue_ms", "queue_wait_ms", "queue_ms"),
+        "server_compute_ms": get("mean_compute_ms", "compute_ms"),
+        "server_batch_size": get("mean_batch_size", "batch_size"),
+        "server_shed_per_s": get("shed_per_s", "rejected_per_s"),
+    }
+
+
+def _server_cpu_seconds(pid: int | None) -> float | None:
+    if pid is None:
+        return None
+    try:
+        proc = psutil.Process(pid)
+        procs = [proc, *proc.children(recursive=True)]
+        return sum(p.cpu_times().user + p.cpu_times().system for p in procs)
+    except psutil.Error:
+        return None
+
+
+class _StopFlag:
+    def __init__(self) -> None:
+        self.set = False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        self.set = True
+
+
+def _terminate(proc: subprocess.Popen[bytes], grace_s: float, *, signal_first: bool = True) -> None:
+    """SIGTERM Locust (it writes its reports on SIGTERM), then SIGKILL it and its workers."""
+    if proc.poll() is None:
+        if signal_first:
+            proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace_s)
+    try:
+        children = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.Error:
+        children = []
+    if proc.poll() is None:
+        proc.kill()
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=5.0)
+
+
+def _read_text(path: Path, limit: int = 20_000_000) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return fh.read(limit)
+    except OSError:
+        return ""
+
+
+def execute(registry: Registry, run_id: str) -> str:
+    """Run the swarm of ``run_id`` (called inside its job); returns the final status."""
+    run = registry.get_run(run_id)
+    run_config = dict(run.config)
+    serve_run_id = run_config.pop("serve_run_id", None)
+    config = LoadTestConfig.from_dict(run_config)
+    spec = config.shape_spec()
+    out_dir = registry.artifacts_dir(run_id)
+    prefix = out_dir / REPORT_PREFIX
+    log_path = out_dir / LOCUST_LOG
+    server_pid = registry.get_run(serve_run_id).pid if serve_run_id else None
+
+    stop = _StopFlag()
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    registry.set_status(run_id, "running")
+
+    start_wall = time.time()
+    start_ts = int(start_wall)
+    with open(log_path, "wb") as log:
+        # Same process group as this job: stopping the job's group ends Locust and its workers too.
+        proc = subprocess.Popen(
+            locust_argv(config, prefix), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=out_dir
+        )
+    tail = HistoryTail(Path(f"{prefix}_stats_history.csv"))
+    cpu = CpuMeter(proc.pid, load_generator_cores(config.processes))
+    scraper = ServerScraper(config.host) if config.scrape_server else None
+    server_cpu_start = _server_cpu_seconds(server_pid)
+    previous_rows: dict[str, results.HistoryRow] = {}
+    history: list[results.HistoryRow] = []
+    cpu_samples: list[float] = []
+    server_frames: list[dict[str, float | None]] = []
+    last_written_step = -1
+    hard_deadline = time.monotonic() + wait_timeout_s(config) - 10.0
+    stopped = False
+
+    held: list[results.HistoryRow] = []
+
+    def drain(final: bool = False) -> None:
+        nonlocal last_written_step, held
+        rows = held + tail.read()
+        # Locust writes a second's endpoint rows, then its Aggregated row; a read can end between
+        # them, so rows after the last Aggregated one wait for the rest of their second.
+        last_agg = max((i for i, r in enumerate(rows) if r.aggregated), default=-1)
+        if not final:
+            rows, held = rows[: last_agg + 1], rows[last_agg + 1 :]
+        else:
+            held = []
+        if not rows:
+            return
+        frames = results.frames_from_history([*previous_rows.values(), *rows], start_ts)
+        for row in rows:
+            previous_rows[row.name] = row
+        history.extend(rows)
+        fresh = [(s, f) for s, f in frames if s > last_written_step]
+        # The replayed previous rows only seed the window means; their steps are already written.
+        if fresh:
+            registry.log_metric_rows(run_id, fresh)
+            last_written_step = fresh[-1][0]
+            agg = next((r for r in reversed(rows) if r.aggregated), None)
+            if agg is not None:
+                registry.set_progress(
+                    run_id,
+                    {
+                        "elapsed_s": round(time.time() - start_wall, 1),
+                        "run_time_s": config.run_time_s,
+                        "users": agg.users,
+                        "rps": agg.rps,
+                        "requests": agg.total_requests,
+                        "failures": agg.total_failures,
+                    },
+                )
+
+    while proc.poll() is None:
+        time.sleep(TICK_S)
+        step = int(time.time() - start_ts)
+        extra: dict[str, float | None] = {}
+        pct = cpu.sample()
+        if pct is not None:
+            extra["locust_cpu_pct"] = pct
+            if history and history[-1].users > 0:
+                cpu_samples.append(pct)
+        if scraper is not None:
+            frame = scraper.sample()
+            if frame is not None:
+                extra.update(frame)
+                server_frames.append(frame)
+        if extra:
+            registry.log_metrics(run_id, step, extra)
+        drain()
+        if not stopped and (stop.set or registry.stop_requested(run_id)):
+            stopped = True
+            # A stop through the job's group signal reached Locust already; a registry-only request did not.
+            _terminate(proc, EXIT_GRACE_S, signal_first=not stop.set)
+        elif time.monotonic() > hard_deadline:
+            _terminate(proc, EXIT_GRACE_S)
+    _terminate(proc, EXIT_GRACE_S)  # reaps it; kills --processes workers left behind by a crash
+    drain(final=True)
+
+    server_cpu_end = _server_cpu_seconds(server_pid)
+    failures = results.parse_failures_csv(_read_text(Path(f"{prefix}_failures.csv")))
+    log_text = _read_text(log_path)
+    summary = results.summarize(
+        stats=results.parse_stats_csv(_read_text(Path(f"{prefix}_stats.csv"))),
+        history=history,
+        failures_by_reason=failures,
+        cpu_samples=cpu_samples,
+        log_text=log_text,
+        offered_rps=shapes.offered_rps(spec),
+        target=config.host,
+        server_frames=server_frames,
+    )
+    if server_cpu_start is not None and server_cpu_end is not None and summary["requests"]:
+        summary.setdefault("server", {})["cpu_ms_per_request"] = (
+            1000.0 * (server_cpu_end - server_cpu_start) / summary["requests"]
+        )
+    reports = {
+        "csv": f"{prefix}_stats.csv",
+        "history_csv": f"{prefix}_stats_history.csv",
+        "failures_csv": f"{prefix}_failures.csv",
+        "json": f"{prefix}.json",
+        "html": f"{prefix}.html",
+        "log": str(log_path),
+    }
+    summary["reports"] = {k: v for k, v in reports.items() if Path(v).is_file()}
+    gates = slo.evaluate(config.parsed_slos(), summary)
+    summary["slo"] = [g.to_dict() for g in gates]
+    summary["slo_passed"] = all(g.passed for g in gates)
+    summary["exit_code"] = proc.returncode
+    registry.update_summary(run_id, summary)
+
+    status, error = _outcome(stopped, proc.returncode, summary, log_text)
+    registry.finish_if_active(run_id, status, error)
+    return registry.get_run(run_id).status
+
+
+def _outcome(stopped: bool, exit_code: int | None, summary: Mapping[str, Any], log_text: str) -> tuple[str, str | None]:
+    """Final status and error line of a run."""
+    if stopped:
+        return "stopped", f"stopped by request after {summary.get('requests', 0)} requests"
+    if exit_code == 2 and not summary.get("requests"):
+        lines = [ln for ln in log_text.strip().splitlines() if ln.strip()]
+        return "failed", (lines[-1] if lines else "locust exited with code 2 (bad options)")
+    reasons = summary.get("failures_by_reason") or {}
+    if not summary.get("requests"):
+        return "failed", str(summary.get("verdict"))
+    if reasons.get(results.REASON_REFUSED):
+        return "failed", str(summary.get("verdict"))
+    if exit_code not in (0, 1):  # 1 only means "some requests failed"
+        return "failed", f"locust exited with code {exit_code}; {summary.get('verdict')}"
+    return "completed", None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtest.runner",
+        description="Run the load test recorded as a registry run (started by loadtest.runner.start_loadtest).",
+    )
+    parser.add_argument("--run-id", required=True, help="id of the 'loadtest' run whose config to execute")
+    args = parser.parse_args(argv)
+    registry = Registry()
+    try:
+        status = execute(registry, args.run_id)
+    except (KeyError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        with contextlib.suppress(KeyError):
+            registry.finish_if_active(args.run_id, "failed", str(exc))
+        return 2
+    return 0 if status in ("completed", "stopped") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
