@@ -1,0 +1,136 @@
+"""Runs page: the registry's history — filter, compare (overlaid curves, config diff), delete, export."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard import charts, ui
+from dashboard import format as fmt
+from dashboard.state import get_registry, init_defaults
+from runs.registry import KINDS, STATUSES, Registry, Run
+
+K = "runs."
+MAX_LISTED = 500
+# What can be overlaid per kind, first = default; x axis label.
+OVERLAY_METRICS = {
+    "train": (("val_loss", "loss", "val_accuracy", "accuracy", "val_mae", "mae", "samples_per_s"), "epoch"),
+    "loadtest": (("p95_ms", "p50_ms", "p99_ms", "rps", "fail_per_s", "users", "server_queue_ms",
+                  "server_compute_ms"), "seconds since start"),
+    "sweep": ((), "step"),
+    "serve": ((), "step"),
+}
+
+init_defaults({K + "kinds": [], K + "statuses": [], K + "compare": []})
+registry = get_registry()
+
+st.title(":material/history: Runs")
+st.caption("Every training, serving, load-test and sweep run recorded in the registry.")
+
+f1, f2 = st.columns(2)
+kinds = f1.multiselect("Kind", KINDS, key=K + "kinds",
+                       help="kind: show only these kinds of run (empty = all)")
+statuses = f2.multiselect("Status", STATUSES, key=K + "statuses",
+                          help="status: show only runs in these states (empty = all)")
+runs = registry.list_runs(kind=kinds or None, status=statuses or None, limit=MAX_LISTED)
+
+if not runs:
+    st.info("No runs match. Train a model on the **Train** page to start the history.")
+    st.stop()
+
+st.dataframe(fmt.runs_table(runs), hide_index=True, key=K + "table",
+             column_config={"id": st.column_config.TextColumn("id", width="small")})
+by_id = {r.id: r for r in runs}
+
+# -- compare -----------------------------------------------------------------------------
+
+st.subheader("Compare")
+st.session_state[K + "compare"] = [i for i in st.session_state[K + "compare"] if i in by_id]
+chosen_ids = st.multiselect(
+    "Runs to compare", list(by_id), key=K + "compare", format_func=lambda i: fmt.run_label(by_id[i]),
+    help="pick two or more runs: their curves are overlaid (loss for training runs, latency and "
+         "throughput for load tests) and their configs diffed side by side",
+)
+chosen: list[Run] = [by_id[i] for i in chosen_ids]
+
+
+def _labels(chosen: list[Run]) -> dict[str, str]:
+    """Short unique labels for legends and diff columns."""
+    return {r.id: f"{r.name} ({r.id[-6:]})" for r in chosen}
+
+
+def _overlay(registry: Registry, chosen: list[Run]) -> None:
+    labels = _labels(chosen)
+    for kind in dict.fromkeys(r.kind for r in chosen):
+        group = [r for r in chosen if r.kind == kind]
+        metrics, x_title = OVERLAY_METRICS.get(kind, ((), "step"))
+        series = [(labels[r.id], registry.metric_series(r.id)) for r in group]
+        present = [m for m in metrics if any(s.get(m) for _, s in series)]
+        if not present:
+            present = sorted({m for _, s in series for m in s})
+        if not present:
+            st.caption(f"{kind} runs: no metric series recorded")
+            continue
+        metric = st.selectbox(f"{kind} metric", present, key=K + f"metric.{kind}",
+                              format_func=lambda m: charts.LABELS.get(m, m),
+                              help=f"the metric drawn for each selected {kind} run")
+        st.plotly_chart(charts.overlay_figure(series, metric, x_title=x_title,
+                                              title=f"{charts.LABELS.get(metric, metric)} — {kind} runs"),
+                        key=K + f"overlay.{kind}", config={"displaylogo": False})
+
+
+if len(chosen) >= 2:
+    _overlay(registry, chosen)
+    labels = _labels(chosen)
+    only_diff = st.toggle("Only parameters that differ", value=True, key=K + "only_diff",
+                          help="hide the config lines where every selected run has the same value")
+    diff = charts.config_diff({labels[r.id]: r.config for r in chosen}, only_different=only_diff)
+    if diff:
+        st.dataframe(diff, hide_index=True, key=K + "diff")
+    else:
+        st.caption("The selected runs have identical configs.")
+elif len(chosen) == 1:
+    st.caption("Pick at least one more run to overlay curves and diff configs.")
+
+def _delete(registry: Registry, run_id: str) -> None:
+    """Button callback (runs before the script, so it may reset widget state)."""
+    try:
+        registry.delete_run(run_id)
+    except (ValueError, KeyError) as exc:
+        st.session_state[K + "delete_error"] = str(exc)
+        return
+    st.session_state.pop(K + "detail", None)
+    st.session_state[K + "confirm_delete"] = False
+    st.session_state[K + "compare"] = [i for i in st.session_state.get(K + "compare", []) if i != run_id]
+
+
+# -- one run -------------------------------------------------------------------------------
+
+st.subheader("Details")
+run = ui.run_picker("Run", runs, key=K + "detail", help="the run to inspect, export or delete")
+if run is not None:
+    ui.status_line(run)
+    c1, c2 = st.columns(2)
+    with c1:
+        st.markdown("**Config**")
+        st.json(run.config, expanded=False)
+    with c2:
+        st.markdown("**Summary**")
+        st.json(run.summary, expanded=False)
+    rows = registry.metric_rows(run.id)
+    e1, e2, e3 = st.columns(3)
+    e1.download_button("Export JSON", fmt.run_export_json(run, rows), file_name=f"{run.id}.json",
+                       mime="application/json", key=K + "export_json", icon=":material/download:",
+                       help="config, summary and every metric row of this run as one JSON file")
+    e2.download_button("Export metrics CSV", fmt.rows_to_csv(rows), file_name=f"{run.id}-metrics.csv",
+                       mime="text/csv", key=K + "export_csv", icon=":material/download:", disabled=not rows,
+                       help="the run's metric series, one row per step")
+    confirm = e3.checkbox("Confirm delete", key=K + "confirm_delete", disabled=run.active,
+                          help="deleting removes the run, its metrics and its artifact folder; active runs "
+                               "must be stopped first")
+    e3.button("Delete run", key=K + "delete", icon=":material/delete:", disabled=run.active or not confirm,
+              on_click=_delete, args=(registry, run.id),
+              help="delete this run (not possible while it is running)")
+    if st.session_state.get(K + "delete_error"):
+        st.error(st.session_state.pop(K + "delete_error"))
+    if run.active:
+        st.caption("This run is active; stop it from its page before deleting it.")

@@ -1,0 +1,308 @@
+"""Train page: pick data and model knobs, start a training job, watch it live, read the results."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import streamlit as st
+
+from agent.data import BUILTIN_DATASETS, MAX_CSV_BYTES, MISSING_POLICIES, SYNTHETIC_ACTIVATIONS, CsvError
+from agent.model import ACTIVATIONS, MAX_LAYERS, OPTIMIZERS
+from dashboard import charts, ui, widgets
+from dashboard.state import get_registry, init_defaults
+from runs.jobs import python_module_argv, reap, start_job
+from runs.registry import Registry, Run
+
+LIVE_REFRESH_S = 1.0  # how often the live panel re-reads the registry while a job runs
+UPLOAD_FILENAME = "data.csv"
+MAX_DOWNLOAD_BYTES = 200 * 1024 * 1024
+LEARNING_RATES = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+BATCH_SIZES = (8, 16, 32, 64, 128, 256, 512)
+K = "train."  # widget key prefix for this page
+
+D = widgets.TrainForm()
+init_defaults({
+    K + "dataset": D.dataset, K + "missing": D.csv_missing, K + "task": "infer",
+    K + "synthetic_activation": D.synthetic_activation, K + "noise": D.noise,
+    K + "layers": D.layers, K + "units": D.units, K + "activation": D.activation, K + "dropout": D.dropout,
+    K + "optimizer": D.optimizer, K + "lr": D.learning_rate, K + "batch_size": D.batch_size,
+    K + "epochs": D.epochs, K + "patience": D.patience, K + "seed": D.seed,
+})
+
+registry = get_registry()
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _preview(digest: str, data: bytes):
+    from agent.data import preview_csv
+
+    return preview_csv(data)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _csv_check(digest: str, data: bytes, target: str, missing: str, task: str | None) -> tuple[str | None, str]:
+    """Load the CSV the way training will; (error, description)."""
+    from agent.data import load_csv
+
+    try:
+        ds = load_csv(data, target, missing=missing, task=task)
+    except (CsvError, ValueError) as exc:
+        return str(exc).splitlines()[0], ""
+    notes = "; ".join(ds.notes)
+    return None, f"{ds.task}, {len(ds.y)} rows, {ds.n_features} features" + (f"; {notes}" if notes else "")
+
+
+def start_training(registry: Registry, form: widgets.TrainForm, csv_bytes: bytes | None = None,
+                   csv_name: str | None = None) -> str:
+    """Record a train run (saving an uploaded CSV into its folder) and start its job; returns the run id."""
+    config = widgets.model_config(form)
+    name = f"train {Path(csv_name).stem if csv_bytes is not None and csv_name else form.dataset}"
+    placeholder = widgets.data_source(form if form.dataset != "csv" else widgets.DEFAULT_TRAIN)
+    run_id = registry.create_run("train", {"model": config.to_dict(), "data": placeholder.to_dict()}, name=name)
+    try:
+        csv_path = None
+        if form.dataset == "csv":
+            csv_path = registry.artifacts_dir(run_id) / UPLOAD_FILENAME
+            csv_path.write_bytes(csv_bytes or b"")
+        source = widgets.data_source(form, csv_path)
+        registry.update_config(run_id, {"data": source.to_dict()})
+        argv = python_module_argv("agent.training", *widgets.training_args(config, source, run_id))
+        start_job(registry, run_id, argv)
+    except Exception as exc:
+        registry.finish_if_active(run_id, "failed", f"could not start training: {exc}")
+        raise
+    return run_id
+
+
+def _launch(form: widgets.TrainForm, csv_bytes: bytes | None = None, csv_name: str | None = None) -> None:
+    try:
+        run_id = start_training(registry, form, csv_bytes, csv_name)
+    except (ValueError, OSError) as exc:
+        st.error(f"Could not start training: {exc}")
+        return
+    st.session_state[K + "view"] = run_id
+    st.rerun()
+
+
+st.title(":material/model_training: Train")
+st.caption("Train a Keras MLP as a background job. Everything is recorded in the run registry, "
+           "so the run stays visible after a reload or in another tab.")
+
+train_runs = registry.list_runs(kind="train")
+if not registry.list_runs(limit=1):
+    with st.container(border=True):
+        st.subheader(":material/rocket_launch: First run")
+        st.markdown(
+            "The registry is empty. Start with the default model: a 64-unit MLP on the **digits** dataset "
+            f"(8×8 images, 10 classes), {widgets.DEFAULT_TRAIN.epochs} epochs with early stopping — about "
+            "half a minute here. Then serve it and swarm it from the other pages."
+        )
+        if st.button("Train the default model", key=K + "first_run", type="primary", icon=":material/rocket_launch:",
+                     help="Starts training the default digits model with the settings above"):
+            _launch(widgets.DEFAULT_TRAIN)
+
+# -- the form ---------------------------------------------------------------------------
+
+data_col, model_col = st.columns(2, gap="large")
+csv_bytes: bytes | None = None
+csv_name: str | None = None
+n_rows: int | None = None
+csv_error: str | None = None
+with data_col:
+    st.subheader("Data")
+    dataset = st.selectbox(
+        "Dataset", (*BUILTIN_DATASETS, "csv"), key=K + "dataset",
+        format_func=lambda d: "upload a CSV file…" if d == "csv" else d,
+        help="dataset: a built-in set bundled offline (digits, iris, wine, breast_cancer are classification; "
+             "diabetes and synthetic are regression) or your own CSV file",
+    )
+    target = None
+    if dataset == "csv":
+        upload = st.file_uploader(
+            "CSV file", type=["csv"], key=K + "upload", max_upload_size=MAX_CSV_BYTES // (1024 * 1024),
+            help=f"csv: a UTF-8 CSV with a header row, up to {MAX_CSV_BYTES // (1024 * 1024)} MB; "
+                 "one column is the target, the rest are features (text columns are one-hot encoded)",
+        )
+        if upload is not None:
+            csv_bytes, csv_name = upload.getvalue(), upload.name
+            digest = hashlib.sha256(csv_bytes).hexdigest()
+            try:
+                preview = _preview(digest, csv_bytes)
+            except (CsvError, ValueError) as exc:
+                csv_error = str(exc).splitlines()[0]
+                st.error(csv_error)
+            else:
+                n_rows = preview.n_rows
+                target = st.selectbox(
+                    "Target column", preview.columns, index=len(preview.columns) - 1, key=K + "target",
+                    help="target: the column the model predicts; text or few integer values -> classification, "
+                         "other numbers -> regression",
+                )
+                st.dataframe(preview.head, height=210, hide_index=True)
+                st.caption(f"{preview.n_rows} rows × {len(preview.columns)} columns; "
+                           f"{preview.rows_with_missing} rows with missing values")
+                st.selectbox(
+                    "Missing values", MISSING_POLICIES, key=K + "missing",
+                    help="missing: what to do with rows that have empty feature cells — reject the file, "
+                         "drop those rows, or fill numeric columns with their mean",
+                )
+                st.selectbox(
+                    "Task", ("infer", "classification", "regression"), key=K + "task",
+                    help="task: inferred from the target column unless you override it",
+                )
+                task = None if st.session_state[K + "task"] == "infer" else st.session_state[K + "task"]
+                csv_error, described = _csv_check(digest, csv_bytes, target, st.session_state[K + "missing"], task)
+                if csv_error:
+                    st.error(csv_error)
+                else:
+                    st.success(described, icon=":material/check_circle:")
+    elif dataset == "synthetic":
+        st.selectbox("Synthetic activation f", SYNTHETIC_ACTIVATIONS, key=K + "synthetic_activation",
+                     help="synthetic_activation: the target is y = f(Wx + b) (+ noise); a model with no hidden "
+                          "layer and this output activation fits it exactly")
+        st.slider("Noise σ", 0.0, 1.0, step=0.05, key=K + "noise",
+                  help="noise: standard deviation of Gaussian noise added to y; the floor the loss can reach")
+
+with model_col:
+    st.subheader("Model")
+    c1, c2 = st.columns(2)
+    c1.slider("Hidden layers", 0, MAX_LAYERS, key=K + "layers",
+              help="hidden: number of Dense layers; 0 is a linear/logistic model. More layers = more capacity "
+                   "and more compute per request when served")
+    c2.select_slider("Units per layer", (8, 16, 32, 64, 128, 256, 512, 1024), key=K + "units",
+                     help="hidden units per layer: parameter count and serving cost grow with units²")
+    c1.selectbox("Activation", ACTIVATIONS, key=K + "activation",
+                 help="activation: the hidden layers' non-linearity")
+    c2.slider("Dropout", 0.0, 0.9, step=0.05, key=K + "dropout",
+              help="dropout: fraction of units dropped after each hidden layer while training (regularisation)")
+    c1.selectbox("Optimizer", OPTIMIZERS, key=K + "optimizer", help="optimizer: the gradient-descent variant")
+    c2.select_slider("Learning rate", LEARNING_RATES, key=K + "lr", format_func=lambda v: f"{v:g}",
+                     help="learning_rate: step size; too high diverges (loss goes up), too low crawls")
+    c1.select_slider("Batch size", BATCH_SIZES, key=K + "batch_size",
+                     help="batch_size: rows per gradient step; larger = faster epochs but fewer, smoother steps")
+    c2.number_input("Epochs", 1, 1000, step=1, key=K + "epochs",
+                    help="epochs: maximum passes over the training split")
+    c1.number_input("Early-stopping patience", 0, 100, step=1, key=K + "patience",
+                    help="patience: stop after this many epochs without val_loss improving (best weights kept); "
+                         "0 turns early stopping off")
+    c2.number_input("Seed", 0, 2**31 - 1, step=1, key=K + "seed",
+                    help="seed: fixes the split, initial weights and shuffling so runs are reproducible")
+
+ss = st.session_state
+form = widgets.TrainForm(
+    dataset=ss[K + "dataset"], csv_target=target, csv_missing=ss[K + "missing"],
+    csv_task=None if ss[K + "task"] == "infer" else ss[K + "task"],
+    synthetic_activation=ss[K + "synthetic_activation"], noise=float(ss[K + "noise"]),
+    layers=int(ss[K + "layers"]), units=int(ss[K + "units"]), activation=ss[K + "activation"],
+    dropout=float(ss[K + "dropout"]), optimizer=ss[K + "optimizer"], learning_rate=float(ss[K + "lr"]),
+    batch_size=int(ss[K + "batch_size"]), epochs=int(ss[K + "epochs"]), patience=int(ss[K + "patience"]),
+    seed=int(ss[K + "seed"]),
+)
+problems = widgets.train_problems(form, n_rows=n_rows, has_csv=csv_bytes is not None)
+blocking = widgets.blocking(problems) + ([csv_error] if csv_error else [])
+ui.show_problems(problems, blocking)
+config_ok = not blocking
+if config_ok:
+    try:
+        cfg = widgets.model_config(form)
+    except ValueError as exc:
+        st.error(str(exc))
+        config_ok = False
+    else:
+        with st.expander("Config to train", expanded=False):
+            st.json({"model": cfg.to_dict(), "data": {"dataset": form.dataset, "target": form.csv_target}})
+
+active_train = [r for r in train_runs if r.active]
+if st.button("Train", key=K + "start", type="primary", icon=":material/play_arrow:", disabled=not config_ok,
+             help="Start a training job with these settings (runs in its own process; you can leave the page)"):
+    _launch(form, csv_bytes, csv_name)
+if active_train:
+    st.caption(f"{len(active_train)} training job(s) running; starting another runs it alongside.")
+
+# -- a run: live while active, results after ---------------------------------------------
+
+st.divider()
+
+
+def _live(run_id: str) -> None:
+    reap(registry)
+    run = registry.get_run(run_id)
+    if not run.active:
+        st.rerun()  # switch the whole page to the results view (and this timer off)
+    _progress(run)
+    _curves(registry, run)
+    ui.stop_button(registry, run, key=K + "stop")
+
+
+def _progress(run: Run) -> None:
+    p = run.progress or {}
+    epoch, epochs = int(p.get("epoch") or 0), int(p.get("epochs") or run.config.get("model", {}).get("epochs") or 1)
+    batch, batches = int(p.get("batch") or 0), int(p.get("batches") or 0)
+    frac = ((max(epoch - 1, 0) + (batch / batches if batches else 0)) / epochs) if epochs else 0.0
+    label = f"epoch {epoch}/{epochs}" + (f", batch {batch}/{batches}" if batches else "") if epoch else "starting…"
+    st.progress(min(max(frac, 0.0), 1.0), text=label)
+
+
+def _curves(registry: Registry, run: Run) -> None:
+    series = registry.metric_series(run.id)
+    last = {name: pts[-1][1] for name, pts in series.items() if pts}
+    quality = charts.quality_metric_names(series)
+    m = st.columns(4)
+    m[0].metric("loss", _num(last.get("loss")), help="training loss of the last finished epoch")
+    m[1].metric("val loss", _num(last.get("val_loss")), help="validation loss of the last finished epoch")
+    m[2].metric(charts.LABELS[quality[1]], _num(last.get(quality[1])), help="validation quality metric")
+    m[3].metric("samples/s", _num(last.get("samples_per_s"), ".0f"), help="training throughput of the last epoch")
+    c1, c2 = st.columns(2)
+    c1.plotly_chart(charts.loss_figure(series), key=K + "loss_chart", config={"displaylogo": False})
+    c2.plotly_chart(charts.accuracy_figure(series), key=K + "acc_chart", config={"displaylogo": False})
+
+
+def _num(value: float | None, spec: str = ".4f") -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def _results(registry: Registry, run: Run) -> None:
+    s = run.summary
+    metrics = s.get("test_metrics") or {}
+    if metrics:
+        st.subheader("Test metrics")
+        names = [n for n in ("accuracy", "precision", "recall", "f1", "mse", "mae", "r2") if n in metrics]
+        cols = st.columns(len(names) + 2)
+        for col, name in zip(cols, names, strict=False):
+            col.metric(name.upper() if name in ("mse", "mae") else ("R²" if name == "r2" else name),
+                       f"{metrics[name]:.4f}", help=f"{name} on the held-out test split")
+        cols[len(names)].metric("parameters", f"{s.get('param_count', 0):,}", help="trainable + non-trainable weights")
+        cols[len(names) + 1].metric("epochs run", s.get("epochs_run", "—"),
+                                    help="epochs actually run (early stopping or Stop may end sooner)")
+    _curves(registry, run)
+    if metrics.get("confusion_matrix"):
+        labels = (s.get("data") or {}).get("classes") or None
+        st.plotly_chart(charts.confusion_matrix_figure(metrics["confusion_matrix"], labels),
+                        key=K + "cm_chart", config={"displaylogo": False})
+    model_path = Path(s["model_path"]) if s.get("model_path") else None
+    if model_path is not None and model_path.is_file() and model_path.stat().st_size <= MAX_DOWNLOAD_BYTES:
+        st.download_button("Download model.keras", model_path.read_bytes(), file_name=f"{run.id}.keras",
+                           mime="application/zip", key=K + "download", icon=":material/download:",
+                           help="The trained Keras v3 archive (load with keras.saving.load_model(..., safe_mode=True))")
+    notes = (s.get("data") or {}).get("notes") or []
+    if notes:
+        st.caption("Data: " + "; ".join(notes))
+
+
+st.subheader("Runs")
+view = ui.run_picker("Training run", train_runs, key=K + "view",
+                     help="Which training run to show; running jobs update live") if train_runs else None
+if view is None:
+    st.info("No training runs yet. Set the knobs above and press **Train**.")
+else:
+    ui.status_line(view)
+    if view.active:
+        st.fragment(run_every=LIVE_REFRESH_S)(_live)(view.id)
+    else:
+        _results(registry, view)
+    with st.expander("Config and log"):
+        st.json(view.config, expanded=False)
+        log = registry.artifacts_dir(view.id) / "job.log"
+        if log.is_file():
+            st.code("\n".join(log.read_text(errors="replace").splitlines()[-30:]) or "(empty)", language=None)

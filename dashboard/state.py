@@ -1,0 +1,40 @@
+"""Process-wide handles and per-session defaults for the dashboard.
+
+The registry is the source of truth: the Streamlit process only holds one
+cached handle on it. Jobs whose process vanished (Streamlit restarted, machine
+rebooted) are reaped once at start-up so they show as interrupted, not running.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import streamlit as st
+
+from runs.jobs import reap
+from runs.registry import Registry, default_home
+
+
+@st.cache_resource(show_spinner=False)
+def _registry_for(home: str) -> Registry:
+    registry = Registry(home)
+    reap(registry)  # once per process and state directory
+    return registry
+
+
+def get_registry() -> Registry:
+    """The shared registry handle (thread-safe: one SQLite connection per thread)."""
+    return _registry_for(str(default_home()))
+
+
+def init_defaults(defaults: Mapping[str, Any]) -> None:
+    """Seed widget values once per session, so a rerun never resets what the user set."""
+    for key, value in defaults.items():
+        if key not in st.session_state:
+            st.session_state[key] = value
+
+
+def refresh_jobs(registry: Registry) -> None:
+    """Reap finished children of this process (cheap; called by live fragments)."""
+    reap(registry)

@@ -1,0 +1,55 @@
+"""Small Streamlit helpers shared by the pages (the only dashboard module besides pages and state using st)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import streamlit as st
+
+from dashboard import format as fmt
+from runs.registry import Registry, Run
+
+
+def show_problems(problems: Sequence[str], blocking: Sequence[str]) -> None:
+    """Blocking problems as errors, the rest as warnings, one line each."""
+    for problem in problems:
+        if problem in blocking:
+            st.error(problem, icon=":material/block:")
+        else:
+            st.warning(problem, icon=":material/warning:")
+
+
+def status_line(run: Run) -> None:
+    icon = fmt.STATUS_ICONS.get(run.status, "")
+    text = f"{icon} **{run.name}** — {run.status} · started {fmt.when(run.started_at)} · {fmt.duration(run.duration_s)}"
+    if run.status == "failed":
+        st.error(f"{run.name} failed: {run.error or 'no error recorded'}")
+    elif run.status == "interrupted":
+        st.warning(f"{run.name} was interrupted: {run.error or ''}")
+    else:
+        st.markdown(text)
+
+
+def run_picker(label: str, runs: Sequence[Run], key: str, help: str) -> Run | None:
+    """Selectbox over ``runs`` by id; keeps the user's choice across reruns while it exists."""
+    if not runs:
+        return None
+    ids = [r.id for r in runs]
+    by_id = {r.id: r for r in runs}
+    if st.session_state.get(key) not in by_id:
+        st.session_state[key] = ids[0]
+    chosen = st.selectbox(label, ids, key=key, help=help, format_func=lambda i: fmt.run_label(by_id[i]))
+    return by_id.get(chosen)
+
+
+def stop_button(registry: Registry, run: Run, key: str, label: str = "Stop",
+                stopper: Callable[[Registry, str], object] | None = None) -> None:
+    """A Stop button for an active run (ends the job's whole process group)."""
+    if st.button(label, key=key, type="secondary", icon=":material/stop:",
+                 help="Ask the job to stop (it keeps partial results); its process group is killed after a grace "
+                      "period"):
+        from runs.jobs import stop_job
+
+        with st.spinner(f"stopping {run.name}…"):
+            (stopper or stop_job)(registry, run.id)
+        st.rerun()
