@@ -47,6 +47,7 @@ TICK_S = 1.0
 STARTUP_GRACE_S = 30.0  # Locust's import and start-up, bounded
 EXIT_GRACE_S = 8.0  # after asking Locust to stop, how long it may take to write its reports
 SCRAPE_TIMEOUT_S = 0.5
+MAX_SCRAPE_BYTES = 2_000_000
 STOP_GRACE_S = 15.0
 MAX_PROCESSES = 64
 LOCUST_LOG = "locust.log"
@@ -375,27 +376,32 @@ def load_generator_cores(processes: int) -> int:
 
 
 class ServerScraper:
-    """Per-second server-side figures from a TuneSwarm endpoint's /metrics (None when it is not one)."""
+    """Per-second server-side figures from a TuneSwarm endpoint's ``/metrics``.
+
+    Other targets (a real TF Serving, anything without ``tuneswarm_`` metrics)
+    simply yield nothing. With ``--workers N`` a scrape answers for the worker
+    that took the connection, so the figures are a sample, not a total.
+    """
 
     def __init__(self, host: str) -> None:
         self.url = f"{host}/metrics"
         self.previous: Any = None
-        self.enabled = True
         try:
-            from agent.serving import metrics as serving_metrics  # light: no TensorFlow
-
-            self.metrics = serving_metrics
+            from agent.serving import metrics as serving_metrics  # no TensorFlow behind this import
         except ImportError:
-            self.enabled = False
+            serving_metrics = None
+        self.metrics = serving_metrics
 
     def sample(self) -> dict[str, float | None] | None:
-        if not self.enabled:
+        if self.metrics is None:
             return None
         try:
-            with urllib.request.urlopen(self.url, timeout=SCRAPE_TIMEOUT_S) as resp:
-                text = resp.read(2_000_000).decode("utf-8", errors="replace")
-            snapshot = self.metrics.parse_metrics(text)
-        except (OSError, ValueError, urllib.error.URLError):
+            with urllib.request.urlopen(self.url, timeout=SCRAPE_TIMEOUT_S) as resp:  # our own target, http(s) only
+                text = resp.read(MAX_SCRAPE_BYTES).decode("utf-8", errors="replace")
+            if "tuneswarm_" not in text:
+                return None
+            snapshot = self.metrics.parse_metrics(text, at=time.monotonic())
+        except (OSError, ValueError):  # URLError and HTTPError are OSErrors
             return None
         previous, self.previous = self.previous, snapshot
         if previous is None:
@@ -408,21 +414,18 @@ class ServerScraper:
 
 
 def server_frame(delta: Any) -> dict[str, float | None]:
-    """Registry metrics from ``agent.serving.metrics.snapshot_delta``'s result."""
+    """Registry metrics (``server_*``) from ``agent.serving.metrics.SnapshotDelta``."""
 
-    def get(*names: str) -> float | None:
-        for n in names:
-            value = delta.get(n) if isinstance(delta, Mapping) else getattr(delta, n, None)
-            if value is not None:
-                return float(value)
-        return None
+    def ms(seconds: float | None) -> float | None:
+        return None if seconds is None else 1000.0 * seconds
 
+    per_s = delta.seconds if delta.seconds and delta.seconds > 0 else None
     return {
-        "server_rps": get("rps", "requests_per_s"),
-        "server_queue_ms": get("mean_queue_ms", "queue_wait_ms", "queue_ms"),
-        "server_compute_ms": get("mean_compute_ms", "compute_ms"),
-        "server_batch_size": get("mean_batch_size", "batch_size"),
-        "server_shed_per_s": get("shed_per_s", "rejected_per_s"),
+        "server_rps": delta.requests_per_s,
+        "server_queue_ms": ms(delta.mean_queue_wait_s),
+        "server_compute_ms": ms(delta.mean_compute_s),
+        "server_batch_size": delta.mean_batch_size,
+        "server_shed_per_s": (delta.shed_503 / per_s) if per_s else None,
     }
 
 
@@ -430,10 +433,10 @@ def _server_cpu_seconds(pid: int | None) -> float | None:
     if pid is None:
         return None
     try:
-        proc = psutil.Process(pid)
-        procs = [proc, *proc.children(recursive=True)]
-        return sum(p.cpu_times().user + p.cpu_times().system for p in procs)
-    except psutil.Error:
+        from agent.serving.metrics import server_cpu_seconds
+
+        return server_cpu_seconds(pid)
+    except (ImportError, psutil.Error):
         return None
 
 

@@ -1,0 +1,271 @@
+"""``python -m loadtest``: a headless swarm with SLO gates, for people and for CI.
+
+    python -m loadtest --serve model.keras --users 32 --spawn-rate 32 --run-time 20s \\
+        --slo 'p95<=50ms' --slo 'fail_ratio<=0.01' --report-dir reports/
+    python -m loadtest --host http://127.0.0.1:8501 --samples samples.json --shape rate --target-rps 500 ...
+
+Exit codes: 0 every gate passed, 1 a gate failed or the run did not complete,
+2 bad usage (one line on stderr, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from loadtest import shapes, slo
+from loadtest.runner import LoadTestConfig, LoadTestResult, run_loadtest
+from runs.registry import Registry
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+# Serving flags forwarded to agent.serving: CLI dest -> ServingConfig field.
+SERVING_FLAGS = {
+    "runtime": "runtime",
+    "max_batch_size": "max_batch_size",
+    "batch_timeout_ms": "batch_timeout_ms",
+    "max_enqueued_batches": "max_enqueued_batches",
+    "num_batch_threads": "num_batch_threads",
+    "workers": "workers",
+    "request_timeout_ms": "request_timeout_ms",
+}
+ENDPOINT_READY_TIMEOUT_S = 120.0
+
+
+class UsageError(Exception):
+    """Bad command line or configuration: exit 2 with one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="python -m loadtest",
+        description="Run a headless Locust swarm against a TF Serving-compatible endpoint and judge SLO gates.",
+    )
+    target = p.add_argument_group("target (one of)")
+    ex = target.add_mutually_exclusive_group(required=True)
+    ex.add_argument("--serve", metavar="PATH.keras", help="start the embedded endpoint on this model for the run")
+    ex.add_argument("--host", metavar="URL", help="swarm an endpoint that is already running, e.g. http://127.0.0.1:8600")
+    target.add_argument("--model-name", default="model", help="model name in /v1/models/NAME:predict (default: model)")
+    target.add_argument(
+        "--samples",
+        default="",
+        help="samples.json with feature rows for the payloads (default with --serve: the one beside the model)",
+    )
+    target.add_argument("--n-features", type=int, default=0, help="without samples: send rows of this many zeros")
+
+    load = p.add_argument_group("load")
+    load.add_argument("-u", "--users", type=int, default=10, help="concurrent users (base users for steps/spike)")
+    load.add_argument("-r", "--spawn-rate", type=float, default=10.0, help="users started per second (default: 10)")
+    load.add_argument("-t", "--run-time", default="20s", help="run time like 20s, 1m30s (default: 20s)")
+    load.add_argument("--shape", choices=shapes.SHAPES, default="constant", help="load shape (default: constant)")
+    load.add_argument("--step-users", type=int, default=5, help="steps: users added per step")
+    load.add_argument("--step-time", type=float, default=5.0, help="steps: seconds per step")
+    load.add_argument("--max-users", type=int, default=50, help="steps: users at the top of the ladder")
+    load.add_argument("--spike-users", type=int, default=50, help="spike: users during the spike")
+    load.add_argument("--spike-at", type=float, default=5.0, help="spike: seconds into the run it starts")
+    load.add_argument("--spike-duration", type=float, default=5.0, help="spike: seconds it lasts")
+    load.add_argument("--target-rps", type=float, default=0.0, help="rate: offered requests/s (open loop)")
+    load.add_argument("--instances-per-request", type=int, default=1, help="feature rows per request (default: 1)")
+    load.add_argument(
+        "--processes",
+        type=int,
+        default=0,
+        help="Locust worker processes on this machine (Locust's --processes; -1 = one per core); "
+        "use when the summary says the load generator saturated",
+    )
+    load.add_argument("--timeout", type=float, default=10.0, help="client timeout per request in seconds")
+    load.add_argument("--stop-timeout", type=float, default=2.0, help="seconds users may finish their request at the end")
+
+    gates = p.add_argument_group("gates and reports")
+    gates.add_argument(
+        "--slo",
+        action="append",
+        default=[],
+        help="gate like 'p95<=50ms', 'p99<=100ms', 'fail_ratio<=0.01', 'rps>=500' (repeatable); "
+        f"metrics: {', '.join(slo.METRICS)}",
+    )
+    gates.add_argument("--report-dir", type=Path, help="copy the CSV/JSON/HTML reports and summary.json here")
+    gates.add_argument("--name", help="name of the run in the registry")
+
+    serving = p.add_argument_group("embedded endpoint (with --serve; see python -m agent.serving --help)")
+    serving.add_argument("--runtime", help="model runtime: keras, tf-function, xla, tflite, tflite-int8")
+    serving.add_argument("--max-batch-size", type=int, help="largest batch the batcher forms")
+    serving.add_argument("--batch-timeout-ms", type=float, help="longest wait for a batch to fill")
+    serving.add_argument("--max-enqueued-batches", type=int, help="queue bound in batches; beyond it requests get 503")
+    serving.add_argument("--num-batch-threads", type=int, help="batches executed in parallel")
+    serving.add_argument("--workers", type=int, help="server worker processes")
+    serving.add_argument("--request-timeout-ms", type=float, help="server-side deadline per request (504 after)")
+    serving.add_argument("--serving-config", type=Path, help="ServingConfig JSON file (flags above override it)")
+    return p
+
+
+def config_from_args(args: argparse.Namespace, host: str) -> LoadTestConfig:
+    samples = args.samples
+    if not samples and args.serve and not args.n_features:
+        samples = str(Path(args.serve).with_name("samples.json"))
+        if not Path(samples).is_file():
+            raise UsageError(f"no samples.json beside {args.serve}: give --samples FILE or --n-features N")
+    try:
+        run_time_s = shapes.parse_duration(args.run_time)
+        return LoadTestConfig(
+            host=host,
+            model_name=args.model_name,
+            users=args.users,
+            spawn_rate=args.spawn_rate,
+            run_time_s=run_time_s,
+            shape=args.shape,
+            step_users=args.step_users,
+            step_time_s=args.step_time,
+            max_users=args.max_users,
+            spike_users=args.spike_users,
+            spike_at_s=args.spike_at,
+            spike_duration_s=args.spike_duration,
+            target_rps=args.target_rps,
+            instances_per_request=args.instances_per_request,
+            processes=args.processes,
+            timeout_s=args.timeout,
+            samples_path=samples,
+            n_features=args.n_features,
+            slos=tuple(args.slo),
+            stop_timeout_s=args.stop_timeout,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def serving_config_from_args(args: argparse.Namespace) -> Any:
+    """``agent.serving.config.ServingConfig`` from --serving-config and the serving flags."""
+    from agent.serving.config import ServingConfig
+
+    try:
+        base = ServingConfig.from_json_file(args.serving_config) if args.serving_config else ServingConfig()
+        changes = {field: getattr(args, dest) for dest, field in SERVING_FLAGS.items() if getattr(args, dest) is not None}
+        return base.with_changes(**changes) if changes else base
+    except (OSError, ValueError, TypeError) as exc:
+        raise UsageError(f"serving config: {exc}") from None
+
+
+def _fmt(value: Any, unit: str = "", digits: int = 1) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}{unit}"
+    return f"{value}{unit}"
+
+
+def format_summary(result: LoadTestResult) -> str:
+    """The human summary table, gates and reports."""
+    s = result.summary
+    rows = [
+        ("run", f"{result.run_id} ({result.status})"),
+        ("target", s.get("target")),
+        ("requests", s.get("requests")),
+        ("failures", f"{s.get('failures')} ({_fmt(100.0 * (s.get('fail_ratio') or 0.0), '%', 2)})"),
+        ("throughput", _fmt(s.get("rps"), " req/s")),
+        ("offered", _fmt(s.get("offered_rps"), " req/s") if s.get("offered_rps") else "closed loop"),
+        ("latency p50/p90/p95/p99", " / ".join(_fmt(s.get(k), " ms") for k in ("p50_ms", "p90_ms", "p95_ms", "p99_ms"))),
+        ("latency avg / max", f"{_fmt(s.get('avg_ms'), ' ms')} / {_fmt(s.get('max_ms'), ' ms')}"),
+        ("shed (503)", s.get("shed")),
+        ("Locust CPU", f"{_fmt(s.get('locust_cpu_pct'), '%', 0)} (saturated: {_fmt(bool(s.get('saturated')))})"),
+    ]
+    server = s.get("server") or {}
+    if server:
+        rows.append(
+            (
+                "server queue / compute",
+                f"{_fmt(server.get('queue_ms'), ' ms', 2)} / {_fmt(server.get('compute_ms'), ' ms', 2)} "
+                f"(batch {_fmt(server.get('batch_size'), '', 1)})",
+            )
+        )
+        if server.get("cpu_ms_per_request") is not None:
+            rows.append(("server CPU per request", _fmt(server.get("cpu_ms_per_request"), " ms", 3)))
+    for reason, count in (s.get("failures_by_reason") or {}).items():
+        rows.append((f"  failure: {reason}", count))
+    width = max(len(k) for k, _ in rows)
+    lines = [f"{k:<{width}}  {v}" for k, v in rows]
+    lines.append(f"verdict: {result.verdict}")
+    if result.error and result.error != s.get("verdict"):
+        lines.append(f"error: {result.error}")
+    if result.gates:
+        lines.append("gates:")
+        lines.extend("  " + slo.format_gate(g) for g in result.gates)
+    return "\n".join(lines)
+
+
+def write_reports(result: LoadTestResult, report_dir: Path) -> list[Path]:
+    """Copy Locust's reports and the summary into ``report_dir``."""
+    report_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for src in result.reports.values():
+        p = Path(src)
+        if p.is_file():
+            written.append(Path(shutil.copy2(p, report_dir / p.name)))
+    summary_path = report_dir / "summary.json"
+    summary_path.write_text(
+        json.dumps({"run_id": result.run_id, "status": result.status, "error": result.error, **result.summary},
+                   indent=2, default=str)
+    )
+    written.append(summary_path)
+    return written
+
+
+def run(args: argparse.Namespace, registry: Registry) -> LoadTestResult:
+    """Start the endpoint if asked, run the swarm, and always stop the endpoint."""
+    if args.host:
+        return run_loadtest(registry, config_from_args(args, args.host), name=args.name)
+    model = Path(args.serve)
+    if not model.is_file():
+        raise UsageError(f"--serve {model}: no such model file (expected a .keras file)")
+    serving_config = serving_config_from_args(args)
+    from agent.serving.process import start_endpoint, stop_endpoint
+
+    # Validate the load test before paying for the endpoint's start-up.
+    config_from_args(args, "http://127.0.0.1:1")
+    try:
+        handle = start_endpoint(registry, model, serving_config, name=args.model_name, port=0,
+                                ready_timeout_s=ENDPOINT_READY_TIMEOUT_S)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        config = config_from_args(args, handle.url)
+        return run_loadtest(registry, config, serve_run_id=handle.run_id, name=args.name)
+    finally:
+        stop_endpoint(registry, handle.run_id)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        for expr in args.slo:
+            slo.parse_slo(expr)  # a malformed gate is bad usage, before anything starts
+        registry = Registry()
+        result = run(args, registry)
+    except UsageError as exc:
+        print(f"python -m loadtest: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ValueError as exc:
+        print(f"python -m loadtest: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except RuntimeError as exc:  # e.g. the endpoint did not become ready
+        print(f"python -m loadtest: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(format_summary(result))
+    if args.report_dir:
+        paths = write_reports(result, args.report_dir)
+        print(f"reports: {', '.join(str(p) for p in paths)}")
+    return EXIT_OK if result.passed else EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
