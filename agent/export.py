@@ -154,3 +154,83 @@ def load_samples(model_path: str | os.PathLike[str]) -> list[list[float]] | None
     if not path.is_file():
         return None
     return json.loads(path.read_text())["instances"]
+
+
+# -- compiled forms for serving ---------------------------------------------------------------------
+#
+# Conversions are slow (seconds) and deterministic, so each is done once and
+# cached beside the model, named after a hash of the model file: a retrained
+# model (new bytes) gets new files instead of being served from a stale copy.
+
+FINGERPRINT_CHARS = 16
+TFLITE_VARIANTS = ("float32", "int8")
+
+
+def model_fingerprint(model_path: str | os.PathLike[str]) -> str:
+    """Short content hash of the model file (keys the conversion cache)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(model_path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:FINGERPRINT_CHARS]
+
+
+def tflite_cache_path(model_path: str | os.PathLike[str], variant: str = "float32") -> Path:
+    """Where the TFLite conversion of ``model_path`` is cached."""
+    if variant not in TFLITE_VARIANTS:
+        raise ValueError(f"TFLite variant must be one of {', '.join(TFLITE_VARIANTS)}; got {variant!r}")
+    p = Path(model_path)
+    suffix = ".tflite" if variant == "float32" else ".int8.tflite"
+    return p.with_name(f"{p.stem}.{model_fingerprint(p)}{suffix}")
+
+
+def convert_to_tflite(
+    model_path: str | os.PathLike[str],
+    variant: str = "float32",
+    model: keras.Model | None = None,
+) -> Path:
+    """TFLite flatbuffer for the model (``int8`` = dynamic-range quantized weights); cached.
+
+    Returns the cached file's path. ``model`` may be passed when already loaded.
+    """
+    import contextlib
+    import sys
+
+    import tensorflow as tf
+
+    target = tflite_cache_path(model_path, variant)
+    if target.is_file():
+        return target
+    if model is None:
+        model = load_model(model_path)
+    # The converter prints the SavedModel it writes on the way to stdout; keep stdout
+    # for the programs' own output (the endpoint's ready line).
+    with contextlib.redirect_stdout(sys.stderr):
+        converter = tf.lite.TFLiteConverter.from_keras_model(model)
+        if variant == "int8":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        flatbuffer = converter.convert()
+    tmp = target.with_name(target.name + f".{os.getpid()}.tmp")
+    tmp.write_bytes(flatbuffer)
+    os.replace(tmp, target)  # atomic: concurrent workers never read a partial file
+    return target
+
+
+def serving_function(model: keras.Model, n_features: int, jit_compile: bool = False) -> Any:
+    """A ``tf.function`` over the model with a fixed ``[None, n_features]`` float32 signature.
+
+    The fixed signature means one trace for every batch size; with ``jit_compile``
+    XLA still compiles once per distinct batch shape, which is why the endpoint pads
+    batches to ``allowed_batch_sizes``.
+    """
+    import tensorflow as tf
+
+    spec = tf.TensorSpec([None, n_features], tf.float32, name=INPUT_NAME)
+
+    @tf.function(input_signature=[spec], jit_compile=jit_compile, reduce_retracing=True)
+    def serve(x: Any) -> Any:
+        return model(x, training=False)
+
+    return serve

@@ -117,7 +117,7 @@ class Batcher:
         self._allowed = config.allowed_batch_sizes
         self._capacity = config.queue_capacity_rows
         self._threads = config.num_batch_threads
-        self._observer: BatchObserver = observer or _NullObserver()
+        self.observer: BatchObserver = observer or _NullObserver()
         self._queue: collections.deque[_Pending] = collections.deque()
         self._queued_rows = 0
         self._in_flight_batches = 0
@@ -261,7 +261,7 @@ class Batcher:
                 q.popleft()
                 continue
             if item.offset == 0:
-                self._observer.queue_wait(now - item.enqueued)
+                self.observer.queue_wait(now - item.enqueued)
             take = min(item.n - item.offset, self._max_batch - rows)
             slices.append(_Slice(item, item.offset, item.offset + take, rows))
             item.offset += take
@@ -305,7 +305,7 @@ class Batcher:
             return
         y, compute, padded = fut.result()
         rows = sum(s.stop - s.start for s in slices)
-        self._observer.batch_done(rows, padded, compute)
+        self.observer.batch_done(rows, padded, compute)
         for s in slices:
             item = s.item
             if item.future.done():

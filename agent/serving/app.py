@@ -1,0 +1,390 @@
+"""The HTTP endpoint: a raw ASGI app speaking TensorFlow Serving's REST API.
+
+A hand-written ASGI app rather than a framework: the handlers are a few lines
+each, and CPU per request is what users tune here, so the app adds as little as
+possible on top of uvicorn (see ``create_ceiling_app``, the reference it is
+measured against). Routes (DESIGN.md section 3):
+
+- ``POST /v1/models/{name}[/versions/{v}]:predict``   predictions
+- ``GET  /v1/models/{name}[/versions/{v}]``           model status
+- ``GET  /v1/models/{name}[/versions/{v}]/metadata``  signature
+- ``GET  /healthz`` (alive) ``GET /readyz`` (model loaded and warmed) ``GET /metrics``
+
+Every error is ``{"error": "..."}`` with a 4xx for client mistakes, 503 +
+Retry-After when shedding load, 504 past a request deadline; an unexpected fault
+in the server is logged and answered 500 with a JSON error, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+
+from agent.serving.batcher import Batcher, DeadlineExceededError, QueueFullError
+from agent.serving.codec import (
+    SIGNATURE_NAME,
+    RequestError,
+    decode_predict,
+    encode_error,
+    encode_json,
+    encode_predict,
+)
+from agent.serving.config import ServingConfig
+from agent.serving.metrics import ServingMetrics
+
+log = logging.getLogger("agent.serving")
+
+MODEL_VERSION = "1"  # one model per endpoint; TF Serving clients may address it as version 1
+SHUTDOWN_BATCH_WAIT_S = 30.0
+ACCEPTED_CONTENT_TYPES = (
+    b"application/json",
+    # curl -d (TF Serving's documented examples) sends this type with a JSON body.
+    b"application/x-www-form-urlencoded",
+)
+JSON_HEADERS = [(b"content-type", b"application/json")]
+METRICS_CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+MODEL_PATH_RE = re.compile(
+    r"^/v1/models/(?P<name>[^/:]+)"
+    r"(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
+    r"(?P<tail>:[A-Za-z]+|/metadata)?$"
+)
+PATHS_HELP = "/v1/models/{name}[/versions/{v}][:predict|/metadata], /healthz, /readyz or /metrics"
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class ServingApp:
+    """ASGI app for one model. Build it with :func:`create_app`."""
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str] | None,
+        name: str,
+        config: ServingConfig,
+        runtime: Any = None,
+        on_ready: Callable[[ServingApp], None] | None = None,
+    ) -> None:
+        self.model_path = model_path
+        self.name = name
+        self.config = config
+        self.runtime = runtime
+        self.metrics = ServingMetrics(name)
+        self.ready = False
+        self.startup_error: str | None = None
+        self.n_features = 0
+        self.output_dim = 0
+        self.on_ready = on_ready
+        self.batcher: Batcher | None = None
+        self._timeout_s = config.request_timeout_ms / 1000.0 or None
+        self._max_body = config.max_body_bytes
+        self._fast_predict = {f"/v1/models/{name}:predict", f"/v1/models/{name}/versions/{MODEL_VERSION}:predict"}
+
+    # -- ASGI entry ------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            t0 = time.perf_counter()
+            try:
+                code = await self._http(scope, receive, send)
+            except Exception:
+                log.exception("unexpected error serving %s %s", scope.get("method"), scope.get("path"))
+                code = 500
+                # The response may have started already or the client be gone.
+                with contextlib.suppress(Exception):
+                    await _send(send, 500, encode_error("internal server error; see the server log"))
+            self.metrics.request_done(code, time.perf_counter() - t0)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> int:
+        path: str = scope["path"]
+        if path in self._fast_predict:
+            return await self._predict(scope, receive, send)
+        if path == "/healthz":
+            return await self._get_only(scope, send, lambda: (200, encode_json({"status": "ok"})))
+        if path == "/readyz":
+            return await self._get_only(scope, send, self._readiness)
+        if path == "/metrics":
+            if scope["method"] not in ("GET", "HEAD"):
+                return await _error(send, 405, f"{scope['method']} not allowed on /metrics; use GET", allow=b"GET")
+            await _send(send, 200, self.metrics.exposition(), [(b"content-type", METRICS_CONTENT_TYPE)])
+            return 200
+        m = MODEL_PATH_RE.match(path)
+        if m is None:
+            return await _error(send, 404, f"unknown path {path!r}; expected {PATHS_HELP}")
+        if m["name"] != self.name:
+            return await _error(send, 404, f"model {m['name']!r} not found; this server serves {self.name!r}")
+        if m["label"] is not None:
+            return await _error(send, 404, f"version label {m['label']!r} of model {self.name!r} not found; "
+                                f"address it as /versions/{MODEL_VERSION} or without a version")
+        if m["version"] is not None and m["version"] != MODEL_VERSION:
+            return await _error(send, 404, f"version {m['version']!r} of model {self.name!r} not found; "
+                                f"available: {MODEL_VERSION}")
+        tail = m["tail"]
+        if tail == ":predict":
+            return await self._predict(scope, receive, send)
+        if tail is None:
+            return await self._get_only(scope, send, self._status)
+        if tail == "/metadata":
+            return await self._get_only(scope, send, self._metadata)
+        return await _error(send, 404, f"unknown verb {tail!r}; this server answers :predict")
+
+    async def _get_only(self, scope: Scope, send: Send, handler: Callable[[], tuple[int, bytes]]) -> int:
+        if scope["method"] not in ("GET", "HEAD"):
+            return await _error(send, 405, f"{scope['method']} not allowed on {scope['path']}; use GET", allow=b"GET")
+        code, body = handler()
+        await _send(send, code, body)
+        return code
+
+    # -- handlers --------------------------------------------------------------------------------
+
+    def _readiness(self) -> tuple[int, bytes]:
+        if self.ready:
+            return 200, encode_json({"status": "ready", "model": self.name, "runtime": self.runtime_name})
+        reason = self.startup_error or "model is loading and warming up"
+        return 503, encode_error(f"not ready: {reason}")
+
+    @property
+    def runtime_name(self) -> str:
+        return str(getattr(self.runtime, "name", self.config.runtime))
+
+    def _status(self) -> tuple[int, bytes]:
+        state = "AVAILABLE" if self.ready else ("END" if self.startup_error else "LOADING")
+        status = {"error_code": "OK", "error_message": ""}
+        if self.startup_error:
+            status = {"error_code": "UNKNOWN", "error_message": self.startup_error}
+        return 200, encode_json({"model_version_status": [{"version": MODEL_VERSION, "state": state,
+                                                           "status": status}]})
+
+    def _metadata(self) -> tuple[int, bytes]:
+        if not self.ready:
+            return 503, encode_error("model is loading; metadata is available once /readyz is 200")
+        return 200, encode_json(metadata_document(self.name, self.n_features, self.output_dim))
+
+    async def _predict(self, scope: Scope, receive: Receive, send: Send) -> int:
+        if scope["method"] != "POST":
+            return await _error(send, 405, f"{scope['method']} not allowed on {scope['path']}; use POST",
+                                allow=b"POST")
+        content_type = b""
+        length = -1
+        for key, value in scope["headers"]:
+            if key == b"content-type":
+                content_type = value
+            elif key == b"content-length":
+                length = int(value) if value.isdigit() else -1
+        if content_type and not _is_json_type(content_type):
+            return await _error(send, 415, f"content-type {content_type.decode('latin-1')!r} is not JSON; "
+                                "send application/json")
+        if length > self._max_body:
+            return await _error(send, 413, f"body of {length} bytes exceeds the limit of {self._max_body} bytes")
+        body = await _read_body(receive, self._max_body)
+        if body is None:
+            return await _error(send, 413, f"body exceeds the limit of {self._max_body} bytes")
+        batcher = self.batcher
+        if not self.ready or batcher is None:
+            return await _error(send, 503, "model is loading; retry when /readyz is 200", retry_after=b"1")
+        try:
+            req = decode_predict(body, self.n_features, self.config.max_instances)
+            y = await batcher.submit(req.x, self._timeout_s)
+        except RequestError as exc:
+            return await _error(send, exc.status, exc.message)
+        except QueueFullError as exc:
+            self.metrics.shed()
+            return await _error(send, 503, str(exc), retry_after=str(exc.retry_after_s).encode())
+        except DeadlineExceededError as exc:
+            return await _error(send, 504, str(exc))
+        await _send(send, 200, encode_predict(y, req.columnar))
+        return 200
+
+    # -- life cycle ------------------------------------------------------------------------------
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    self.startup_error = _one_line(exc)
+                    log.error("start-up failed: %s", self.startup_error)
+                    await send({"type": "lifespan.startup.failed", "message": self.startup_error})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def startup(self) -> None:
+        """Load the model (unless a runtime was given), warm every batch size, then go ready."""
+        if self.runtime is None:
+            from agent.serving.runtimes import make_runtime
+
+            if self.model_path is None:
+                raise ValueError("no model path and no runtime given")
+            self.runtime = await asyncio.to_thread(make_runtime, self.config.runtime, self.model_path, self.config)
+        self.n_features = int(self.runtime.n_features)
+        batcher = Batcher(self.runtime.predict, self.config)
+        await batcher.start()
+        self.batcher = batcher
+        # Warm-up goes through the batcher so the batch threads build their
+        # interpreters / traces before the first real request.
+        for size in self.config.warmup_batch_sizes:
+            y = await batcher.submit(np.zeros((size, self.n_features), dtype=np.float32))
+            self.output_dim = int(np.prod(y.shape[1:])) if y.ndim > 1 else 1
+        batcher.observer = self.metrics  # warm-up batches are not traffic
+        self.metrics.watch_queue(lambda: batcher.queued_rows, lambda: batcher.queued_requests,
+                                 lambda: batcher.in_flight_batches)
+        self.ready = True
+        if self.on_ready is not None:
+            self.on_ready(self)
+
+    async def shutdown(self) -> None:
+        self.ready = False
+        if self.batcher is not None:
+            await self.batcher.close(SHUTDOWN_BATCH_WAIT_S)
+
+
+def metadata_document(name: str, n_features: int, output_dim: int) -> dict[str, Any]:
+    """GetModelMetadataResponse as TF Serving renders it in JSON."""
+
+    def tensor(tensor_name: str, dims: list[int]) -> dict[str, Any]:
+        return {
+            "dtype": "DT_FLOAT",
+            "tensor_shape": {"dim": [{"size": str(d), "name": ""} for d in dims], "unknown_rank": False},
+            "name": tensor_name,
+        }
+
+    return {
+        "model_spec": {"name": name, "signature_name": "", "version": MODEL_VERSION},
+        "metadata": {
+            "signature_def": {
+                "signature_def": {
+                    SIGNATURE_NAME: {
+                        "inputs": {"features": tensor("serving_default_features:0", [-1, n_features])},
+                        "outputs": {"predictions": tensor("StatefulPartitionedCall:0", [-1, output_dim])},
+                        "method_name": "tensorflow/serving/predict",
+                    }
+                }
+            }
+        },
+    }
+
+
+def create_app(
+    model_path: str | os.PathLike[str] | None,
+    name: str,
+    config: ServingConfig,
+    *,
+    runtime: Any = None,
+    on_ready: Callable[[ServingApp], None] | None = None,
+) -> ServingApp:
+    """The endpoint app. The model is loaded in the ASGI lifespan (not here).
+
+    ``runtime`` (anything with ``name``, ``n_features`` and ``predict(x)``) replaces
+    building one from ``model_path``/``config.runtime``; ``on_ready`` is called
+    once the model is warmed and ``/readyz`` answers 200.
+    """
+    if not name or "/" in name or ":" in name:
+        raise ValueError(f"model name must be non-empty without '/' or ':'; got {name!r}")
+    return ServingApp(model_path, name, config, runtime=runtime, on_ready=on_ready)
+
+
+# -- the ceiling: same stack, fixed answer ---------------------------------------------------------
+
+CEILING_BODY = encode_json({"predictions": [[0.1] * 10]})
+
+
+class CeilingApp:
+    """The performance reference: reads the request body and answers a fixed
+    predict-shaped body on the same server stack, with no model or batching."""
+
+    name = "ceiling"
+
+    def __init__(self, on_ready: Callable[[CeilingApp], None] | None = None) -> None:
+        self.ready = False
+        self.on_ready = on_ready
+        self.runtime_name = "ceiling"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            if scope["method"] == "POST":
+                await _read_body(receive, 1 << 30)
+                await _send(send, 200, CEILING_BODY)
+            else:
+                await _send(send, 200, encode_json({"status": "ok"}))
+        elif scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    self.ready = True
+                    if self.on_ready is not None:
+                        self.on_ready(self)
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+
+
+def create_ceiling_app(on_ready: Callable[[CeilingApp], None] | None = None) -> CeilingApp:
+    return CeilingApp(on_ready)
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def _is_json_type(content_type: bytes) -> bool:
+    media = content_type.split(b";", 1)[0].strip().lower()
+    return media in ACCEPTED_CONTENT_TYPES or media.endswith(b"+json")
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The request body, or None once more than ``limit`` bytes arrived (chunked uploads)."""
+    message = await receive()
+    body = message.get("body", b"")
+    if not message.get("more_body", False):
+        return body if len(body) <= limit else None
+    chunks = [body]
+    size = len(body)
+    while message.get("more_body", False):
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _send(send: Send, code: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    await send({"type": "http.response.start", "status": code, "headers": headers or JSON_HEADERS})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _error(send: Send, code: int, message: str, *, allow: bytes | None = None,
+                 retry_after: bytes | None = None) -> int:
+    headers = list(JSON_HEADERS)
+    if allow is not None:
+        headers.append((b"allow", allow))
+    if retry_after is not None:
+        headers.append((b"retry-after", retry_after))
+    await _send(send, code, encode_error(message), headers)
+    return code
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")

@@ -1,0 +1,194 @@
+"""Running the endpoint: socket, uvicorn, worker processes, registry bookkeeping.
+
+The listening socket is bound here rather than by uvicorn so that ``--port 0``
+yields a known port before anything prints "ready", and so that ``--workers N``
+can hand the same listening socket to N worker processes (each inherits the file
+descriptor and runs its own uvicorn, batcher and runtime; the kernel spreads
+connections between them).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from agent.serving.config import ServingConfig
+
+log = logging.getLogger("agent.serving")
+
+READY_PREFIX = "ready: "
+LISTEN_BACKLOG = 2048
+GRACEFUL_SHUTDOWN_S = 20  # in-flight requests get this long after SIGTERM
+WORKER_READY_TIMEOUT_S = 300.0
+WORKER_STOP_TIMEOUT_S = GRACEFUL_SHUTDOWN_S + 10.0
+POLL_S = 0.1
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    model_path: str | None  # None with ceiling
+    name: str
+    host: str
+    port: int
+    config: ServingConfig
+    ceiling: bool = False
+    log_level: str = "warning"
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port (port 0 = a free port)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.listen(LISTEN_BACKLOG)
+    return sock
+
+
+def url_for(host: str, port: int) -> str:
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}"
+
+
+def build_app(opts: ServeOptions, on_ready: Callable[[Any], None]) -> Any:
+    from agent.serving.app import create_app, create_ceiling_app
+
+    if opts.ceiling:
+        return create_ceiling_app(on_ready=on_ready)
+    return create_app(opts.model_path, opts.name, opts.config, on_ready=on_ready)
+
+
+def run_uvicorn(app: Any, sock: socket.socket, log_level: str) -> None:
+    """Serve ``app`` on ``sock`` until SIGTERM/SIGINT (graceful: in-flight requests finish)."""
+    import uvicorn
+
+    config = uvicorn.Config(
+        app,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_level=log_level,
+        server_header=False,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        backlog=LISTEN_BACKLOG,
+    )
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def serve_single(opts: ServeOptions, sock: socket.socket, on_ready: Callable[[Any], None]) -> str | None:
+    """Serve in this process; returns the start-up error (None after a clean shutdown)."""
+    app = build_app(opts, on_ready)
+    run_uvicorn(app, sock, opts.log_level)
+    return getattr(app, "startup_error", None)
+
+
+# -- worker processes ------------------------------------------------------------------------------
+
+
+def worker_argv(opts: ServeOptions, fd: int, index: int) -> list[str]:
+    argv = [sys.executable, "-m", "agent.serving", "--inherit-fd", str(fd), "--worker-index", str(index),
+            "--name", opts.name, "--host", opts.host, "--port", "0",
+            "--config-json", json.dumps(opts.config.to_dict()), "--log-level", opts.log_level]
+    if opts.ceiling:
+        argv.append("--ceiling")
+    else:
+        assert opts.model_path is not None
+        argv += ["--model", opts.model_path]
+    return argv
+
+
+def serve_workers(opts: ServeOptions, sock: socket.socket, on_ready: Callable[[list[int]], None]) -> str | None:
+    """Run ``config.workers`` worker processes on the shared socket and supervise them.
+
+    Returns None after a clean shutdown (SIGTERM/SIGINT forwarded, all workers
+    exited 0) or an error message.
+    """
+    fd = sock.fileno()
+    os.set_inheritable(fd, True)
+    procs: list[subprocess.Popen[bytes]] = []
+    stopping = {"flag": False}
+
+    def stop(signum: int, frame: Any) -> None:
+        stopping["flag"] = True
+
+    old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for i in range(opts.config.workers):
+            procs.append(subprocess.Popen(worker_argv(opts, fd, i), stdout=subprocess.PIPE, pass_fds=(fd,)))
+        error = _wait_workers_ready(procs, stopping)
+        if error is None and not stopping["flag"]:
+            on_ready([p.pid for p in procs])
+            while not stopping["flag"]:
+                dead = [p for p in procs if p.poll() is not None]
+                if dead:
+                    error = f"worker {dead[0].pid} exited with code {dead[0].returncode}"
+                    break
+                time.sleep(POLL_S)
+        codes = _stop_workers(procs)
+        if error is None and any(c != 0 for c in codes):
+            error = f"worker exit codes {codes}"
+        return error
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def _wait_workers_ready(procs: Sequence[subprocess.Popen[bytes]], stopping: dict[str, bool]) -> str | None:
+    sel = selectors.DefaultSelector()
+    for p in procs:
+        assert p.stdout is not None
+        sel.register(p.stdout, selectors.EVENT_READ, p)
+    pending = set(range(len(procs)))
+    buffers: dict[int, bytes] = {}
+    deadline = time.monotonic() + WORKER_READY_TIMEOUT_S
+    try:
+        while pending and not stopping["flag"]:
+            if time.monotonic() > deadline:
+                return f"workers not ready after {WORKER_READY_TIMEOUT_S:.0f}s"
+            for key, _ in sel.select(POLL_S):
+                proc = key.data
+                idx = procs.index(proc)
+                chunk = os.read(key.fd, 4096)
+                if not chunk:
+                    sel.unregister(key.fileobj)
+                    proc.wait()
+                    return f"worker {proc.pid} exited with code {proc.returncode} before it was ready"
+                buffers[idx] = buffers.get(idx, b"") + chunk
+                if READY_PREFIX.encode() in buffers[idx]:
+                    pending.discard(idx)
+        return None
+    finally:
+        sel.close()
+
+
+def _stop_workers(procs: Sequence[subprocess.Popen[bytes]]) -> list[int]:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + WORKER_STOP_TIMEOUT_S
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    return [p.returncode for p in procs]
