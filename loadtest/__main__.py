@@ -34,6 +34,7 @@ SERVING_FLAGS = {
     "request_timeout_ms": "request_timeout_ms",
 }
 ENDPOINT_READY_TIMEOUT_S = 120.0
+PERCENTILE_KEYS = ("p50_ms", "p90_ms", "p95_ms", "p99_ms")
 
 
 class UsageError(Exception):
@@ -83,7 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
         "use when the summary says the load generator saturated",
     )
     load.add_argument("--timeout", type=float, default=10.0, help="client timeout per request in seconds")
-    load.add_argument("--stop-timeout", type=float, default=2.0, help="seconds users may finish their request at the end")
+    load.add_argument(
+        "--stop-timeout", type=float, default=2.0, help="seconds users may finish their request at the end"
+    )
 
     gates = p.add_argument_group("gates and reports")
     gates.add_argument(
@@ -148,7 +151,7 @@ def serving_config_from_args(args: argparse.Namespace) -> Any:
 
     try:
         base = ServingConfig.from_json_file(args.serving_config) if args.serving_config else ServingConfig()
-        changes = {field: getattr(args, dest) for dest, field in SERVING_FLAGS.items() if getattr(args, dest) is not None}
+        changes = {f: getattr(args, dest) for dest, f in SERVING_FLAGS.items() if getattr(args, dest) is not None}
         return base.with_changes(**changes) if changes else base
     except (OSError, ValueError, TypeError) as exc:
         raise UsageError(f"serving config: {exc}") from None
@@ -174,7 +177,7 @@ def format_summary(result: LoadTestResult) -> str:
         ("failures", f"{s.get('failures')} ({_fmt(100.0 * (s.get('fail_ratio') or 0.0), '%', 2)})"),
         ("throughput", _fmt(s.get("rps"), " req/s")),
         ("offered", _fmt(s.get("offered_rps"), " req/s") if s.get("offered_rps") else "closed loop"),
-        ("latency p50/p90/p95/p99", " / ".join(_fmt(s.get(k), " ms") for k in ("p50_ms", "p90_ms", "p95_ms", "p99_ms"))),
+        ("latency p50/p90/p95/p99", " / ".join(_fmt(s.get(k), " ms") for k in PERCENTILE_KEYS)),
         ("latency avg / max", f"{_fmt(s.get('avg_ms'), ' ms')} / {_fmt(s.get('max_ms'), ' ms')}"),
         ("shed (503)", s.get("shed")),
         ("Locust CPU", f"{_fmt(s.get('locust_cpu_pct'), '%', 0)} (saturated: {_fmt(bool(s.get('saturated')))})"),

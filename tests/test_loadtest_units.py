@@ -1,0 +1,310 @@
+"""Pure parts of the Locust side: SLO gates, shapes, Locust output parsing, payloads, config, CLI usage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from loadtest import payload, results, shapes, slo
+from loadtest.__main__ import main as cli_main
+from loadtest.runner import HistoryTail, LoadTestConfig, locust_argv
+
+HEADER = (
+    "Timestamp,User Count,Type,Name,Requests/s,Failures/s,50%,66%,75%,80%,90%,95%,98%,99%,99.9%,99.99%,100%,"
+    "Total Request Count,Total Failure Count,Total Median Response Time,Total Average Response Time,"
+    "Total Min Response Time,Total Max Response Time,Total Average Content Size"
+)
+
+
+def hist_line(ts: int, users: int, name: str, total: int, fails: int, avg: float, p: int = 5) -> str:
+    method = "" if name == "Aggregated" else "POST"
+    pct = ",".join([str(p)] * 11)
+    return f"{ts},{users},{method},{name},1.0,0.0,{pct},{total},{fails},{p},{avg},1,{p * 3},20"
+
+
+# -- SLO ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("expr", "metric", "op", "limit"),
+    [
+        ("p95<=50ms", "p95", "<=", 50.0),
+        ("p99 < 0.1s", "p99", "<", 100.0),
+        ("avg<=7", "avg", "<=", 7.0),
+        ("fail_ratio<=0.01", "fail_ratio", "<=", 0.01),
+        ("fail_ratio<1%", "fail_ratio", "<", 0.01),
+        ("rps>=500", "rps", ">=", 500.0),
+        ("failures>0", "failures", ">", 0.0),
+        ("MAX<=2s", "max", "<=", 2000.0),
+    ],
+)
+def test_slo_parses_good_expressions(expr: str, metric: str, op: str, limit: float) -> None:
+    s = slo.parse_slo(expr)
+    assert (s.metric, s.op) == (metric, op)
+    assert s.limit == pytest.approx(limit)
+
+
+@pytest.mark.parametrize(
+    "expr", ["p96<=50ms", "p95=50", "p95<=", "rps>=5ms", "p95<=10%", "latency<1", "", "fail_ratio<=2"]
+)
+def test_slo_rejects_malformed_expressions_naming_metrics_and_operators(expr: str) -> None:
+    with pytest.raises(ValueError) as info:
+        slo.parse_slo(expr)
+    message = str(info.value)
+    if "fail_ratio is a fraction" not in message:
+        assert "p95" in message and "fail_ratio" in message and "<=" in message
+
+
+def test_slo_evaluate_measures_against_summary_and_fails_missing_figures() -> None:
+    summary = {"p95_ms": 40.0, "p99_ms": 120.0, "rps": 600.0, "fail_ratio": 0.0, "failures": 0, "avg_ms": None}
+    gates = slo.evaluate(slo.parse_slos(["p95<=50ms", "p99<=100ms", "rps>=500", "fail_ratio<=0.01", "avg<5"]), summary)
+    assert [g.passed for g in gates] == [True, False, True, True, False]
+    assert gates[1].measured == 120.0 and gates[1].limit == 100.0
+    assert gates[4].measured is None  # no latency measured: the gate fails rather than passing silently
+    assert "FAIL" in slo.format_gate(gates[1]) and "PASS" in slo.format_gate(gates[0])
+
+
+def test_slo_boundaries_respect_strictness() -> None:
+    assert slo.parse_slo("p95<=50").holds(50.0)
+    assert not slo.parse_slo("p95<50").holds(50.0)
+    assert slo.parse_slo("rps>=10").holds(10.0)
+    assert not slo.parse_slo("rps>10").holds(10.0)
+
+
+# -- shapes ------------------------------------------------------------------------------------
+
+
+def test_constant_shape_holds_users_then_stops() -> None:
+    spec = shapes.ShapeSpec(kind="constant", users=7, spawn_rate=3, run_time_s=10)
+    assert shapes.tick(spec, 0) == (7, 3.0)
+    assert shapes.tick(spec, 9.9) == (7, 3.0)
+    assert shapes.tick(spec, 10) is None
+
+
+def test_step_shape_climbs_the_ladder_and_holds_at_max() -> None:
+    spec = shapes.ShapeSpec(kind="steps", users=2, step_users=3, step_time_s=2, max_users=9, run_time_s=20)
+    assert [shapes.target_users(spec, t) for t in (0, 1.9, 2, 4, 6, 8, 19)] == [2, 2, 5, 8, 9, 9, 9]
+    assert shapes.peak_users(spec) == 9
+
+
+def test_spike_shape_rises_fast_and_returns_to_baseline() -> None:
+    spec = shapes.ShapeSpec(kind="spike", users=2, spike_users=12, spike_at_s=3, spike_duration_s=2, run_time_s=10)
+    assert [shapes.target_users(spec, t) for t in (0, 2.9, 3, 4.9, 5, 9)] == [2, 2, 12, 12, 2, 2]
+    assert shapes.spawn_rate_at(spec) >= 10  # reaches the peak within about a second
+
+
+def test_rate_shape_splits_the_target_over_paced_users() -> None:
+    spec = shapes.ShapeSpec(kind="rate", users=8, target_rps=200, run_time_s=5)
+    assert shapes.per_user_rate(spec) == pytest.approx(25.0)
+    assert shapes.offered_rps(spec) == 200
+    assert shapes.per_user_rate(shapes.ShapeSpec(kind="constant")) is None
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"kind": "zigzag"}, "shape"),
+        ({"users": 0}, "users"),
+        ({"spawn_rate": 0}, "spawn_rate"),
+        ({"run_time_s": -1}, "run_time_s"),
+        ({"kind": "rate", "target_rps": 0}, "target_rps"),
+        ({"kind": "steps", "max_users": 1, "users": 5}, "max_users"),
+        ({"kind": "spike", "spike_duration_s": 0}, "spike"),
+    ],
+)
+def test_shape_spec_names_the_bad_field(changes: dict, field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        shapes.ShapeSpec(**changes)
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("20", 20), ("20s", 20), ("1m30s", 90), ("1h", 3600), (2.5, 2.5)])
+def test_parse_duration(text: str | float, seconds: float) -> None:
+    assert shapes.parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "abc", "0", "-3s", "5ms"])
+def test_parse_duration_rejects_garbage(text: str) -> None:
+    with pytest.raises(ValueError, match="duration"):
+        shapes.parse_duration(text)
+
+
+# -- Locust output parsing ---------------------------------------------------------------------
+
+
+def test_history_parser_skips_a_half_written_last_line() -> None:
+    text = "\n".join([HEADER, hist_line(100, 2, "Aggregated", 10, 0, 4.0), hist_line(101, 2, "Aggregated", 30, 1, 6.0)])
+    text += "\n" + hist_line(102, 2, "Aggregated", 50, 1, 6.0)[:37]  # torn: no newline yet
+    rows = results.parse_history(text)
+    assert [r.ts for r in rows] == [100, 101]
+    lines, rest = results.split_complete_lines(text)
+    assert rest.startswith("102,") and len(lines) == 3
+
+
+def test_frames_difference_totals_into_per_second_rates_and_means() -> None:
+    rows = results.parse_history(
+        "\n".join(
+            [
+                HEADER,
+                hist_line(100, 4, "/predict", 10, 0, 4.0),
+                hist_line(100, 4, "Aggregated", 10, 0, 4.0),
+                hist_line(101, 4, "/predict", 30, 2, 6.0),
+                hist_line(101, 4, "Aggregated", 30, 2, 6.0),
+            ]
+        )
+        + "\n"
+    )
+    frames = dict(results.frames_from_history(rows, start_ts=99.7))
+    assert sorted(frames) == [1, 2]
+    assert frames[2]["rps"] == pytest.approx(20.0)
+    assert frames[2]["fail_per_s"] == pytest.approx(2.0)
+    # 30 requests averaging 6 ms after 10 averaging 4 ms: the 20 new ones averaged 7 ms.
+    assert frames[2]["avg_ms"] == pytest.approx(7.0)
+    assert frames[2]["users"] == 4 and frames[2]["p95_ms"] == 5
+    assert any(k.startswith(results.ENDPOINT_PREFIX) and k.endswith("/rps") for k in frames[2])
+
+
+def test_history_tail_reads_incrementally_and_waits_for_the_newline(tmp_path: Path) -> None:
+    path = tmp_path / "x_stats_history.csv"
+    tail = HistoryTail(path)
+    assert tail.read() == []  # not there yet
+    line1 = hist_line(100, 1, "Aggregated", 5, 0, 1.0)
+    path.write_text(HEADER + "\n" + line1[:20])
+    assert tail.read() == []
+    with open(path, "a") as fh:
+        fh.write(line1[20:] + "\n" + hist_line(101, 1, "Aggregated", 9, 0, 1.0)[:10])
+    assert [r.ts for r in tail.read()] == [100]
+    with open(path, "a") as fh:
+        fh.write(hist_line(101, 1, "Aggregated", 9, 0, 1.0)[10:] + "\n")
+    assert [r.total_requests for r in tail.read()] == [9]
+
+
+def test_failures_csv_reasons_are_unwrapped_and_summed() -> None:
+    text = (
+        "Method,Name,Error,Occurrences,First Seen,Last Seen\n"
+        "POST,/a,CatchResponseError('503 shed'),7,x,y\n"
+        "POST,/b,CatchResponseError('503 shed'),3,x,y\n"
+        'POST,/a,"CatchResponseError(""400 instances must be a list"")",2,x,y\n'
+        "POST,/a,CatchResponseError('connection refused'),1,x,y\n"
+    )
+    reasons = results.parse_failures_csv(text)
+    assert reasons == {"503 shed": 10, '400 instances must be a list': 2, "connection refused": 1}
+
+
+def test_stats_csv_totals_and_summary_verdicts() -> None:
+    stats_text = (
+        "Type,Name,Request Count,Failure Count,Median Response Time,Average Response Time,Min Response Time,"
+        "Max Response Time,Average Content Size,Requests/s,Failures/s,50%,66%,75%,80%,90%,95%,98%,99%,99.9%,"
+        "99.99%,100%\n"
+        "POST,/p,100,40,3,3.5,1,30,20,50.0,20.0,3,3,4,4,5,6,8,9,30,30,30\n"
+        ",Aggregated,100,40,3,3.5,1,30,20,50.0,20.0,3,3,4,4,5,6,8,9,30,30,30\n"
+    )
+    stats = results.parse_stats_csv(stats_text)
+    summary = results.summarize(
+        stats=stats, history=[], failures_by_reason={"503 shed": 40}, offered_rps=200.0, target="http://t"
+    )
+    assert summary["requests"] == 100 and summary["fail_ratio"] == pytest.approx(0.4)
+    assert summary["p95_ms"] == 6 and summary["shed"] == 40 and summary["offered_rps"] == 200.0
+    assert "shed load" in summary["verdict"] and "capacity" in summary["verdict"]
+    down = results.summarize(stats={}, history=[], failures_by_reason={})
+    assert "never answered" in down["verdict"] and down["fail_ratio"] == 1.0
+
+
+def test_saturation_from_locust_warning_or_measured_cpu() -> None:
+    assert results.detect_saturation("... WARNING/root: CPU usage above 90%! This may constrain", [10.0])[0]
+    assert results.detect_saturation("", [95.0, 97.0, 40.0])[0]
+    assert not results.detect_saturation("", [50.0, 60.0, 95.0])[0]
+    summary = results.summarize(
+        stats={}, history=[], failures_by_reason={}, cpu_samples=[99.0, 99.0], log_text=""
+    )
+    assert summary["saturated"] is True
+
+
+# -- payloads and response checks -------------------------------------------------------------
+
+
+def test_bodies_cycle_real_rows_with_the_requested_instances(tmp_path: Path) -> None:
+    f = tmp_path / "samples.json"
+    f.write_text(json.dumps({"instances": [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]}))
+    rows = payload.load_samples_file(tmp_path / "model.keras")  # resolved to the samples.json beside it
+    bodies = payload.build_bodies(rows, 2)
+    decoded = [json.loads(b) for b in bodies]
+    assert all(len(d["instances"]) == 2 for d in decoded)
+    assert decoded[0]["instances"] == [[1.0, 2.0], [3.0, 4.0]]
+    assert decoded[1]["instances"] == [[5.0, 6.0], [1.0, 2.0]]
+
+
+@pytest.mark.parametrize(
+    "content",
+    ['{"instances": []}', '{"instances": [[1, 2], [3]]}', '{"instances": [["a"]]}', "not json"],
+)
+def test_bad_samples_files_are_refused(tmp_path: Path, content: str) -> None:
+    f = tmp_path / "samples.json"
+    f.write_text(content)
+    with pytest.raises(ValueError, match="samples file"):
+        payload.load_samples_file(f)
+
+
+def test_check_response_reasons() -> None:
+    ok = json.dumps({"predictions": [[0.1], [0.9]]})
+    assert payload.check_response(200, ok, 2) is None
+    assert payload.check_response(200, ok, 3) == "200 with 2 predictions, expected 3"
+    assert payload.check_response(503, b'{"error": "queue full"}', 1) == "503 shed"
+    assert payload.check_response(504, b"", 1) == "504 deadline"
+    assert payload.check_response(400, b'{"error": "instances must be a list"}', 1) == "400 instances must be a list"
+    assert payload.check_response(0, None, 1, ConnectionRefusedError(111, "refused")) == "connection refused"
+    assert payload.check_response(0, None, 1, TimeoutError("timed out")) == "timeout"
+    assert payload.check_response(200, b"<html>", 1) == "200 with a body that is not JSON"
+
+
+# -- config and CLI usage ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"host": "ftp://x"}, "host"),
+        ({"model_name": "a/b"}, "model_name"),
+        ({"instances_per_request": 0}, "instances_per_request"),
+        ({"processes": -5}, "processes"),
+        ({"timeout_s": 0}, "timeout_s"),
+        ({"slos": ("p95<<3",)}, "slos"),
+        ({"samples_path": "", "n_features": 0}, "samples_path"),
+        ({"users": 0}, "users"),
+        ({"bogus": 1}, "bogus"),
+    ],
+)
+def test_loadtest_config_names_the_bad_field(changes: dict, field: str) -> None:
+    base = {"host": "http://127.0.0.1:1", "n_features": 4}
+    with pytest.raises(ValueError, match=field):
+        LoadTestConfig.from_dict({**base, **changes})
+
+
+def test_loadtest_config_round_trips_and_builds_locust_argv(tmp_path: Path) -> None:
+    cfg = LoadTestConfig(host="http://127.0.0.1:9/", n_features=4, shape="rate", target_rps=50, processes=2,
+                         slos=("p95<=5ms",))
+    assert cfg.host == "http://127.0.0.1:9"
+    assert LoadTestConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    argv = locust_argv(cfg, tmp_path / "locust")
+    for flag in ("--headless", "--csv", "--csv-full-history", "--json-file", "--html", "--stop-timeout"):
+        assert flag in argv
+    assert argv[argv.index("--processes") + 1] == "2"
+    assert argv[argv.index("--shape") + 1] == "rate"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["--host", "http://127.0.0.1:1", "--n-features", "4", "--slo", "p97<=1ms"],
+        ["--host", "http://127.0.0.1:1", "--n-features", "4", "--run-time", "soon"],
+        ["--host", "nonsense", "--n-features", "4"],
+        ["--serve", "/nonexistent/model.keras"],
+        ["--host", "http://127.0.0.1:1"],  # no payload source
+    ],
+)
+def test_cli_bad_usage_exits_2_with_one_line(argv: list[str], capsys: pytest.CaptureFixture[str], home: Path) -> None:
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("python -m loadtest: error:") and "\n" not in err and "Traceback" not in err
