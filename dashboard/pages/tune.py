@@ -1,0 +1,329 @@
+"""Tune page: sweep serving configs under load, read the curves, take the recommendation.
+
+A sweep runs as a job (``python -m tuning --run-id ID``); this page starts it,
+follows it live from the registry, and recomputes the recommendation on the
+recorded points whenever the constraints or objective below are changed (no
+re-measuring). "Apply" restarts the endpoint with the recommended config.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+
+from dashboard import charts_tuning as ct
+from dashboard import ui
+from dashboard.state import get_registry, init_defaults
+from runs.jobs import reap
+from runs.registry import Registry, Run
+from tuning.pareto import MODEL_OBJECTIVES
+from tuning.points import Point
+from tuning.recommend import OBJECTIVES, Constraints, recommend
+
+K = "tune."
+LIVE_REFRESH_S = 2.0
+PLOT_CONFIG = {"displaylogo": False}
+RUNTIMES = ("keras", "tf-function", "xla", "tflite", "tflite-int8")
+OBJECTIVE_HELP = {
+    "throughput": "the most requests/s a config sustains within the SLO",
+    "latency": "the lowest latency at one load level",
+    "cpu": "the least server CPU per request (capacity per core)",
+}
+
+init_defaults({
+    K + "runtime": ["tflite"], K + "max_batch_size": "1,8,32", K + "batch_timeout_ms": "0,2",
+    K + "num_batch_threads": "1", K + "workers": "1", K + "users": "1,16,64", K + "slos": "p95<=50ms\nfail_ratio<=0.01",
+    K + "objective": "throughput", K + "strategy": "grid", K + "step_s": 8,
+    K + "m_hidden": "32,128x128", K + "m_activation": ["relu", "tanh"], K + "m_lr": "0.001", K + "m_epochs": 3,
+    K + "m_users": 16,
+})
+registry = get_registry()
+
+st.title(":material/tune: Tune")
+st.caption("Sweep serving parameters up a concurrency ladder, then ship the config with the most capacity within "
+           "your SLO — or weigh model accuracy against what it costs under load.")
+
+
+def _models(registry: Registry) -> dict[str, str]:
+    """Trained models: label -> model.keras path (newest first)."""
+    out: dict[str, str] = {}
+    for run in registry.list_runs(kind="train", status="completed", limit=100):
+        path = run.summary.get("model_path")
+        if path:
+            out[f"{run.name} ({run.id[-6:]})"] = path
+    return out
+
+
+def _lines(text: str) -> list[str]:
+    return [line.strip() for line in text.replace(";", "\n").splitlines() if line.strip()]
+
+
+def _start_sweep(model_path: str) -> None:
+    from tuning.ladder import parse_levels
+    from tuning.space import SearchSpace, parse_grid_arg
+    from tuning.sweep import SweepSpec, create_sweep, start_sweep_job
+
+    ss = st.session_state
+    try:
+        grid = {"runtime": tuple(ss[K + "runtime"])} if ss[K + "runtime"] else {}
+        for name in ("max_batch_size", "batch_timeout_ms", "num_batch_threads", "workers"):
+            key, values = parse_grid_arg(f"{name}={ss[K + name]}")
+            grid[key] = values
+        space = SearchSpace.from_mapping(grid)
+        spec = SweepSpec(model_path=model_path, space=space.to_dict(), users=parse_levels(ss[K + "users"]),
+                         slos=tuple(_lines(ss[K + "slos"])), objective=ss[K + "objective"],
+                         strategy=ss[K + "strategy"], step_s=float(ss[K + "step_s"]))
+    except ValueError as exc:
+        st.error(str(exc).splitlines()[0])
+        return
+    run_id = create_sweep(registry, spec)
+    start_sweep_job(registry, run_id)
+    st.session_state[K + "sweep"] = run_id
+    st.rerun()
+
+
+# -- start a sweep -----------------------------------------------------------------------
+
+models = _models(registry)
+with st.expander("New serving sweep", expanded=not registry.list_runs(kind="sweep", limit=1)):
+    if not models:
+        st.info("Train a model on the **Train** page first; its bundle (model + samples) is what gets served.")
+    else:
+        model_label = st.selectbox("Model", list(models), key=K + "model",
+                                   help="model: a trained model bundle; its samples.json is the request payload")
+        c1, c2, c3 = st.columns(3)
+        c1.multiselect("Runtimes", RUNTIMES, key=K + "runtime",
+                       help="runtime: the engines to compare (each one is a separate config)")
+        c2.text_input("max_batch_size values", key=K + "max_batch_size",
+                      help="max_batch_size: comma-separated; 1 = batching off (the untuned baseline)")
+        c3.text_input("batch_timeout_ms values", key=K + "batch_timeout_ms",
+                      help="batch_timeout_ms: how long a partial batch waits for more rows")
+        c1.text_input("num_batch_threads values", key=K + "num_batch_threads",
+                      help="num_batch_threads: model executions that may run in parallel")
+        c2.text_input("workers values", key=K + "workers", help="workers: server processes sharing the port")
+        c3.text_input("Users ladder", key=K + "users",
+                      help="users: rising concurrency levels; one short Locust step each, stopping early when the "
+                           "SLO breaks or throughput grows less than 5%")
+        c1.text_area("SLO (one per line)", key=K + "slos", height=80,
+                     help="slos: e.g. p95<=50ms, p99<=100ms, fail_ratio<=0.01, rps>=500")
+        c2.selectbox("Objective", OBJECTIVES, key=K + "objective", format_func=lambda o: f"{o}: {OBJECTIVE_HELP[o]}",
+                     help="objective: what 'best' means among the configs that meet the SLO")
+        c2.selectbox("Strategy", ("grid", "coordinate"), key=K + "strategy",
+                     help="strategy: grid measures every combination; coordinate tunes one parameter at a time")
+        c3.slider("Seconds per step", 3, 30, key=K + "step_s",
+                  help="step_s: load duration per ladder step; short steps keep the sweep to minutes")
+        if st.button("Start sweep", key=K + "start", type="primary", icon=":material/play_arrow:",
+                     help="Start the sweep as a job; it keeps running if you leave the page"):
+            _start_sweep(models[model_label])
+
+# -- one sweep ---------------------------------------------------------------------------
+
+sweeps = [r for r in registry.list_runs(kind="sweep", limit=200) if r.config.get("mode", "serving") == "serving"]
+st.divider()
+st.subheader("Serving sweeps")
+if not sweeps:
+    st.info("No sweep yet. Start one above, or from a shell: `python -m tuning --model PATH.keras "
+            "--grid max_batch_size=1,8,32 --users 1,8,32 --slo 'p95<=50ms'`.")
+run = ui.run_picker("Sweep", sweeps, key=K + "sweep", help="sweep: a recorded (or running) serving sweep")
+
+
+def _points(run: Run) -> list[Point]:
+    return [Point.from_dict(d) for d in run.summary.get("points", [])]
+
+
+def _progress(run: Run) -> None:
+    p = run.progress or {}
+    done, total = int(p.get("configs_done") or 0), int(p.get("configs_total") or 0)
+    text = f"{p.get('phase', 'starting')}: {p.get('config', '')}"
+    if p.get("users"):
+        text += f" at {p['users']} users"
+    text += f" — {done}/{total} configs, {p.get('points', 0)} points"
+    if p.get("resumed_points"):
+        text += f" ({p['resumed_points']} kept from before a restart)"
+    st.progress(min(done / total, 1.0) if total else 0.0, text=text)
+
+
+def _curves(points: list[Point], constraints: Constraints, best_id: str | None, slo_key: str) -> None:
+    if not points:
+        st.caption("No finished points yet.")
+        return
+    limit = next((s.limit for s in constraints.slos if s.summary_key == slo_key), None)
+    c1, c2 = st.columns(2)
+    c1.plotly_chart(ct.latency_throughput_figure(points, percentile=slo_key, slo_ms=limit, highlight=best_id),
+                    key=K + "curve", config=PLOT_CONFIG)
+    rows = ct.capacity_rows(points, constraints.meets, best_id)
+    c2.plotly_chart(ct.cpu_per_request_figure(rows), key=K + "cpu", config=PLOT_CONFIG)
+    st.plotly_chart(ct.parallel_coordinates_figure(rows), key=K + "parcoords", config=PLOT_CONFIG)
+    st.download_button("Download curves (HTML)", ct.figure_html(ct.latency_throughput_figure(
+        points, percentile=slo_key, slo_ms=limit, highlight=best_id)), file_name="latency_throughput.html",
+        mime="text/html", key=K + "dl_curve", help="the latency-vs-throughput chart as a standalone HTML file")
+
+
+def _table(points: list[Point], constraints: Constraints) -> None:
+    rows = [{"config": p.label, "users": p.users, "req/s": round(p.rps, 1), "p50 ms": p.p50_ms, "p95 ms": p.p95_ms,
+             "p99 ms": p.p99_ms, "fail": p.fail_ratio, "queue ms": p.queue_ms, "batch": p.batch_size,
+             "CPU µs/req": None if p.cpu_ms_per_request is None else round(p.cpu_ms_per_request * 1000),
+             "within SLO": constraints.meets(p), "Locust saturated": p.saturated} for p in points]
+    st.dataframe(rows, hide_index=True, key=K + "points")
+
+
+def _live(run_id: str) -> None:
+    reap(registry)
+    live = registry.get_run(run_id)
+    if not live.active:
+        st.rerun()
+    _progress(live)
+    spec_slos = live.config.get("spec", {}).get("slos", [])
+    constraints = Constraints.parse(spec_slos)
+    points = _points(live)
+    _curves(points, constraints, None, constraints.latency_key)
+    _table(points, constraints)
+    ui.stop_button(registry, live, key=K + "stop")
+
+
+def _apply(run: Run, params: dict[str, Any]) -> None:
+    """Restart the endpoint for this model with the recommended config."""
+    from agent.serving.process import start_endpoint, stop_endpoint
+    from tuning.sweep import MODEL_NAME, SweepSpec
+
+    spec = SweepSpec.from_dict(run.config["spec"])
+    config = spec.serving_config(params)
+    for serve in registry.list_runs(kind="serve", status=("pending", "running")):
+        if serve.parent_id is None and serve.config.get("model_path") == spec.model_path:
+            stop_endpoint(registry, serve.id)
+    try:
+        handle = start_endpoint(registry, spec.model_path, config, name=MODEL_NAME)
+    except (RuntimeError, ValueError, OSError, TimeoutError) as exc:
+        st.error(f"could not start the endpoint: {str(exc).splitlines()[0]}")
+        return
+    st.session_state[K + "applied"] = f"endpoint {handle.url} serving {MODEL_NAME} with {config.to_dict()}"
+
+
+def _recommendation(run: Run, points: list[Point]) -> None:
+    from tuning.exports import serving_config_json, tf_serving_batching_text
+    from tuning.sweep import SweepSpec
+
+    spec = SweepSpec.from_dict(run.config["spec"])
+    st.markdown("#### Recommendation")
+    c1, c2, c3 = st.columns([2, 1, 1])
+    slo_key, obj_key = K + f"slo_text.{run.id}", K + f"objective.{run.id}"
+    init_defaults({slo_key: "\n".join(spec.slos), obj_key: spec.objective})
+    slo_text = c1.text_area("Constraints", key=slo_key, height=80,
+                            help="slos: change them to re-rank the recorded points (nothing is re-measured)")
+    objective = c2.selectbox("Objective", OBJECTIVES, key=obj_key, help="objective: what 'best' means")
+    at_users = None
+    if objective == "latency":
+        levels = sorted({p.users for p in points})
+        at_users = c3.selectbox("At users", levels, index=len(levels) - 1, key=K + f"at.{run.id}",
+                                help="at_users: the load level latencies are compared at")
+    try:
+        constraints = Constraints.parse(_lines(slo_text))
+        rec = recommend(points, constraints, objective, at_users=at_users)
+    except ValueError as exc:
+        st.error(str(exc).splitlines()[0])
+        return
+    if rec.best is None:
+        st.error(" ".join(rec.explanation), icon=":material/error:")
+        _curves(points, constraints, None, constraints.latency_key)
+        _table(points, constraints)
+        return
+    best = rec.best
+    m = st.columns(4)
+    m[0].metric("Recommended", best.label, help="the config that best meets the objective within the constraints")
+    m[1].metric("Capacity within SLO", f"{best.capacity_rps:.0f} req/s",
+                help="the highest throughput this config reached with every constraint met")
+    m[2].metric("Per core (CPU)", "n/a" if best.capacity_per_core is None else f"{best.capacity_per_core:.0f} req/s",
+                help="1 s / server CPU time per request at that load: what one core would sustain")
+    speedup = rec.speedup_vs_baseline
+    m[3].metric("vs batching off", "n/a" if speedup is None else f"{speedup:.1f}x",
+                help="capacity within SLO relative to the max_batch_size=1 config of this sweep")
+    for line in rec.explanation:
+        st.markdown(f"- {line}")
+    config = spec.serving_config(best.params)
+    d1, d2, d3 = st.columns(3)
+    d1.download_button("serving_config.json", serving_config_json(config), file_name="serving_config.json",
+                       mime="application/json", key=K + "dl_json", icon=":material/download:",
+                       help="for python -m agent.serving --config serving_config.json")
+    d2.download_button("batching_parameters.txt", tf_serving_batching_text(config), file_name="batching_parameters.txt",
+                       mime="text/plain", key=K + "dl_tfs", icon=":material/download:",
+                       help="TF Serving BatchingParameters (text format) for --batching_parameters_file")
+    if d3.button("Apply: restart the endpoint", key=K + "apply", type="primary", icon=":material/restart_alt:",
+                 help="stop the endpoint serving this model (if any) and start it with the recommended config"):
+        with st.spinner("restarting the endpoint…"):
+            _apply(run, best.params)
+    if st.session_state.get(K + "applied"):
+        st.success(st.session_state[K + "applied"], icon=":material/check_circle:")
+    with st.expander("Recommended config", expanded=False):
+        st.json(config.to_dict())
+    _curves(points, constraints, best.config_id, constraints.latency_key)
+    _table(points, constraints)
+
+
+if run is not None:
+    ui.status_line(run)
+    if run.active:
+        st.fragment(run_every=LIVE_REFRESH_S)(_live)(run.id)
+    else:
+        pts = _points(run)
+        if not pts:
+            st.info("This sweep recorded no points" + (f": {run.error}" if run.error else "."))
+        else:
+            _recommendation(run, pts)
+
+# -- model sweep -------------------------------------------------------------------------
+
+st.divider()
+st.subheader("Model sweep: accuracy vs cost under load")
+with st.expander("New model sweep", expanded=False):
+    c1, c2, c3 = st.columns(3)
+    c1.text_input("Hidden layers", key=K + "m_hidden",
+                  help="hidden: comma-separated models, layers joined by x (128x128 = two layers of 128)")
+    c2.multiselect("Activations", ("relu", "gelu", "tanh", "sigmoid", "elu", "selu", "swish"), key=K + "m_activation",
+                   help="activation: the hidden layers' non-linearity")
+    c3.text_input("Learning rates", key=K + "m_lr", help="learning_rate: comma-separated, e.g. 0.001,0.01")
+    c1.number_input("Epochs", 1, 50, key=K + "m_epochs", help="epochs: per model; keep it small")
+    c2.number_input("Users for the load step", 1, 512, key=K + "m_users",
+                    help="users: concurrency of the one load step each model gets")
+    if st.button("Start model sweep", key=K + "m_start", icon=":material/play_arrow:",
+                 help="train each model briefly, serve it, load-test it; runs as a job"):
+        from tuning.model_sweep import ModelSweepSpec, create_model_sweep, train_grid
+
+        ss = st.session_state
+        try:
+            grid = train_grid([f"hidden={ss[K + 'm_hidden']}", f"learning_rate={ss[K + 'm_lr']}"]
+                              + ([f"activation={','.join(ss[K + 'm_activation'])}"] if ss[K + "m_activation"] else []))
+            mspec = ModelSweepSpec(grid=grid, epochs=int(ss[K + "m_epochs"]), users=int(ss[K + "m_users"]))
+        except ValueError as exc:
+            st.error(str(exc).splitlines()[0])
+        else:
+            from tuning.sweep import start_sweep_job
+
+            mid = create_model_sweep(registry, mspec)
+            start_sweep_job(registry, mid)
+            st.session_state[K + "msweep"] = mid
+            st.rerun()
+
+msweeps = [r for r in registry.list_runs(kind="sweep", limit=200) if r.config.get("mode") == "models"]
+mrun = ui.run_picker("Model sweep", msweeps, key=K + "msweep", help="msweep: a recorded (or running) model sweep")
+if mrun is not None:
+    from tuning.model_sweep import with_front
+
+    ui.status_line(mrun)
+    rows = mrun.summary.get("models", [])
+    if mrun.active:
+        p = mrun.progress or {}
+        st.progress(min(int(p.get("done") or 0) / max(int(p.get("total") or 1), 1), 1.0),
+                    text=f"{p.get('phase', 'starting')}: {p.get('model', '')}")
+        ui.stop_button(registry, mrun, key=K + "m_stop")
+    if rows:
+        st.plotly_chart(ct.pareto_figure(rows, MODEL_OBJECTIVES), key=K + "pareto", config=PLOT_CONFIG)
+        st.dataframe([{k: r.get(k) for k in ("label", "param_count", "val_accuracy", "val_loss", "p99_ms", "rps",
+                                             "capacity_rps", "on_front")} for r in with_front(rows)],
+                     hide_index=True, key=K + "models")
+        st.caption("Grey points are dominated: another model is at least as accurate, as fast and as cheap. "
+                   f"Front: {', '.join(r['label'] for r in with_front(rows) if r['on_front'])}.")
+    elif not mrun.active:
+        st.info("This model sweep recorded no models" + (f": {mrun.error}" if mrun.error else "."))
+st.caption(f"Sweeps recorded: {len(sweeps)} serving, {len(msweeps)} model. Every load step and training run of "
+           "a sweep is also on the **Runs** page.")

@@ -1,0 +1,98 @@
+"""AppTest coverage of the Tune page, rendering sweeps prepared in a temporary registry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from runs.registry import Registry
+from tests.test_tuning_logic import RECORDED
+from tuning.model_sweep import ModelSweepSpec, create_model_sweep
+from tuning.sweep import SweepSpec, create_sweep, finalize
+
+PAGE = str(Path(__file__).resolve().parent.parent / "dashboard" / "pages" / "tune.py")
+TIMEOUT_S = 60
+
+
+def _sweep(registry: Registry, tmp_path: Path, points=RECORDED) -> str:
+    model = tmp_path / "model.keras"
+    spec = SweepSpec(model_path=str(model), space={"max_batch_size": [1, 8, 32], "batch_timeout_ms": [0.0, 2.0]},
+                     users=(1, 16, 64), slos=("p95<=50ms", "fail_ratio<=0.01"))
+    run_id = create_sweep(registry, spec, name="digits sweep")
+    registry.update_summary(run_id, {"points": [p.to_dict() for p in points]})
+    finalize(registry, run_id, spec, list(points))
+    registry.set_status(run_id, "completed")
+    return run_id
+
+
+def _texts(at: AppTest) -> str:
+    parts = [m.value for m in at.markdown] + [m.value for m in at.caption] + [str(m.value) for m in at.metric]
+    parts += [e.value for e in at.error] + [i.value for i in at.info]
+    return "\n".join(str(p) for p in parts)
+
+
+def test_page_without_sweeps_explains_how_to_start(home: Path) -> None:
+    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT_S).run()
+    assert not at.exception
+    assert "No sweep yet" in _texts(at)
+    assert "Train a model" in _texts(at)
+
+
+def test_page_renders_a_recorded_sweep_with_recommendation_and_exports(home: Path, registry: Registry,
+                                                                        tmp_path: Path) -> None:
+    _sweep(registry, tmp_path)
+    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT_S).run()
+    assert not at.exception
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Recommended"] == "b32 t2ms"
+    assert metrics["Capacity within SLO"] == "1500 req/s"
+    assert metrics["vs batching off"] == "3.6x"
+    text = _texts(at)
+    assert "70% of p99" in text and "cut it to 9.0 ms" in text
+    labels = [b.label for b in at.get("download_button")]
+    assert "serving_config.json" in labels and "batching_parameters.txt" in labels
+    assert len(at.get("plotly_chart")) >= 3
+    assert [b.label for b in at.button if b.label.startswith("Apply")]
+
+    # tightening the constraints re-ranks the recorded points without re-measuring
+    at.text_area(key=next(t.key for t in at.text_area if t.key.startswith("tune.slo_text."))).set_value(
+        "p99<=30ms").run()
+    assert not at.exception
+    assert {m.label: m.value for m in at.metric}["Capacity within SLO"] == "950 req/s"
+    # an impossible SLO names the closest config instead of a recommendation
+    at.text_area(key=next(t.key for t in at.text_area if t.key.startswith("tune.slo_text."))).set_value(
+        "p95<=1ms").run()
+    assert "Closest: b1 t0ms" in _texts(at)
+    # a malformed SLO is a one-line error, not a traceback
+    at.text_area(key=next(t.key for t in at.text_area if t.key.startswith("tune.slo_text."))).set_value(
+        "p95 under 50").run()
+    assert not at.exception and "malformed SLO" in _texts(at)
+
+
+def test_page_renders_a_model_sweep_pareto_front(home: Path, registry: Registry) -> None:
+    run_id = create_model_sweep(registry, ModelSweepSpec(grid={"hidden": [[8], [16]]}, epochs=1))
+    rows = [
+        {"key": "a", "label": "8 relu", "val_accuracy": 0.90, "p99_ms": 12.0, "capacity_rps": 900, "rps": 900},
+        {"key": "b", "label": "16 relu", "val_accuracy": 0.95, "p99_ms": 14.0, "capacity_rps": 850, "rps": 850},
+        {"key": "c", "label": "16 tanh", "val_accuracy": 0.89, "p99_ms": 15.0, "capacity_rps": 800, "rps": 800},
+    ]
+    registry.update_summary(run_id, {"models": rows})
+    registry.set_status(run_id, "completed")
+    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT_S).run()
+    assert not at.exception
+    assert "Front: 8 relu, 16 relu." in _texts(at)
+
+
+@pytest.mark.parametrize("bad", ["1,x", "8,1"])
+def test_bad_sweep_form_input_is_a_one_line_error(home: Path, registry: Registry, trained_model: Path,
+                                                  bad: str) -> None:
+    train_id = registry.create_run("train", {}, name="digits", status="completed")
+    registry.update_summary(train_id, {"model_path": str(trained_model)})
+    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT_S).run()
+    at.text_input(key="tune.max_batch_size" if "x" in bad else "tune.users").set_value(bad).run()
+    at.button(key="tune.start").click().run()
+    assert not at.exception
+    assert at.error and len(at.error[0].value.splitlines()) == 1
+    assert not registry.list_runs(kind="sweep")

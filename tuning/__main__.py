@@ -1,0 +1,248 @@
+"""``python -m tuning``: sweep serving configs (or models) under load and recommend one.
+
+Serving sweep, in the foreground::
+
+    python -m tuning --model PATH/model.keras --grid max_batch_size=1,8,32 --grid batch_timeout_ms=0,2 \\
+        --users 1,8,32,64 --slo 'p95<=50ms' --objective throughput --out DIR
+
+Model sweep (train each briefly, then load-test it)::
+
+    python -m tuning --mode models --dataset digits --train-grid hidden=32,64x64 \\
+        --train-grid learning_rate=0.001,0.01 --epochs 3 --users 16 --slo 'p99<=100ms' --out DIR
+
+As a job (the dashboard does this): ``python -m tuning --run-id ID`` runs, or resumes,
+the sweep stored in that registry run.
+
+Exit codes: 0 a config met the constraints, 1 none did (the closest is named),
+2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Bad command-line input: one line, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from tuning.ladder import MIN_THROUGHPUT_GAIN
+    from tuning.recommend import DEFAULT_SLOS, OBJECTIVES
+    from tuning.space import PARAM_TYPES, STRATEGIES
+    from tuning.sweep import DEFAULT_STEP_S
+
+    p = argparse.ArgumentParser(
+        prog="python -m tuning",
+        description="Sweep serving configs (or models) up a concurrency ladder and recommend one under SLOs.",
+    )
+    p.add_argument("--run-id", help="run (or resume) the sweep stored in this registry run; other flags are ignored")
+    p.add_argument("--mode", choices=("serving", "models"), default="serving",
+                   help="serving: sweep endpoint parameters for one model (default); models: train a grid of "
+                        "models and weigh accuracy against latency and capacity")
+    p.add_argument("--model", help="serving mode: the model.keras to serve (its samples.json is the payload)")
+    p.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2",
+                   help=f"serving values to sweep (repeatable); NAME one of {', '.join(PARAM_TYPES)}")
+    p.add_argument("--base-config", metavar="FILE.json",
+                   help="serving config for the knobs the grid leaves alone (default: the endpoint's defaults)")
+    p.add_argument("--users", default="1,8,32,64",
+                   help="the concurrency ladder: rising user counts, one short Locust step each (default: 1,8,32,64)")
+    p.add_argument("--slo", action="append", default=None, metavar="EXPR",
+                   help=f"constraint (repeatable), e.g. 'p95<=50ms', 'p99<=100ms', 'fail_ratio<=0.01', 'rps>=500' "
+                        f"(default: {' '.join(DEFAULT_SLOS)})")
+    p.add_argument("--objective", choices=OBJECTIVES, default="throughput",
+                   help="throughput: most req/s within SLO; latency: lowest latency at --at-users; "
+                        "cpu: least server CPU per request (default: throughput)")
+    p.add_argument("--at-users", type=int, help="latency objective: the load level to compare at "
+                                                 "(default: the highest level every config reached)")
+    p.add_argument("--strategy", choices=STRATEGIES, default="grid",
+                   help="grid: every combination; coordinate: one parameter at a time (cheaper) (default: grid)")
+    p.add_argument("--step-s", type=float, default=DEFAULT_STEP_S,
+                   help=f"seconds of load per ladder step (default: {DEFAULT_STEP_S:g})")
+    p.add_argument("--min-gain", type=float, default=MIN_THROUGHPUT_GAIN,
+                   help=f"stop climbing when a step adds less than this throughput fraction "
+                        f"(default: {MIN_THROUGHPUT_GAIN:g}, Model Analyzer's 5%%)")
+    p.add_argument("--patience", type=int, default=1, help="low-gain steps in a row before stopping (default: 1)")
+    p.add_argument("--instances-per-request", type=int, default=1, help="feature rows per request (default: 1)")
+    p.add_argument("--processes", type=int, default=0,
+                   help="Locust processes per step (0: one; see python -m loadtest --help) (default: 0)")
+    p.add_argument("--out", metavar="DIR", help="write serving_config.json, batching_parameters.txt, "
+                                                "recommendation.json and points.json here")
+    p.add_argument("--name", help="name of the sweep run in the registry")
+    g = p.add_argument_group("model sweep (--mode models)")
+    g.add_argument("--dataset", default="digits", help="built-in dataset to train on (default: digits)")
+    g.add_argument("--train-grid", action="append", default=[], metavar="NAME=V1,V2",
+                   help="training values to sweep (repeatable): hidden=32,64x64 (layers joined by x), "
+                        "activation=relu,tanh, learning_rate=0.001,0.01, runtime=keras,tflite")
+    g.add_argument("--epochs", type=int, default=3, help="epochs per model (keep it small) (default: 3)")
+    return p
+
+
+def _fail_usage(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse already printed a one-line usage error (or --help)
+        return int(exc.code or 0) and EXIT_USAGE
+    from runs.registry import Registry
+
+    registry = Registry()
+    try:
+        if args.run_id:
+            return _run_job(registry, args.run_id)
+        if args.mode == "models":
+            return _models(registry, args)
+        return _serving(registry, args)
+    except UsageError as exc:
+        return _fail_usage(str(exc))
+    except KeyError as exc:
+        return _fail_usage(str(exc.args[0]) if exc.args else str(exc))
+
+
+def _common(args: argparse.Namespace) -> dict:
+    from tuning.ladder import parse_levels
+    from tuning.recommend import DEFAULT_SLOS
+
+    try:
+        users = parse_levels(args.users)
+    except ValueError as exc:
+        raise UsageError(f"--users: {exc}") from None
+    return {"users": users, "slos": tuple(args.slo or DEFAULT_SLOS), "objective": args.objective,
+            "step_s": args.step_s, "min_gain": args.min_gain, "patience": args.patience, "at_users": args.at_users,
+            "instances_per_request": args.instances_per_request, "processes": args.processes}
+
+
+def _serving(registry, args: argparse.Namespace) -> int:
+    from agent.export import ModelFormatError, check_model_path
+    from agent.serving.config import DEFAULT_CONFIG, ServingConfig
+    from tuning.space import SearchSpace
+    from tuning.sweep import SweepSpec, create_sweep, run_sweep
+
+    if not args.model:
+        raise UsageError("--model PATH.keras is required for a serving sweep")
+    try:
+        model = check_model_path(args.model)
+    except (ModelFormatError, ValueError, OSError) as exc:
+        raise UsageError(f"--model: {exc}") from None
+    if not (model.parent / "samples.json").exists():
+        raise UsageError(f"--model: no samples.json beside {model}; export the model with TuneSwarm's training")
+    if not args.grid:
+        raise UsageError("give at least one --grid NAME=V1,V2 (e.g. --grid max_batch_size=1,8,32)")
+    try:
+        space = SearchSpace.parse(args.grid)
+        base = ServingConfig.from_json_file(args.base_config) if args.base_config else DEFAULT_CONFIG
+        spec = SweepSpec(model_path=str(model), space=space.to_dict(), strategy=args.strategy, base=base.to_dict(),
+                         **_common(args))
+        for params in _all_params(space):
+            spec.serving_config(params)  # every grid point must be a valid endpoint config
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    run_id = create_sweep(registry, spec, name=args.name)
+    print(f"sweep {run_id}: {space.size} configs on the grid, ladder {list(spec.users)} users, "
+          f"{spec.step_s:g}s per step, SLO {' and '.join(spec.slos)}", flush=True)
+    status = run_sweep(registry, run_id, on_point=_print_point)
+    return _report(registry, run_id, status, args.out)
+
+
+def _all_params(space) -> list[dict]:
+    from tuning.space import grid
+
+    return grid(space)
+
+
+def _print_point(point) -> None:
+    p95 = "n/a" if point.p95_ms is None else f"{point.p95_ms:.1f} ms"
+    print(f"  {point.label:<24} {point.users:>4} users  {point.rps:8.1f} req/s  p95 {p95}  "
+          f"fail {point.fail_ratio:.1%}", flush=True)
+
+
+def _report(registry, run_id: str, status: str, out: str | None) -> int:
+    from tuning.exports import write_exports
+    from tuning.points import points_to_json
+    from tuning.recommend import format_table
+    from tuning.sweep import SweepSpec, load_points
+
+    run = registry.get_run(run_id)
+    spec = SweepSpec.from_dict(run.config["spec"])
+    points = load_points(registry, run_id)
+    rec = run.summary.get("recommendation") or {}
+    print()
+    print(format_table(points, spec.constraints()))
+    print()
+    for line in rec.get("explanation", []):
+        print(line)
+    if status != "completed":
+        print(f"sweep {status}: {run.error or ''}".rstrip(": "))
+    if out:
+        out_dir = Path(out)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "points.json").write_text(points_to_json(points))
+        if run.summary.get("recommended_config"):
+            from agent.serving.config import ServingConfig
+
+            paths = write_exports(out_dir, ServingConfig.from_dict(run.summary["recommended_config"]),
+                                  recommendation=rec)
+            for path in paths.values():
+                print(f"wrote {path}")
+    if not rec.get("met"):
+        return EXIT_FAILED
+    return EXIT_OK if status == "completed" else EXIT_FAILED
+
+
+def _models(registry, args: argparse.Namespace) -> int:
+    from tuning.model_sweep import ModelSweepSpec, create_model_sweep, format_models, run_model_sweep, train_grid
+
+    try:
+        grid_values = train_grid(args.train_grid)
+        common = _common(args)
+        spec = ModelSweepSpec(dataset=args.dataset, grid=grid_values, epochs=args.epochs,
+                              users=common["users"][-1], step_s=common["step_s"], slos=common["slos"])
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    run_id = create_model_sweep(registry, spec, name=args.name)
+    print(f"model sweep {run_id}: {spec.size} models, {spec.epochs} epochs each, "
+          f"{spec.users} users for {spec.step_s:g}s each", flush=True)
+    status = run_model_sweep(registry, run_id)
+    run = registry.get_run(run_id)
+    print(format_models(run.summary.get("models", [])))
+    if args.out:
+        import json
+
+        out_dir = Path(args.out)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "models.json").write_text(json.dumps(run.summary.get("models", []), indent=1))
+        print(f"wrote {out_dir / 'models.json'}")
+    return EXIT_OK if status == "completed" else EXIT_FAILED
+
+
+def _run_job(registry, run_id: str) -> int:
+    run = registry.get_run(run_id)
+    if run.kind != "sweep":
+        raise UsageError(f"run {run_id} is a {run.kind} run, not a sweep")
+    if run.config.get("mode") == "models":
+        from tuning.model_sweep import run_model_sweep
+
+        status = run_model_sweep(registry, run_id)
+        return EXIT_OK if status == "completed" else EXIT_FAILED
+    from tuning.sweep import run_sweep
+
+    status = run_sweep(registry, run_id)
+    rec = registry.get_run(run_id).summary.get("recommendation") or {}
+    return EXIT_OK if status == "completed" and rec.get("met") else EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

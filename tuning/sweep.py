@@ -1,0 +1,409 @@
+"""The serving sweep: a resumable, stoppable job that measures configs up a load ladder.
+
+A sweep is one ``sweep`` run in the registry. Its config holds the ``SweepSpec``;
+its summary holds every finished point (``summary["points"]``), appended as soon
+as the point is measured, so a sweep that dies (killed, machine rebooted) and is
+started again with the same run id skips what it already measured: the strategy
+and the ladder rule are pure functions of those points. Each load step is also a
+child ``loadtest`` run (``parent_id`` = the sweep), with its own time series.
+
+Stopping (registry stop flag or SIGTERM) ends the current step, stops the endpoint
+and Locust, keeps the finished points and records status ``stopped``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.serving.config import DEFAULT_CONFIG, ServingConfig
+from runs.registry import Registry
+from tuning.exports import write_exports
+from tuning.ladder import DEFAULT_USERS, MIN_THROUGHPUT_GAIN, check_levels, stop_climbing
+from tuning.points import Point, config_key, config_label, group_by_config
+from tuning.recommend import DEFAULT_SLOS, OBJECTIVES, Constraints, judge, recommend
+from tuning.space import STRATEGIES, SearchSpace, apply_params, next_configs
+
+DEFAULT_STEP_S = 8.0
+MIN_STEP_S = 2.0
+MAX_STEP_S = 600.0
+WARMUP_REQUESTS = 30  # sequential requests after /readyz, so the first measured step is not a cold start
+ENDPOINT_READY_TIMEOUT_S = 120.0
+MODEL_NAME = "model"
+EXPORT_DIRNAME = "recommended"
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """Everything a sweep needs; stored as the sweep run's config so a restart can resume it."""
+
+    model_path: str
+    space: dict[str, list[Any]]
+    users: tuple[int, ...] = DEFAULT_USERS
+    slos: tuple[str, ...] = DEFAULT_SLOS
+    objective: str = "throughput"
+    strategy: str = "grid"
+    step_s: float = DEFAULT_STEP_S
+    base: dict[str, Any] = field(default_factory=lambda: DEFAULT_CONFIG.to_dict())  # knobs the grid leaves alone
+    min_gain: float = MIN_THROUGHPUT_GAIN
+    patience: int = 1
+    at_users: int | None = None
+    instances_per_request: int = 1
+    processes: int = 0  # Locust processes per step (0: one, as loadtest.LoadTestConfig)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "users", check_levels(self.users))
+        object.__setattr__(self, "slos", tuple(self.slos))
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}; got {self.objective!r}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}; got {self.strategy!r}")
+        if not (isinstance(self.step_s, int | float) and MIN_STEP_S <= self.step_s <= MAX_STEP_S):
+            raise ValueError(f"step_s must be {MIN_STEP_S:g}..{MAX_STEP_S:g} seconds; got {self.step_s!r}")
+        if not 0 <= self.min_gain < 1:
+            raise ValueError(f"min_gain must be a fraction in [0, 1); got {self.min_gain!r}")
+        self.search_space()  # validates names and values
+        self.constraints()  # validates the SLO expressions
+        ServingConfig.from_dict(dict(self.base))  # validates the base config
+
+    def search_space(self) -> SearchSpace:
+        return SearchSpace.from_mapping(self.space)
+
+    def constraints(self) -> Constraints:
+        return Constraints.parse(self.slos)
+
+    def base_config(self) -> ServingConfig:
+        return ServingConfig.from_dict(dict(self.base))
+
+    def serving_config(self, params: dict[str, Any]) -> ServingConfig:
+        return apply_params(self.base_config(), params)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["users"] = list(self.users)
+        d["slos"] = list(self.slos)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SweepSpec:
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown sweep spec field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        values = dict(d)
+        for key in ("users", "slos"):
+            if key in values:
+                values[key] = tuple(values[key])
+        return cls(**values)
+
+
+# -- reading a sweep back from the registry -----------------------------------------------
+
+
+def load_points(registry: Registry, run_id: str) -> list[Point]:
+    """The finished points of a sweep, in the order measured."""
+    return [Point.from_dict(d) for d in registry.get_run(run_id).summary.get("points", [])]
+
+
+def config_done(series: list[Point], spec: SweepSpec, constraints: Constraints) -> bool:
+    """A config is finished when the ladder rule stopped it or every level was measured."""
+    measured = {p.users for p in series}
+    if all(u in measured for u in spec.users):
+        return True
+    return bool(stop_climbing(series, constraints.meets, min_gain=spec.min_gain, patience=spec.patience))
+
+
+def config_scores(points: list[Point], spec: SweepSpec, constraints: Constraints) -> dict[str, float | None]:
+    """Capacity within SLO of each finished config (None when no level met the SLO): the strategy's score."""
+    by_config = group_by_config(points)
+    scores: dict[str, float | None] = {}
+    for result in judge(points, constraints):
+        if config_done(by_config[result.config_id], spec, constraints):
+            scores[result.config_id] = result.capacity_rps
+    return scores
+
+
+def plan(points: list[Point], spec: SweepSpec) -> tuple[dict[str, Any] | None, list[int]]:
+    """The next config to measure and its remaining load levels; (None, []) when the sweep is done.
+
+    A config interrupted half-way up its ladder comes first, so a resumed sweep
+    finishes it before starting another.
+    """
+    constraints = spec.constraints()
+    space = spec.search_space()
+    by_config = group_by_config(points)
+    for series in by_config.values():
+        if not config_done(series, spec, constraints):
+            measured = {p.users for p in series}
+            return dict(series[0].params), [u for u in spec.users if u not in measured]
+    todo = next_configs(space, spec.strategy, config_scores(points, spec, constraints))
+    if not todo:
+        return None, []
+    return todo[0], list(spec.users)
+
+
+def total_configs(spec: SweepSpec) -> int:
+    """Configs the strategy will measure (exact for the grid, the usual count for coordinate ascent)."""
+    space = spec.search_space()
+    if spec.strategy == "grid":
+        return space.size
+    return max(1, sum(len(v) for _, v in space.params) - (len(space.params) - 1))
+
+
+# -- measuring ---------------------------------------------------------------------------
+
+
+class SweepStopped(Exception):
+    """Raised inside the sweep when a stop was requested."""
+
+
+@dataclass
+class StopFlag:
+    """Set by SIGTERM or by the registry's stop flag (polled between and during steps)."""
+
+    registry: Registry
+    run_id: str
+    signalled: bool = False
+
+    def __call__(self) -> bool:
+        return self.signalled or self.registry.stop_requested(self.run_id)
+
+    def check(self) -> None:
+        if self():
+            raise SweepStopped()
+
+
+def _warm(url: str, body: bytes, n: int = WARMUP_REQUESTS) -> None:
+    """Sequential requests so caches, allocators and compiled paths are warm before measuring."""
+    req = f"{url.rstrip('/')}/v1/models/{MODEL_NAME}:predict"
+    for _ in range(n):
+        try:
+            with urllib.request.urlopen(
+                urllib.request.Request(req, data=body, headers={"Content-Type": "application/json"}), timeout=10
+            ) as resp:
+                resp.read()
+        except OSError:
+            return  # the first step will record the failures honestly
+
+
+def _warm_body(model_path: str) -> bytes:
+    from agent.export import load_samples
+
+    rows = load_samples(model_path) or []
+    return json.dumps({"instances": rows[:1]}).encode()
+
+
+MeasureStep = Callable[..., Point]
+
+
+def measure_step(
+    registry: Registry,
+    sweep_id: str,
+    spec: SweepSpec,
+    params: dict[str, Any],
+    endpoint: Any,
+    users: int,
+    stop: StopFlag,
+) -> Point:
+    """One Locust step at ``users`` against a running endpoint, with the server's own accounting."""
+    from agent.serving.metrics import parse_metrics, server_cpu_seconds, snapshot_delta
+    from loadtest.runner import LoadTestConfig, run_loadtest
+
+    def scrape() -> Any:
+        with urllib.request.urlopen(f"{endpoint.url.rstrip('/')}/metrics", timeout=10) as resp:
+            return parse_metrics(resp.read().decode())
+
+    before, cpu_before = scrape(), server_cpu_seconds(endpoint.pid)
+    config = LoadTestConfig(
+        host=endpoint.url,
+        model_name=MODEL_NAME,
+        users=users,
+        spawn_rate=float(users),
+        run_time_s=spec.step_s,
+        samples_path=str(Path(spec.model_path).parent / "samples.json"),
+        instances_per_request=spec.instances_per_request,
+        processes=spec.processes,
+    )
+    result = run_loadtest(registry, config, serve_run_id=endpoint.run_id, parent_id=sweep_id,
+                          name=f"{config_label(params)} @ {users} users")
+    after, cpu_after = scrape(), server_cpu_seconds(endpoint.pid)
+    delta = snapshot_delta(before, after)
+    summary = result.summary
+    served = delta.requests or 0
+    cpu_ms = (cpu_after - cpu_before) * 1000.0 / served if served else None
+    return Point(
+        config_id=config_key(params),
+        params=dict(params),
+        users=users,
+        rps=float(summary.get("rps") or 0.0),
+        p50_ms=_num(summary.get("p50_ms")),
+        p95_ms=_num(summary.get("p95_ms")),
+        p99_ms=_num(summary.get("p99_ms")),
+        requests=int(summary.get("requests") or 0),
+        failures=int(summary.get("failures") or 0),
+        fail_ratio=float(summary.get("fail_ratio") if summary.get("fail_ratio") is not None else 1.0),
+        queue_ms=_ms(delta.mean_queue_wait_s),
+        compute_ms=_ms(delta.mean_compute_s),
+        batch_size=_num(delta.mean_batch_size),
+        cpu_ms_per_request=cpu_ms,
+        saturated=bool(summary.get("saturated")),
+        loadtest_run_id=result.run_id,
+    )
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else _num(seconds * 1000.0)
+
+
+def _num(value: Any) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+# -- the job -----------------------------------------------------------------------------
+
+
+def _record_point(registry: Registry, run_id: str, point: Point) -> None:
+    points = registry.get_run(run_id).summary.get("points", [])
+    points.append(point.to_dict())
+    registry.update_summary(run_id, {"points": points})
+    registry.log_metrics(run_id, len(points) - 1, {
+        "users": point.users, "rps": point.rps, "p95_ms": point.p95_ms, "p99_ms": point.p99_ms,
+        "fail_ratio": point.fail_ratio, "cpu_ms_per_request": point.cpu_ms_per_request,
+    })
+
+
+def _stop_leftovers(registry: Registry, run_id: str) -> None:
+    """Stop endpoints/Locust runs a previous attempt of this sweep left running (it was killed)."""
+    from runs.jobs import stop_job
+
+    for child in registry.list_runs(status=("pending", "running")):
+        if child.parent_id == run_id:
+            stop_job(registry, child.id, grace_s=5.0)
+
+
+def finalize(registry: Registry, run_id: str, spec: SweepSpec, points: list[Point]) -> dict[str, Any]:
+    """Recommend from the points, write the exports into the run's artifacts, store both in the summary."""
+    rec = recommend(points, spec.constraints(), spec.objective, at_users=spec.at_users)
+    out: dict[str, Any] = {"recommendation": rec.to_dict()}
+    if rec.best is not None:
+        config = spec.serving_config(rec.best.params)
+        paths = write_exports(
+            registry.artifacts_dir(run_id) / EXPORT_DIRNAME, config, recommendation=rec.to_dict(),
+            comment=f"TuneSwarm sweep {run_id}: {rec.best.label}, {rec.best.capacity_rps:.0f} req/s within "
+                    f"{' and '.join(rec.constraints)}",
+        )
+        out["recommended_config"] = config.to_dict()
+        out["exports"] = {k: str(v) for k, v in paths.items()}
+    registry.update_summary(run_id, out)
+    return out
+
+
+def run_sweep(
+    registry: Registry,
+    run_id: str,
+    *,
+    measure: MeasureStep = measure_step,
+    on_point: Callable[[Point], None] | None = None,
+) -> str:
+    """Run (or resume) the sweep ``run_id``; returns its final status."""
+    from agent.serving.process import start_endpoint, stop_endpoint
+
+    run = registry.get_run(run_id)
+    spec = SweepSpec.from_dict(run.config["spec"])
+    stop = StopFlag(registry, run_id)
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        # Raise once, so a blocking wait on Locust is interrupted (run_loadtest then stops
+        # its job); a second signal during the clean-up must not interrupt the clean-up.
+        if not stop.signalled:
+            stop.signalled = True
+            raise SweepStopped()
+
+    handled = (signal.SIGTERM, signal.SIGINT)
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.signal(sig, on_sigterm) for sig in handled} if in_main else {}
+    registry.set_status(run_id, "running")
+    _stop_leftovers(registry, run_id)
+    points = load_points(registry, run_id)
+    resumed = len(points)
+    n_total = total_configs(spec)
+    started = time.monotonic()
+    endpoint = None
+    try:
+        while True:
+            stop.check()
+            params, levels = plan(points, spec)
+            if params is None:
+                break
+            done_configs = len({p.config_id for p in points})
+            label = config_label(params)
+            registry.set_progress(run_id, {
+                "phase": "starting endpoint", "config": label, "configs_done": done_configs,
+                "configs_total": n_total, "points": len(points), "resumed_points": resumed,
+                "elapsed_s": time.monotonic() - started,
+            })
+            config = spec.serving_config(params)
+            endpoint = start_endpoint(registry, spec.model_path, config, name=MODEL_NAME, parent_id=run_id)
+            _warm(endpoint.url, _warm_body(spec.model_path))
+            series = [p for p in points if p.config_id == config_key(params)]
+            for users in levels:
+                stop.check()
+                registry.set_progress(run_id, {
+                    "phase": "measuring", "config": label, "users": users, "configs_done": done_configs,
+                    "configs_total": n_total, "points": len(points), "resumed_points": resumed,
+                    "elapsed_s": time.monotonic() - started,
+                })
+                point = measure(registry, run_id, spec, params, endpoint, users, stop)
+                stop.check()  # a step cut short by a stop is not a finished point
+                _record_point(registry, run_id, point)
+                points.append(point)
+                series.append(point)
+                if on_point:
+                    on_point(point)
+                if stop_climbing(series, spec.constraints().meets, min_gain=spec.min_gain, patience=spec.patience):
+                    break
+            stop_endpoint(registry, endpoint.run_id)
+            endpoint = None
+        finalize(registry, run_id, spec, points)
+        registry.set_progress(run_id, {"phase": "done", "configs_done": len({p.config_id for p in points}),
+                                       "configs_total": n_total, "points": len(points),
+                                       "resumed_points": resumed, "elapsed_s": time.monotonic() - started})
+        registry.set_status(run_id, "completed")
+        return "completed"
+    except SweepStopped:
+        if points:
+            finalize(registry, run_id, spec, points)
+        registry.set_status(run_id, "stopped", "stopped by request")
+        return "stopped"
+    except BaseException as exc:
+        registry.finish_if_active(run_id, "failed", f"{type(exc).__name__}: {exc}".splitlines()[0])
+        raise
+    finally:
+        if endpoint is not None:
+            stop_endpoint(registry, endpoint.run_id)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def create_sweep(registry: Registry, spec: SweepSpec, *, name: str | None = None) -> str:
+    """A pending sweep run holding ``spec``; start it with ``start_sweep_job`` or ``run_sweep``."""
+    label = name or f"sweep {Path(spec.model_path).parent.name}: {', '.join(spec.space)}"
+    return registry.create_run("sweep", {"mode": "serving", "spec": spec.to_dict()}, name=label)
+
+
+def start_sweep_job(registry: Registry, run_id: str) -> Any:
+    """Start ``python -m tuning --run-id ID`` as a job (own process group, log in the artifacts)."""
+    from runs.jobs import python_module_argv, start_job
+
+    return start_job(registry, run_id, python_module_argv("tuning", "--run-id", run_id))
