@@ -364,6 +364,7 @@ def summarize(
         "failures": failures,
         "fail_ratio": (failures / requests) if requests else 1.0,
         "rps": rps,
+        "ok_rps": rps * (requests - failures) / requests if requests else 0.0,
         **{metric: pct.get(col) for col, metric in PERCENTILES.items()},
         "avg_ms": avg_ms,
         "max_ms": max_ms,
@@ -411,8 +412,8 @@ def verdict(summary: Mapping[str, Any]) -> str:
         offered = summary.get("offered_rps")
         offered_txt = f" at an offered {offered:.0f} req/s" if offered else ""
         parts.append(
-            f"the endpoint shed load: {shed} of {requests} requests got 503 (queue full){offered_txt}, "
-            f"it served {summary.get('rps', 0.0):.0f} req/s — offered load is above its capacity"
+            f"the endpoint shed load: {shed} of {requests} requests got 503 (queue full){offered_txt}; "
+            f"it answered {summary.get('ok_rps') or 0.0:.0f} req/s successfully — offered load is above its capacity"
         )
     other = failures - refused - shed
     if other > 0:

@@ -43,7 +43,6 @@ from runs import jobs
 from runs.registry import Registry
 
 LOCUSTFILE = Path(__file__).resolve().with_name("locustfile.py")
-TICK_S = 1.0
 STARTUP_GRACE_S = 30.0  # Locust's import and start-up, bounded
 EXIT_GRACE_S = 8.0  # after asking Locust to stop, how long it may take to write its reports
 SCRAPE_TIMEOUT_S = 0.5
@@ -543,15 +542,19 @@ def execute(registry: Registry, run_id: str) -> str:
                         "elapsed_s": round(time.time() - start_wall, 1),
                         "run_time_s": config.run_time_s,
                         "users": agg.users,
-                        "rps": agg.rps,
+                        "rps": fresh[-1][1].get("rps"),
                         "requests": agg.total_requests,
                         "failures": agg.total_failures,
                     },
                 )
 
+    tick = 0
     while proc.poll() is None:
-        time.sleep(TICK_S)
-        step = int(time.time() - start_ts)
+        # Sample in the middle of each whole second since start, so every step gets one sample
+        # however long the previous tick's work took.
+        tick = max(tick + 1, int(time.time() - start_ts))
+        time.sleep(max(0.0, start_ts + tick + 0.5 - time.time()))
+        step = tick
         extra: dict[str, float | None] = {}
         pct = cpu.sample()
         if pct is not None:
