@@ -208,7 +208,8 @@ def loadtest_figure(rows: Sequence[Mapping[str, Any]], *, x_key: str = "step",
             fig.add_trace(go.Scatter(x=xs, y=ys, name=LABELS[name], mode="lines", stackgroup="server",
                                      line={"color": COLORS[name]}), row=4, col=1)
     _style(fig, "", height=TALL_HEIGHT + 80)
-    fig.update_layout(title=None, margin={"l": 10, "r": 10, "t": 50, "b": 10})
+    fig.update_layout(title=None, margin={"l": 10, "r": 10, "t": 30, "b": 10},
+                      legend={"orientation": "v", "yanchor": "top", "y": 1.0, "xanchor": "left", "x": 1.01})
     if not rows:
         return _empty(fig, "no load-test samples yet")
     fig.update_yaxes(title_text="req/s", rangemode="tozero", row=1, col=1)
@@ -229,11 +230,16 @@ def batch_size_figure(buckets: Mapping[float, float] | Sequence[tuple[float, flo
     items = sorted((float(k), float(v)) for k, v in (buckets.items() if isinstance(buckets, Mapping) else buckets))
     fig = go.Figure()
     _style(fig, title)
-    items = [(k, v) for k, v in items if math.isfinite(k) or v > 0]
-    if not items or sum(v for _, v in items) <= 0:
+    nonzero = [i for i, (_, v) in enumerate(items) if v > 0]
+    if not nonzero:
         return _empty(fig, "no batches yet")
+    # Only the range the batcher used: empty buckets past the largest batch say nothing.
+    first = nonzero[0]
+    items = items[max(0, first - 1): nonzero[-1] + 1]
+    prev: float | None = None if first == 0 else items[0][0]
+    if first > 0:
+        items = items[1:]
     names: list[str] = []
-    prev: float | None = None
     for bound, _ in items:
         if not math.isfinite(bound):
             names.append(f">{prev:g}" if prev is not None else "all")

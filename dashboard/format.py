@@ -43,8 +43,12 @@ def when(ts: float | None) -> str:
 
 
 def run_label(run: Run) -> str:
-    """One line naming a run in pickers: icon, name, status, short id."""
-    return f"{STATUS_ICONS.get(run.status, '')} {run.name} · {run.status} · {run.id[-6:]}"
+    """One line naming a run in pickers: name, start time, short id.
+
+    No status here: a picker keeps an option's label while its value stays
+    selected, so a changing status would show stale; the status line says it.
+    """
+    return f"{run.name} · {when(run.created_at)[5:]} · {run.id[-6:]}"
 
 
 def headline(run: Run) -> str:

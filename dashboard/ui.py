@@ -30,12 +30,23 @@ def status_line(run: Run) -> None:
         st.markdown(text)
 
 
+NEXT_SUFFIX = ".next"
+
+
+def show_next(key: str, run_id: str) -> None:
+    """Make the picker ``key`` show ``run_id`` on the next rerun (safe after the widget exists)."""
+    st.session_state[key + NEXT_SUFFIX] = run_id
+
+
 def run_picker(label: str, runs: Sequence[Run], key: str, help: str) -> Run | None:
     """Selectbox over ``runs`` by id; keeps the user's choice across reruns while it exists."""
     if not runs:
         return None
     ids = [r.id for r in runs]
     by_id = {r.id: r for r in runs}
+    nxt = st.session_state.pop(key + NEXT_SUFFIX, None)
+    if nxt in by_id:
+        st.session_state[key] = nxt
     if st.session_state.get(key) not in by_id:
         st.session_state[key] = ids[0]
     chosen = st.selectbox(label, ids, key=key, help=help, format_func=lambda i: fmt.run_label(by_id[i]))

@@ -25,15 +25,15 @@ RUNTIMES = ("keras", "tf-function", "xla", "tflite", "tflite-int8")
 SHAPES = ("constant", "steps", "spike", "rate")
 SHAPE_HELP = {
     "constant": "a fixed number of users for the whole run (closed loop)",
-    "steps": "a ladder: start users, add a step every step duration, up to the user count",
-    "spike": "baseline users, then a short spike to the user count, then back",
+    "steps": "a ladder: start at the user count, add users every step duration, up to the top",
+    "spike": "baseline users, then a short spike to the spike user count, then back",
     "rate": "open loop: a fixed offered request rate whatever the latency (shows overload honestly)",
 }
 MAX_USERS = 5000
 MAX_RUN_TIME_S = 3600
 MAX_PROCESSES = 16
 MAX_INSTANCES_PER_REQUEST = 1024
-DEFAULT_SLOS = "p95<=50ms\nfail_ratio<=0.01"
+DEFAULT_SLOS = "p95<=100ms\nfail_ratio<=0.01"
 _URL_RE = re.compile(r"^https?://[^\s/:]+(:\d{1,5})?(/\S*)?$")
 _LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 
@@ -165,7 +165,7 @@ def training_args(config: ModelConfig, source: DataSource, run_id: str) -> list[
 class ServeForm:
     """What the Serve page's widgets hold (names follow TF Serving's BatchingParameters)."""
 
-    runtime: str = "keras"
+    runtime: str = "tflite"
     max_batch_size: int = 32
     batch_timeout_ms: float = 2.0
     max_enqueued_batches: int = 64
@@ -221,7 +221,7 @@ def serving_config(form: ServeForm) -> Any:
 
 @dataclass(frozen=True)
 class LoadForm:
-    """What the Load test page's widgets hold."""
+    """What the Load test page's widgets hold (field names follow ``loadtest.runner.LoadTestConfig``)."""
 
     host: str = ""
     model_name: str = "model"
@@ -231,6 +231,8 @@ class LoadForm:
     shape: str = "constant"
     step_users: int = 4
     step_time_s: float = 5.0
+    max_users: int = 32
+    spike_users: int = 64
     spike_at_s: float = 5.0
     spike_duration_s: float = 5.0
     target_rps: float = 200.0
@@ -241,22 +243,32 @@ class LoadForm:
 
 
 def parse_slo_lines(text: str) -> tuple[list[str], list[str]]:
-    """Split the SLO box into expressions and one-line problems (via ``loadtest.slo`` when present)."""
+    """Split the SLO box (one per line or comma-separated) into expressions and one-line problems."""
+    from loadtest.slo import parse_slo
+
     exprs = [line.strip() for line in text.replace(",", "\n").splitlines() if line.strip()]
     problems: list[str] = []
-    try:
-        from loadtest import slo as slo_mod
-    except ImportError:  # loadtest not installed yet: accept the lines as typed
-        return exprs, problems
-    parse = getattr(slo_mod, "parse_slo", None) or getattr(slo_mod, "parse", None)
-    if parse is None:
-        return exprs, problems
     for expr in exprs:
         try:
-            parse(expr)
+            parse_slo(expr)
         except ValueError as exc:
-            problems.append(f"SLO {expr!r}: {str(exc).splitlines()[0]}")
+            problems.append(str(exc).splitlines()[0])
     return exprs, problems
+
+
+def slo_limits_ms(exprs: Sequence[str]) -> dict[str, float]:
+    """Latency SLO limits by frame metric (``p95_ms``: 50.0), for drawing them on the latency chart."""
+    from loadtest.slo import parse_slo
+
+    limits: dict[str, float] = {}
+    for expr in exprs:
+        try:
+            gate = parse_slo(expr)
+        except ValueError:
+            continue
+        if gate.op in ("<=", "<") and gate.summary_key.endswith("_ms") and gate.summary_key.startswith("p"):
+            limits[gate.summary_key] = gate.limit
+    return limits
 
 
 def load_problems(form: LoadForm) -> list[str]:
@@ -283,12 +295,19 @@ def load_problems(form: LoadForm) -> list[str]:
     if form.shape == "steps":
         if form.step_users < 1:
             problems.append(f"users per step must be >= 1; got {form.step_users}")
+        if form.max_users < form.users:
+            problems.append(f"the ladder's top ({form.max_users} users) is below its start ({form.users} users)")
         if form.step_time_s <= 0:
             problems.append(f"step duration must be > 0 s; got {form.step_time_s:g}")
         elif form.step_time_s >= form.run_time_s:
             problems.append("step duration is not shorter than the run: the ladder never climbs")
-    if form.shape == "spike" and form.spike_at_s + form.spike_duration_s > form.run_time_s:
-        problems.append("the spike ends after the run does; lengthen the run or move the spike earlier")
+    if form.shape == "spike":
+        if form.spike_users < 1:
+            problems.append(f"spike users must be >= 1; got {form.spike_users}")
+        if form.spike_duration_s <= 0:
+            problems.append(f"spike duration must be > 0 s; got {form.spike_duration_s:g}")
+        if form.spike_at_s + form.spike_duration_s > form.run_time_s:
+            problems.append("the spike ends after the run does; lengthen the run or move the spike earlier")
     if form.shape == "rate" and not form.target_rps > 0:
         problems.append(f"target rate must be > 0 requests/s; got {form.target_rps:g}")
     if not 1 <= form.instances_per_request <= MAX_INSTANCES_PER_REQUEST:
@@ -299,7 +318,7 @@ def load_problems(form: LoadForm) -> list[str]:
         problems.append(f"Locust processes must be 1..{MAX_PROCESSES}; got {form.processes}")
     if form.timeout_s <= 0:
         problems.append(f"request timeout must be > 0 s; got {form.timeout_s:g}")
-    if form.spawn_rate > 0 and form.users / form.spawn_rate > form.run_time_s:
+    if form.spawn_rate > 0 and form.shape == "constant" and form.users / form.spawn_rate > form.run_time_s:
         problems.append(
             f"spawning {form.users} users at {form.spawn_rate:g}/s takes longer than the {form.run_time_s} s run"
         )
@@ -307,28 +326,29 @@ def load_problems(form: LoadForm) -> list[str]:
     return problems
 
 
-def shape_params(form: LoadForm) -> dict[str, Any]:
-    if form.shape == "steps":
-        return {"step_users": int(form.step_users), "step_time_s": float(form.step_time_s)}
-    if form.shape == "spike":
-        return {"spike_at_s": float(form.spike_at_s), "spike_duration_s": float(form.spike_duration_s)}
-    if form.shape == "rate":
-        return {"target_rps": float(form.target_rps)}
-    return {}
+def loadtest_config(form: LoadForm, *, samples_path: str | Path | None = None, n_features: int = 0) -> Any:
+    """The runner's ``LoadTestConfig`` (raises ValueError with its one-line reason)."""
+    from loadtest.runner import LoadTestConfig
 
-
-def loadtest_values(form: LoadForm) -> dict[str, Any]:
-    """The plain values of a load test (what ``LoadTestConfig`` is built from)."""
-    return {
+    return _construct(LoadTestConfig, {
         "host": form.host.strip().rstrip("/"),
         "model_name": form.model_name.strip(),
         "users": int(form.users),
         "spawn_rate": float(form.spawn_rate),
-        "run_time_s": int(form.run_time_s),
+        "run_time_s": float(form.run_time_s),
         "shape": form.shape,
-        "shape_params": shape_params(form),
+        "step_users": int(form.step_users),
+        "step_time_s": float(form.step_time_s),
+        "max_users": max(int(form.max_users), int(form.users)),
+        "spike_users": int(form.spike_users),
+        "spike_at_s": float(form.spike_at_s),
+        "spike_duration_s": float(form.spike_duration_s),
+        "target_rps": float(form.target_rps) if form.shape == "rate" else 0.0,
         "instances_per_request": int(form.instances_per_request),
-        "processes": int(form.processes),
+        # The runner's 0 means "one Locust process"; N > 1 asks Locust for N worker processes.
+        "processes": 0 if form.processes <= 1 else int(form.processes),
         "timeout_s": float(form.timeout_s),
-        "slos": parse_slo_lines(form.slos)[0],
-    }
+        "samples_path": str(samples_path) if samples_path else "",
+        "n_features": 0 if samples_path else int(n_features),
+        "slos": tuple(parse_slo_lines(form.slos)[0]),
+    })

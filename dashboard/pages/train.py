@@ -81,7 +81,7 @@ def _launch(form: widgets.TrainForm, csv_bytes: bytes | None = None, csv_name: s
     except (ValueError, OSError) as exc:
         st.error(f"Could not start training: {exc}")
         return
-    st.session_state[K + "view"] = run_id
+    ui.show_next(K + "view", run_id)
     st.rerun()
 
 

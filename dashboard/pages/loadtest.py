@@ -1,0 +1,288 @@
+"""Load test page: aim a Locust swarm at the endpoint (or any local URL), watch it live, read the verdict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from dashboard import charts, ui, widgets
+from dashboard.state import get_registry, init_defaults
+from runs.jobs import reap
+from runs.registry import Registry, Run
+
+LIVE_REFRESH_S = 1.0
+SATURATION_CPU_PCT = 90.0  # Locust's own warning threshold (locust/runners.py)
+MAX_REPORT_BYTES = 50 * 1024 * 1024
+K = "load."
+TARGET_ENDPOINT = "running endpoint"
+TARGET_URL = "URL"
+
+D = widgets.LoadForm()
+init_defaults({
+    K + "target_kind": TARGET_ENDPOINT, K + "url": "http://127.0.0.1:8600", K + "url_model": "model",
+    K + "n_features": 64, K + "users": D.users, K + "spawn_rate": D.spawn_rate, K + "run_time_s": D.run_time_s,
+    K + "shape": D.shape, K + "step_users": D.step_users, K + "step_time_s": D.step_time_s,
+    K + "max_users": D.max_users, K + "spike_users": D.spike_users, K + "spike_at_s": D.spike_at_s,
+    K + "spike_duration_s": D.spike_duration_s, K + "target_rps": D.target_rps,
+    K + "instances_per_request": D.instances_per_request, K + "processes": D.processes,
+    K + "timeout_s": D.timeout_s, K + "slos": widgets.DEFAULT_SLOS,
+})
+registry = get_registry()
+ss = st.session_state
+
+
+def samples_for_model(model_path: str | None) -> Path | None:
+    """The samples.json shipped beside a trained model (real rows for the payload), if any."""
+    if not model_path:
+        return None
+    path = Path(model_path).with_name("samples.json")
+    return path if path.is_file() else None
+
+
+def serve_model_path(registry: Registry, serve: Run) -> str | None:
+    cfg = serve.config
+    return cfg.get("model_path") or cfg.get("model") or serve.summary.get("model_path")
+
+
+st.title(":material/speed: Load test")
+st.caption("Locust swarms against the TF Serving REST API. Closed-loop users slow down with the server; "
+           "the open-loop *rate* shape keeps offering load and shows overload as it is.")
+
+# -- target ----------------------------------------------------------------------------------
+
+endpoints = [r for r in registry.list_runs(kind="serve", status=("running", "pending")) if r.summary.get("url")]
+st.subheader("Target")
+target_kind = st.radio(
+    "Target", (TARGET_ENDPOINT, TARGET_URL), key=K + "target_kind", horizontal=True,
+    help="target: the endpoint started on the Serve page (its model's real test rows are the payload), "
+         "or any local TF Serving-compatible URL",
+)
+host, model_name, samples_path, n_features, serve_run = "", "model", None, 0, None
+if target_kind == TARGET_ENDPOINT:
+    if not endpoints:
+        st.info("No endpoint is running. Start one on the **Serve** page, or choose *URL*.")
+    else:
+        serve_run = ui.run_picker("Endpoint", endpoints, key=K + "endpoint",
+                                  help="which running endpoint to swarm")
+        if serve_run is not None:
+            host = str(serve_run.summary.get("url", ""))
+            model_name = str(serve_run.summary.get("name") or serve_run.config.get("name") or "model")
+            samples_path = samples_for_model(serve_model_path(registry, serve_run))
+            st.caption(f"POST {host}/v1/models/{model_name}:predict"
+                       + (f" · payload rows from {samples_path.parent.name}" if samples_path else ""))
+else:
+    c1, c2, c3 = st.columns([3, 1, 1])
+    host = c1.text_input("URL", key=K + "url",
+                         help="host: base URL of a TF Serving-compatible REST endpoint (local only), "
+                              "e.g. http://127.0.0.1:8600")
+    model_name = c2.text_input("Model name", key=K + "url_model",
+                               help="model_name: the {name} in /v1/models/{name}:predict")
+    n_features = int(c3.number_input("Features", 1, 100_000, step=1, key=K + "n_features",
+                                     help="n_features: width of the all-zeros rows sent when no model "
+                                          "samples are known for this target"))
+
+# -- swarm knobs -----------------------------------------------------------------------------
+
+st.subheader("Swarm")
+c1, c2, c3, c4 = st.columns(4)
+c1.number_input("Users", 1, widgets.MAX_USERS, step=1, key=K + "users",
+                help="users: concurrent simulated clients (closed loop: each waits for its answer before the "
+                     "next request); for steps, the ladder's first rung; for spike, the baseline")
+c2.number_input("Spawn rate (users/s)", 0.0, 1000.0, step=1.0, key=K + "spawn_rate",
+                help="spawn_rate: users started per second at the beginning of the run; must be > 0")
+c3.number_input("Duration (s)", 1, widgets.MAX_RUN_TIME_S, step=5, key=K + "run_time_s",
+                help="run_time: how long the swarm runs; reports keep whatever was measured if stopped early")
+c4.selectbox("Shape", widgets.SHAPES, key=K + "shape", format_func=lambda s: s if s != "rate" else "rate (open loop)",
+             help="shape: " + "; ".join(f"{k}: {v}" for k, v in widgets.SHAPE_HELP.items()))
+shape = ss[K + "shape"]
+st.caption(widgets.SHAPE_HELP[shape])
+if shape == "steps":
+    s1, s2, s3 = st.columns(3)
+    s1.number_input("Users per step", 1, widgets.MAX_USERS, key=K + "step_users",
+                    help="step_users: users added at each rung of the ladder")
+    s2.number_input("Step duration (s)", 0.5, 3600.0, step=1.0, key=K + "step_time_s",
+                    help="step_time: seconds spent on each rung")
+    s3.number_input("Top of the ladder (users)", 1, widgets.MAX_USERS, key=K + "max_users",
+                    help="max_users: the ladder stops climbing here and holds")
+elif shape == "spike":
+    s1, s2, s3 = st.columns(3)
+    s1.number_input("Spike users", 1, widgets.MAX_USERS, key=K + "spike_users",
+                    help="spike_users: users during the spike (the baseline is the user count)")
+    s2.number_input("Spike at (s)", 0.0, 3600.0, step=1.0, key=K + "spike_at_s",
+                    help="spike_at: seconds into the run when the spike starts")
+    s3.number_input("Spike duration (s)", 0.5, 3600.0, step=1.0, key=K + "spike_duration_s",
+                    help="spike_duration: how long the spike lasts")
+elif shape == "rate":
+    st.number_input("Target rate (requests/s)", 0.0, 100_000.0, step=50.0, key=K + "target_rps",
+                    help="target_rps: offered request rate, split across the users (each paced with "
+                         "constant_throughput); above capacity this shows 503s or queueing, not a slowdown")
+c1, c2, c3 = st.columns(3)
+c1.number_input("Instances per request", 1, widgets.MAX_INSTANCES_PER_REQUEST, key=K + "instances_per_request",
+                help="instances_per_request: rows in each :predict body; more rows = fewer, bigger requests")
+c2.number_input("Locust processes", 1, widgets.MAX_PROCESSES, key=K + "processes",
+                help="processes: Locust worker processes (one core each, ~3k req/s per core here); "
+                     "raise it when the saturation warning shows")
+c3.number_input("Request timeout (s)", 0.1, 120.0, step=0.5, key=K + "timeout_s",
+                help="timeout: a request slower than this counts as a failure (timeout)")
+st.text_area("SLOs (one per line)", key=K + "slos", height=90,
+             help="slo: gates judged on the finished run, e.g. p95<=50ms, p99<=100ms, fail_ratio<=0.01, "
+                  "rps>=500; the verdict shows PASS/FAIL per line")
+
+form = widgets.LoadForm(
+    host=host or "", model_name=model_name or "", users=int(ss[K + "users"]), spawn_rate=float(ss[K + "spawn_rate"]),
+    run_time_s=int(ss[K + "run_time_s"]), shape=shape, step_users=int(ss[K + "step_users"]),
+    step_time_s=float(ss[K + "step_time_s"]), max_users=int(ss[K + "max_users"]),
+    spike_users=int(ss[K + "spike_users"]), spike_at_s=float(ss[K + "spike_at_s"]),
+    spike_duration_s=float(ss[K + "spike_duration_s"]), target_rps=float(ss[K + "target_rps"]),
+    instances_per_request=int(ss[K + "instances_per_request"]), processes=int(ss[K + "processes"]),
+    timeout_s=float(ss[K + "timeout_s"]), slos=ss[K + "slos"],
+)
+problems = widgets.load_problems(form)
+config: Any = None
+if not problems:
+    try:
+        config = widgets.loadtest_config(form, samples_path=samples_path, n_features=n_features)
+    except ValueError as exc:
+        problems.append(str(exc).splitlines()[0])
+ui.show_problems(problems, problems)
+if config is not None:
+    with st.expander("Config to run"):
+        st.json(config.to_dict())
+
+if st.button("Start swarm", key=K + "start", type="primary", icon=":material/play_arrow:",
+             disabled=config is None, help="Start Locust headless as a background job with these settings"):
+    from loadtest.runner import start_loadtest
+
+    try:
+        run_id = start_loadtest(registry, config, serve_run_id=serve_run.id if serve_run else None,
+                                name=f"swarm {form.shape} {form.users}u → {model_name}")
+    except (ValueError, OSError) as exc:
+        st.error(f"Could not start the swarm: {exc}")
+    else:
+        ui.show_next(K + "view", run_id)
+        st.rerun()
+
+# -- a run -----------------------------------------------------------------------------------
+
+st.divider()
+
+
+def _stop(registry: Registry, run_id: str) -> object:
+    from loadtest.runner import stop_loadtest
+
+    return stop_loadtest(registry, run_id)
+
+
+def _frames(registry: Registry, run: Run) -> list[dict[str, Any]]:
+    """The run's per-second frames (client and server metrics share the step = second)."""
+    return registry.metric_rows(run.id)
+
+
+def _chart(registry: Registry, run: Run, key: str) -> list[dict[str, Any]]:
+    rows = _frames(registry, run)
+    limits = widgets.slo_limits_ms(run.config.get("slos") or [])
+    st.plotly_chart(charts.loadtest_figure(rows, slo_lines=limits), key=key, config={"displaylogo": False})
+    return rows
+
+
+def _live(run_id: str) -> None:
+    reap(registry)
+    run = registry.get_run(run_id)
+    if not run.active:
+        st.rerun()
+    rows = _frames(registry, run)
+    last = rows[-1] if rows else {}
+    total = float(run.config.get("run_time_s") or 0)
+    elapsed = float(last.get("step", 0))
+    st.progress(min(elapsed / total, 1.0) if total else 0.0, text=f"{elapsed:.0f} s of {total:.0f} s")
+    m = st.columns(5)
+    m[0].metric("users", _n(last.get("users"), ".0f"), help="simulated users now")
+    m[1].metric("requests/s", _n(last.get("rps"), ".0f"), help="requests completed in the last second")
+    m[2].metric("p95", _n(last.get("p95_ms"), ".1f", " ms"), help="Locust's current-window 95th percentile")
+    m[3].metric("failures/s", _n(last.get("fail_per_s"), ".1f"), help="failed requests in the last second")
+    m[4].metric("Locust CPU", _n(last.get("locust_cpu_pct"), ".0f", " %"),
+                help="CPU use of Locust's processes; near 100% the numbers measure Locust, not the server")
+    cpu = last.get("locust_cpu_pct")
+    if cpu is not None and cpu >= SATURATION_CPU_PCT:
+        st.warning(f"Locust is using {cpu:.0f}% CPU: the load generator is saturated, so these numbers "
+                   "measure Locust, not the server. Add Locust processes or lower the user count.")
+    limits = widgets.slo_limits_ms(run.config.get("slos") or [])
+    st.plotly_chart(charts.loadtest_figure(rows, slo_lines=limits), key=K + "live_chart",
+                    config={"displaylogo": False})
+    ui.stop_button(registry, run, key=K + "stop", stopper=_stop)
+
+
+def _n(value: Any, spec: str, unit: str = "") -> str:
+    return "—" if value is None else f"{format(float(value), spec)}{unit}"
+
+
+def _results(registry: Registry, run: Run) -> None:
+    s = run.summary
+    if s.get("saturated"):
+        st.warning(f"Load generator saturated: {s.get('saturation_reason') or 'Locust ran out of CPU'}. "
+                   "This run measured Locust, not the server; rerun with more Locust processes.")
+    if s.get("verdict"):
+        (st.success if run.status == "completed" and not s.get("failures") else st.info)(s["verdict"])
+    if "requests" in s:
+        m = st.columns(6)
+        m[0].metric("requests", f"{int(s.get('requests') or 0):,}", help="requests completed in the run")
+        m[1].metric("requests/s", _n(s.get("rps"), ".0f"), help="mean throughput over the run")
+        m[2].metric("p50", _n(s.get("p50_ms"), ".1f", " ms"), help="median latency seen by Locust")
+        m[3].metric("p95", _n(s.get("p95_ms"), ".1f", " ms"), help="95th percentile latency")
+        m[4].metric("p99", _n(s.get("p99_ms"), ".1f", " ms"), help="99th percentile latency")
+        m[5].metric("failure ratio", _n(s.get("fail_ratio"), ".2%") if s.get("fail_ratio") is not None else "—",
+                    help="failed / all requests")
+        table = {k: s.get(k) for k in ("requests", "failures", "fail_ratio", "rps", "offered_rps", "p50_ms", "p90_ms",
+                                       "p95_ms", "p99_ms", "avg_ms", "max_ms", "shed", "locust_cpu_pct")
+                 if k in s}
+        server = s.get("server") or {}
+        table.update({f"server {k}": v for k, v in server.items()})
+        st.markdown("**Summary**")
+        st.dataframe([{"metric": k, "value": v} for k, v in table.items()], hide_index=True, key=K + "summary",
+                     height=220)
+    _chart(registry, run, K + "result_chart")
+    c1, c2 = st.columns(2)
+    with c1:
+        st.markdown("**Failures by reason**")
+        reasons = s.get("failures_by_reason") or {}
+        if reasons:
+            st.dataframe([{"reason": k, "count": v} for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])],
+                         hide_index=True, key=K + "failures")
+        else:
+            st.caption("no failures")
+    with c2:
+        st.markdown("**SLO gates**")
+        gates = s.get("slo") or []
+        if gates:
+            st.dataframe([{"gate": g.get("expr"), "measured": g.get("measured"), "limit": g.get("limit"),
+                           "verdict": "PASS" if g.get("passed") else "FAIL"} for g in gates],
+                         hide_index=True, key=K + "gates")
+        else:
+            st.caption("no SLOs set for this run")
+    reports = s.get("reports") or {}
+    if reports:
+        cols = st.columns(len(reports))
+        mimes = {"csv": "text/csv", "json": "application/json", "html": "text/html", "history_csv": "text/csv"}
+        for col, (kind, path) in zip(cols, sorted(reports.items()), strict=True):
+            p = Path(path)
+            if p.is_file() and p.stat().st_size <= MAX_REPORT_BYTES:
+                col.download_button(f"{kind.replace('_', ' ')} report", p.read_bytes(), file_name=p.name,
+                                    mime=mimes.get(kind, "application/octet-stream"), key=K + f"dl.{kind}",
+                                    icon=":material/download:",
+                                    help=f"Locust's {kind} output for this run ({p.name})")
+
+
+load_runs = registry.list_runs(kind="loadtest")
+st.subheader("Runs")
+view = ui.run_picker("Load-test run", load_runs, key=K + "view",
+                     help="which swarm to show; a running one updates live") if load_runs else None
+if view is None:
+    st.info("No load tests yet. Pick a target and press **Start swarm**.")
+else:
+    ui.status_line(view)
+    if view.active:
+        st.fragment(run_every=LIVE_REFRESH_S)(_live)(view.id)
+    else:
+        _results(registry, view)

@@ -1,0 +1,327 @@
+"""Serve page: run a trained model behind the embedded TF Serving-compatible endpoint and watch it work."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from dashboard import charts, serving_view, ui, widgets
+from dashboard import format as fmt
+from dashboard.state import get_registry, init_defaults
+from runs.jobs import reap
+from runs.registry import Registry, Run
+
+LIVE_REFRESH_S = 1.0
+HISTORY_POINTS = 120  # scrapes kept per endpoint for the timeline (2 minutes at 1/s)
+BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+K = "serve."
+
+D = widgets.ServeForm()
+init_defaults({
+    K + "runtime": D.runtime, K + "max_batch_size": D.max_batch_size, K + "batch_timeout_ms": D.batch_timeout_ms,
+    K + "max_enqueued_batches": D.max_enqueued_batches, K + "num_batch_threads": D.num_batch_threads,
+    K + "workers": D.workers, K + "model_name": "model", K + "sample_index": 0,
+})
+registry = get_registry()
+ss = st.session_state
+
+
+def trained_models(registry: Registry) -> list[Run]:
+    """Finished training runs whose model file exists."""
+    runs = registry.list_runs(kind="train", status=("completed", "stopped"))
+    return [r for r in runs if r.summary.get("model_path") and Path(r.summary["model_path"]).is_file()]
+
+
+def model_path_of(serve: Run) -> str | None:
+    cfg = serve.config
+    for key in ("model_path", "model"):
+        if isinstance(cfg.get(key), str):
+            return cfg[key]
+    return serve.summary.get("model_path")
+
+
+def start(registry: Registry, model_path: str, form: widgets.ServeForm, name: str) -> str:
+    """Start an endpoint job for ``model_path``; returns its serve run id once it is ready."""
+    from agent.serving.process import start_endpoint
+
+    handle = start_endpoint(registry, Path(model_path), widgets.serving_config(form), name=name, port=0)
+    return handle.run_id
+
+
+def stop(registry: Registry, run_id: str) -> object:
+    from agent.serving.process import stop_endpoint
+
+    return stop_endpoint(registry, run_id)
+
+
+st.title(":material/dns: Serve")
+st.caption("The embedded endpoint speaks TensorFlow Serving's REST API and batches requests dynamically. "
+           "Turn the knobs, restart, and read where the time goes.")
+
+models = trained_models(registry)
+if not models:
+    st.info("No trained model yet. Train one on the **Train** page first.")
+    st.stop()
+
+# -- model and knobs ---------------------------------------------------------------------------
+
+left, right = st.columns([1, 1], gap="large")
+with left:
+    st.subheader("Model")
+    model_run = ui.run_picker("Trained model", models, key=K + "model",
+                              help="model: a finished training run whose model.keras the endpoint loads "
+                                   "(safe mode; .keras only)")
+    assert model_run is not None
+    s = model_run.summary
+    tm = s.get("test_metrics") or {}
+    c1, c2, c3 = st.columns(3)
+    c1.metric("dataset", (s.get("data") or {}).get("name", "—"))
+    c2.metric("parameters", f"{s.get('param_count', 0):,}")
+    quality = ("accuracy", tm["accuracy"]) if "accuracy" in tm else ("MSE", tm.get("mse"))
+    c3.metric(f"test {quality[0]}", "—" if quality[1] is None else f"{quality[1]:.4f}")
+    st.text_input("Model name in URLs", key=K + "model_name",
+                  help="name: the {name} in /v1/models/{name}:predict (letters, digits, - and _)")
+with right:
+    st.subheader("Serving knobs")
+    c1, c2 = st.columns(2)
+    c1.selectbox("Runtime", widgets.RUNTIMES, key=K + "runtime",
+                 help="runtime: keras (eager model call), tf-function (traced graph), xla (jit-compiled), "
+                      "tflite (TFLite interpreter, float32), tflite-int8 (dynamic-range quantized)")
+    c2.select_slider("Max batch size", BATCH_SIZES, key=K + "max_batch_size",
+                     help="max_batch_size: most rows in one model execution; 1 turns batching off")
+    c1.slider("Batch timeout (ms)", 0.0, 50.0, step=0.5, key=K + "batch_timeout_ms",
+              help="batch_timeout_ms: how long a partial batch waits for more rows; trades a little latency "
+                   "at low load for much higher throughput at high load")
+    c2.number_input("Queue bound (batches)", 1, 100_000, step=8, key=K + "max_enqueued_batches",
+                    help="max_enqueued_batches: queued batches before new requests are shed with 503 at once "
+                         "(bounded latency instead of an unbounded queue)")
+    c1.slider("Batch threads", 1, 8, key=K + "num_batch_threads",
+              help="num_batch_threads: model executions that may run in parallel")
+    c2.slider("Workers", 1, 4, key=K + "workers",
+              help="workers: server processes sharing the port, each with its own batcher and model copy")
+
+form = widgets.ServeForm(
+    runtime=ss[K + "runtime"], max_batch_size=int(ss[K + "max_batch_size"]),
+    batch_timeout_ms=float(ss[K + "batch_timeout_ms"]), max_enqueued_batches=int(ss[K + "max_enqueued_batches"]),
+    num_batch_threads=int(ss[K + "num_batch_threads"]), workers=int(ss[K + "workers"]),
+)
+problems = widgets.serve_problems(form)
+blocking = widgets.blocking(problems)
+if not ss[K + "model_name"].strip():
+    blocking.append("model name must not be empty")
+    problems.append(blocking[-1])
+ui.show_problems(problems, blocking)
+serving_cfg: Any = None
+if not blocking:
+    try:
+        serving_cfg = widgets.serving_config(form)
+    except ImportError:
+        blocking.append("the endpoint package (agent.serving) is not available in this installation")
+        st.error(blocking[-1])
+    except ValueError as exc:
+        blocking.append(str(exc).splitlines()[0])
+        st.error(blocking[-1])
+
+# -- endpoints ---------------------------------------------------------------------------------
+
+endpoints = registry.list_runs(kind="serve", status=("pending", "running"))
+b1, b2 = st.columns([1, 4])
+if b1.button("Start endpoint", key=K + "start", type="primary", icon=":material/play_arrow:",
+             disabled=bool(blocking),
+             help="Start the endpoint on a free local port with these knobs (returns once the model is warm)"):
+    with st.spinner("Starting the endpoint: loading TensorFlow, the model and warming it up…"):
+        try:
+            run_id = start(registry, model_run.summary["model_path"], form, ss[K + "model_name"].strip())
+        except (ValueError, OSError, TimeoutError, RuntimeError, ImportError) as exc:
+            st.error(f"The endpoint did not start: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+        else:
+            ui.show_next(K + "endpoint", run_id)
+            st.rerun()
+if endpoints:
+    b2.caption(f"{len(endpoints)} endpoint(s) running. Start another to compare, or restart one below.")
+
+st.divider()
+st.subheader("Endpoint")
+all_serve = registry.list_runs(kind="serve", limit=50)
+endpoint = ui.run_picker("Endpoint run", all_serve, key=K + "endpoint",
+                         help="which endpoint to inspect; running ones update live") if all_serve else None
+
+
+def _status(run: Run) -> None:
+    s = run.summary
+    ready = bool(s.get("ready_at")) and run.active
+    c = st.columns(5)
+    c[0].metric("status", "ready" if ready else ("starting" if run.active else run.status))
+    c[1].metric("runtime", str(s.get("runtime") or (s.get("config") or {}).get("runtime") or "—"))
+    c[2].metric("pid", str(s.get("pid") or run.pid or "—"))
+    uptime = (time.time() - float(s["ready_at"])) if ready else None
+    c[3].metric("uptime", fmt.duration(uptime))
+    cfg = s.get("config") or {}
+    c[4].metric("batching", f"{cfg.get('max_batch_size', '—')} / {cfg.get('batch_timeout_ms', '—')} ms",
+                help="max batch size (rows) / batch timeout")
+    if s.get("url"):
+        st.code(f"{s['url']}/v1/models/{s.get('name', 'model')}:predict", language=None)
+
+
+def _scrape(run: Run) -> None:
+    """Read /metrics once and keep the scrape in this session's short history."""
+    from agent.serving.metrics import parse_metrics
+
+    url = run.summary.get("url")
+    if not url:
+        return
+    hist = ss.setdefault(K + "scrapes", {}).setdefault(run.id, [])
+    try:
+        text = serving_view.fetch_text(f"{url}/metrics")
+        snap = parse_metrics(text, at=time.time())
+    except (OSError, ValueError) as exc:
+        st.caption(f"/metrics not reachable: {exc}")
+        return
+    hist.append(snap)
+    del hist[:-HISTORY_POINTS]
+
+
+def _panel(run: Run) -> None:
+    from agent.serving.metrics import snapshot_delta
+
+    hist = ss.get(K + "scrapes", {}).get(run.id, [])
+    if not hist:
+        st.caption("waiting for the first /metrics scrape…")
+        return
+    t0 = hist[0].at
+    rows = [serving_view.delta_row(snapshot_delta(a, b), b, b.at - t0) for a, b in itertools.pairwise(hist)]
+    last = rows[-1] if rows else {}
+    snap = hist[-1]
+    m = st.columns(6)
+    m[0].metric("requests/s", _n(last.get("server_rps"), ".0f"), help="requests answered in the last interval")
+    m[1].metric("p50", _n(last.get("p50_ms"), ".2f", " ms"), help="server-side latency, last interval (histogram)")
+    m[2].metric("p99", _n(last.get("p99_ms"), ".2f", " ms"), help="server-side 99th percentile, last interval")
+    m[3].metric("mean batch", _n(last.get("batch_size"), ".1f"), help="rows per model execution, last interval")
+    m[4].metric("queue depth", f"{snap.queue_depth_rows:.0f} rows", help="rows waiting for a batch right now")
+    codes = snap.requests_by_code
+    m[5].metric("503 shed", f"{codes.get('503', 0):.0f}", help="requests refused because the queue was full (total)")
+    c1, c2 = st.columns(2)
+    c1.plotly_chart(charts.timeline_figure(rows, ("p50_ms", "p99_ms", "server_queue_ms", "server_compute_ms"),
+                                           "Server latency", "ms"), key=K + "lat_chart",
+                    config={"displaylogo": False})
+    c2.plotly_chart(charts.timeline_figure(rows, ("server_rps", "server_shed_per_s"), "Requests", "per second"),
+                    key=K + "rps_chart", config={"displaylogo": False})
+    c1, c2 = st.columns(2)
+    c1.plotly_chart(charts.latency_split_figure(_ms(snap.queue_wait.mean), _ms(snap.compute.mean),
+                                                _other(snap)), key=K + "split_chart",
+                    config={"displaylogo": False})
+    c2.plotly_chart(charts.batch_size_figure(serving_view.histogram_counts(snap.batch_size.buckets)),
+                    key=K + "batch_chart", config={"displaylogo": False})
+    st.caption(f"requests by status since start: {', '.join(f'{k}: {v:.0f}' for k, v in sorted(codes.items())) or '—'}")
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else 1000.0 * seconds
+
+
+def _other(snap: Any) -> float | None:
+    """End-to-end minus queue wait and compute: HTTP, decoding, encoding (means since start)."""
+    total, q, c = snap.latency.mean, snap.queue_wait.mean, snap.compute.mean
+    if total is None or q is None or c is None:
+        return None
+    return max(0.0, 1000.0 * (total - q - c))
+
+
+def _n(value: Any, spec: str, unit: str = "") -> str:
+    return "—" if value is None else f"{format(float(value), spec)}{unit}"
+
+
+def _live(run_id: str) -> None:
+    reap(registry)
+    run = registry.get_run(run_id)
+    if not run.active:
+        st.rerun()
+    _status(run)
+    if run.summary.get("url"):
+        _scrape(run)
+        _panel(run)
+    else:
+        st.info("Starting: loading the model and warming it up…")
+
+
+def _try_it(run: Run) -> None:
+    from agent.export import load_metadata, load_samples
+
+    st.markdown("**Try it**")
+    mp = model_path_of(run)
+    samples = load_samples(mp) if mp else None
+    meta = load_metadata(mp) if mp else None
+    if not samples:
+        st.caption("No samples.json beside this model; send your own rows with any TF Serving client.")
+        return
+    labels = list(meta.spec.class_labels) if meta else []
+    c1, c2 = st.columns([1, 3])
+    idx = int(c1.number_input("Sample row", 0, len(samples) - 1, step=1, key=K + "sample_index",
+                              help="which held-out test row to send as one instance"))
+    row = samples[idx]
+    c2.caption(f"{len(row)} features: " + ", ".join(f"{v:g}" for v in row[:16]) + (" …" if len(row) > 16 else ""))
+    if st.button("Send request", key=K + "send", icon=":material/send:",
+                 help="POST {\"instances\": [row]} to :predict and show the answer"):
+        t = time.perf_counter()
+        try:
+            status, body = serving_view.predict(run.summary["url"], run.summary.get("name", "model"), [row])
+        except OSError as exc:
+            st.error(f"request failed: {exc}")
+            return
+        elapsed = 1000 * (time.perf_counter() - t)
+        if status != 200:
+            st.error(f"HTTP {status}: {body.get('error', body)}")
+            return
+        pred = (body.get("predictions") or [None])[0]
+        label, conf = serving_view.describe_prediction(pred, labels)
+        r1, r2, r3 = st.columns(3)
+        r1.metric("prediction", label + ("" if conf is None else f" ({conf:.1%})"))
+        targets = _targets(mp)
+        if targets is not None and idx < len(targets):
+            truth = targets[idx]
+            r2.metric("true label", labels[int(truth)] if labels and int(truth) < len(labels) else f"{truth:g}")
+        r3.metric("round trip", f"{elapsed:.1f} ms")
+        with st.expander("Raw response"):
+            st.json(body)
+
+
+def _targets(model_path: str) -> list[float] | None:
+    import json
+
+    p = Path(model_path).with_name("samples.json")
+    try:
+        return json.loads(p.read_text()).get("targets")
+    except (OSError, ValueError):
+        return None
+
+
+if endpoint is None:
+    st.info("No endpoint yet. Pick a model and press **Start endpoint**.")
+else:
+    ui.status_line(endpoint)
+    if endpoint.active:
+        a1, a2, _ = st.columns([1, 2, 3])
+        with a1:
+            ui.stop_button(registry, endpoint, key=K + "stop", label="Stop endpoint", stopper=stop)
+        if a2.button("Restart with new settings", key=K + "restart", icon=":material/restart_alt:",
+                     disabled=bool(blocking),
+                     help="Stop this endpoint and start the same model with the knobs above"):
+            mp = model_path_of(endpoint) or model_run.summary["model_path"]
+            with st.spinner("Restarting the endpoint…"):
+                stop(registry, endpoint.id)
+                try:
+                    new_id = start(registry, mp, form, str(endpoint.summary.get("name") or ss[K + "model_name"]))
+                except (ValueError, OSError, TimeoutError, RuntimeError) as exc:
+                    st.error(f"The endpoint did not restart: {exc}")
+                else:
+                    ui.show_next(K + "endpoint", new_id)
+                    st.rerun()
+        st.fragment(run_every=LIVE_REFRESH_S)(_live)(endpoint.id)
+        if endpoint.summary.get("url"):
+            _try_it(endpoint)
+    else:
+        _status(endpoint)

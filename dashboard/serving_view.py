@@ -1,0 +1,89 @@
+"""Pure helpers for the Serve page: scrapes of ``/metrics`` -> rows and histograms to chart.
+
+The endpoint's counters are cumulative since it started; the page keeps the
+last few scrapes per endpoint and turns consecutive pairs into per-interval
+rates here (via ``agent.serving.metrics.snapshot_delta``), so the figures say
+what happened in the last seconds, not since start-up.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from typing import Any
+
+SCRAPE_TIMEOUT_S = 1.0
+PREDICT_TIMEOUT_S = 10.0
+MAX_RESPONSE_BYTES = 4 * 1024 * 1024
+# Local endpoints only: never route these requests through an HTTP proxy from the environment.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def histogram_counts(cumulative: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Prometheus cumulative buckets ``[(le, count_le)]`` -> per-bucket counts ``[(le, n)]``."""
+    out: list[tuple[float, float]] = []
+    prev = 0.0
+    for le, count in sorted(cumulative):
+        out.append((le, max(0.0, count - prev)))
+        prev = count
+    return out
+
+
+def delta_row(delta: Any, snapshot: Any, t: float) -> dict[str, float | None]:
+    """One timeline row from a ``SnapshotDelta`` (and the later ``ServerSnapshot`` for gauges)."""
+
+    def ms(seconds: float | None) -> float | None:
+        return None if seconds is None else 1000.0 * seconds
+
+    per_s = (lambda n: n / delta.seconds) if delta.seconds > 0 else (lambda n: None)
+    return {
+        "t": t,
+        "server_rps": delta.requests_per_s,
+        "p50_ms": ms(delta.p50_latency_s),
+        "p99_ms": ms(delta.p99_latency_s),
+        "mean_ms": ms(delta.mean_latency_s),
+        "server_queue_ms": ms(delta.mean_queue_wait_s),
+        "server_compute_ms": ms(delta.mean_compute_s),
+        "batch_size": delta.mean_batch_size,
+        "server_shed_per_s": per_s(delta.shed_503),
+        "queue_depth_rows": snapshot.queue_depth_rows,
+        "cpu_ms_per_request": ms(delta.cpu_per_request_s),
+    }
+
+
+def fetch_text(url: str, timeout_s: float = SCRAPE_TIMEOUT_S) -> str:
+    """GET ``url`` as text (raises OSError/URLError on failure)."""
+    with _OPENER.open(url, timeout=timeout_s) as resp:
+        return resp.read(MAX_RESPONSE_BYTES).decode("utf-8", errors="replace")
+
+
+def predict(url: str, model_name: str, rows: Sequence[Sequence[float]],
+            timeout_s: float = PREDICT_TIMEOUT_S) -> tuple[int, dict[str, Any]]:
+    """POST one TF Serving ``:predict`` request; returns (HTTP status, decoded JSON body)."""
+    body = json.dumps({"instances": [list(map(float, r)) for r in rows]}).encode()
+    req = urllib.request.Request(f"{url.rstrip('/')}/v1/models/{model_name}:predict", data=body,
+                                 headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with _OPENER.open(req, timeout=timeout_s) as resp:
+            return resp.status, json.loads(resp.read(MAX_RESPONSE_BYTES) or b"{}")
+    except urllib.error.HTTPError as exc:
+        try:
+            payload = json.loads(exc.read(MAX_RESPONSE_BYTES) or b"{}")
+        except ValueError:
+            payload = {"error": f"HTTP {exc.code} with a non-JSON body"}
+        return exc.code, payload
+
+
+def describe_prediction(prediction: Any, class_labels: Sequence[str]) -> tuple[str, float | None]:
+    """(label, confidence) for one prediction row: argmax class for classifiers, the value for regression."""
+    if isinstance(prediction, list) and prediction and all(isinstance(v, (int, float)) for v in prediction):
+        if len(prediction) == 1 and not class_labels:
+            return f"{float(prediction[0]):.4g}", None
+        best = max(range(len(prediction)), key=lambda i: prediction[i])
+        label = class_labels[best] if best < len(class_labels) else str(best)
+        return str(label), float(prediction[best])
+    if isinstance(prediction, (int, float)):
+        return f"{float(prediction):.4g}", None
+    return json.dumps(prediction)[:80], None
