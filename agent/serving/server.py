@@ -87,7 +87,18 @@ def run_uvicorn(app: Any, sock: socket.socket, log_level: str) -> None:
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         backlog=LISTEN_BACKLOG,
     )
-    uvicorn.Server(config).run(sockets=[sock])
+    # uvicorn re-raises the signal that stopped it once it has shut down, to hand
+    # it to the previous handler; a no-op handler makes that an orderly exit 0.
+    previous = {s: signal.signal(s, _ignore_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _ignore_signal(signum: int, frame: Any) -> None:
+    pass
 
 
 def serve_single(opts: ServeOptions, sock: socket.socket, on_ready: Callable[[Any], None]) -> str | None:
