@@ -1,0 +1,259 @@
+"""Real Locust swarms of a few seconds against real endpoints on free ports.
+
+Each run is a ``loadtest`` registry job (runner process + Locust child). The
+endpoints are started through ``agent.serving.process`` and always stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from agent.serving.config import ServingConfig
+from agent.serving.process import EndpointHandle, start_endpoint, stop_endpoint
+from loadtest import slo
+from loadtest.__main__ import main as cli_main
+from loadtest.runner import LoadTestConfig, load_result, run_loadtest, start_loadtest, stop_loadtest
+from runs import jobs
+from runs.registry import Registry
+
+pytestmark = pytest.mark.integration
+
+N_FEATURES = 64  # the digits model of the trained_model fixture
+
+
+@pytest.fixture(scope="module")
+def swarm_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """One registry for the module, so endpoints can be shared between tests."""
+    reg = Registry(tmp_path_factory.mktemp("swarm-state"))
+    yield reg
+    reg.close()
+
+
+@pytest.fixture(scope="module")
+def ceiling(swarm_registry: Registry) -> Iterator[EndpointHandle]:
+    """The endpoint's fixed-answer handler: fast to start, answers any :predict with one prediction."""
+    handle = start_endpoint(swarm_registry, None, ServingConfig(), name="model", ceiling=True, ready_timeout_s=60)
+    try:
+        yield handle
+    finally:
+        stop_endpoint(swarm_registry, handle.run_id)
+
+
+@pytest.fixture(scope="module")
+def model_endpoint(swarm_registry: Registry, trained_model: Path) -> Iterator[EndpointHandle]:
+    handle = start_endpoint(swarm_registry, trained_model, ServingConfig(), name="digits", ready_timeout_s=120)
+    try:
+        yield handle
+    finally:
+        stop_endpoint(swarm_registry, handle.run_id)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def group_processes(pgid: int) -> list[psutil.Process]:
+    out = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+                out.append(proc)
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return out
+
+
+def wait_for(predicate, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def steady(series: list[tuple[int, float | None]], skip: int = 2) -> list[float]:
+    """Values after the first ``skip`` steps with users (Locust's start-up)."""
+    return [v for _, v in series[skip:-1] if v is not None]
+
+
+def test_constant_run_records_series_summary_and_gates(
+    swarm_registry: Registry, model_endpoint: EndpointHandle, trained_model: Path
+) -> None:
+    config = LoadTestConfig(
+        host=model_endpoint.url,
+        model_name="digits",
+        users=4,
+        spawn_rate=4,
+        run_time_s=4,
+        instances_per_request=2,
+        samples_path=str(trained_model),
+        slos=("fail_ratio<=0.01", "p99<=5s", "rps>=1000000"),
+    )
+    result = run_loadtest(swarm_registry, config, serve_run_id=model_endpoint.run_id)
+    assert result.status == "completed", result.error
+    s = result.summary
+    assert s["requests"] > 0 and s["failures"] == 0 and s["fail_ratio"] == 0.0
+    for key in ("rps", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "avg_ms", "max_ms", "locust_cpu_pct"):
+        assert isinstance(s[key], float), key
+    assert s["p50_ms"] <= s["p95_ms"] <= s["p99_ms"] <= s["max_ms"]
+    assert s["target"] == model_endpoint.url and s["saturated"] in (True, False) and s["shed"] == 0
+    assert s["verdict"]
+    for kind in ("csv", "json", "html", "history_csv"):
+        assert Path(s["reports"][kind]).is_file(), kind
+    # The endpoint's own view of the same seconds: queue wait and compute split, realised batch size.
+    assert s["server"]["compute_ms"] is not None and s["server"]["cpu_ms_per_request"] > 0
+
+    series = swarm_registry.metric_series(result.run_id)
+    for name in ("users", "rps", "fail_per_s", "p50_ms", "p95_ms", "p99_ms", "avg_ms", "locust_cpu_pct",
+                 "server_rps", "server_queue_ms", "server_compute_ms", "server_batch_size", "server_shed_per_s"):
+        assert name in series, name
+    busy = [v for _, v in series["users"] if v]
+    assert busy and max(busy) == 4
+    assert sum(v or 0 for _, v in series["rps"]) == pytest.approx(s["requests"], rel=0.2)
+
+    # Gates: judged on the recorded summary, stored with it, and read back identically.
+    assert [g.passed for g in result.gates] == [True, True, False]
+    assert not result.passed
+    again = slo.evaluate(slo.parse_slos(config.slos), swarm_registry.get_run(result.run_id).summary)
+    assert again == list(load_result(swarm_registry, result.run_id).gates)
+
+
+def test_dead_port_is_recorded_as_failed_with_its_failures(swarm_registry: Registry) -> None:
+    config = LoadTestConfig(host=f"http://127.0.0.1:{free_port()}", users=2, spawn_rate=2, run_time_s=2,
+                            n_features=N_FEATURES, slos=("fail_ratio<=0.01",))
+    result = run_loadtest(swarm_registry, config)
+    assert result.status == "failed"
+    assert "refused" in (result.error or "")
+    s = result.summary
+    assert s["requests"] > 0 and s["failures"] == s["requests"] and s["fail_ratio"] == 1.0
+    assert s["failures_by_reason"] == {"connection refused": s["requests"]}
+    assert s["p95_ms"] is None  # no latency was served
+    assert [g.passed for g in result.gates] == [False]
+
+
+def test_target_dying_mid_run_is_recorded(swarm_registry: Registry) -> None:
+    target = start_endpoint(swarm_registry, None, ServingConfig(), ceiling=True, ready_timeout_s=60)
+    try:
+        run_id = start_loadtest(
+            swarm_registry,
+            LoadTestConfig(host=target.url, users=2, spawn_rate=2, run_time_s=6, n_features=N_FEATURES),
+        )
+        wait_for(lambda: (swarm_registry.get_run(run_id).progress or {}).get("requests", 0) > 0, 30, "requests")
+    finally:
+        stop_endpoint(swarm_registry, target.run_id)
+    run = jobs.wait_job(swarm_registry, run_id, 60)
+    assert run.status == "failed"
+    s = run.summary
+    assert s["failures_by_reason"].get("connection refused", 0) > 0
+    assert s["requests"] > s["failures"] > 0  # it answered, then it was gone
+    assert "went down during the run" in s["verdict"] and "went down" in run.error
+
+
+def test_stop_mid_run_keeps_partial_results_and_leaves_no_locust(
+    swarm_registry: Registry, ceiling: EndpointHandle
+) -> None:
+    run_id = start_loadtest(
+        swarm_registry, LoadTestConfig(host=ceiling.url, users=2, spawn_rate=2, run_time_s=60, n_features=N_FEATURES)
+    )
+    pgid = swarm_registry.get_run(run_id).pid
+    wait_for(lambda: swarm_registry.count_metrics(run_id) > 10 and len(group_processes(pgid)) >= 2, 30, "frames")
+    assert any("locust" in " ".join(p.cmdline()) for p in group_processes(pgid))
+    status = stop_loadtest(swarm_registry, run_id)
+    assert status == "stopped"
+    run = swarm_registry.get_run(run_id)
+    assert run.summary["requests"] > 0 and run.summary["rps"] > 0
+    assert Path(run.summary["reports"]["csv"]).is_file()
+    assert "users" in swarm_registry.metric_series(run_id)
+    assert group_processes(pgid) == []
+    with pytest.raises(ProcessLookupError):
+        os.killpg(pgid, 0)
+
+
+def test_each_shape_delivers_its_users_and_rates(swarm_registry: Registry, ceiling: EndpointHandle) -> None:
+    base = {"host": ceiling.url, "n_features": N_FEATURES, "spawn_rate": 10}
+    configs = {
+        "steps": LoadTestConfig(**base, shape="steps", users=1, step_users=2, step_time_s=2, max_users=5,
+                                run_time_s=8),
+        "spike": LoadTestConfig(**base, shape="spike", users=1, spike_users=6, spike_at_s=2, spike_duration_s=3,
+                                run_time_s=8),
+        "rate": LoadTestConfig(**base, shape="rate", users=4, target_rps=40, run_time_s=8),
+    }
+    # The three are light; run them side by side to keep the suite short.
+    run_ids = {name: start_loadtest(swarm_registry, cfg) for name, cfg in configs.items()}
+    runs = {name: jobs.wait_job(swarm_registry, rid, 90) for name, rid in run_ids.items()}
+    assert all(r.status == "completed" for r in runs.values()), {n: r.error for n, r in runs.items()}
+
+    steps = [int(v) for _, v in swarm_registry.metric_series(run_ids["steps"], ["users"])["users"] if v]
+    assert steps[0] == 1 and max(steps) == 5
+    assert set(steps) <= {1, 2, 3, 4, 5} and {1, 3, 5} <= set(steps)
+    assert steps == sorted(steps)  # a ladder only climbs
+
+    spike = [int(v) for _, v in swarm_registry.metric_series(run_ids["spike"], ["users"])["users"] if v]
+    assert spike[0] == 1 and max(spike) == 6
+    top = [i for i, u in enumerate(spike) if u == 6]
+    assert 2 <= len(top) <= 5 and spike[-1] == 1 and top[-1] < len(spike) - 1  # rose, held, came back down
+
+    rate_series = swarm_registry.metric_series(run_ids["rate"], ["rps", "users"])
+    offered = steady(rate_series["rps"])
+    assert offered and sum(offered) / len(offered) == pytest.approx(40, rel=0.25)
+    assert runs["rate"].summary["offered_rps"] == 40
+    # Closed loop with the same users against the same server runs far faster: the pacing held it at 40.
+    assert max(int(v) for _, v in rate_series["users"] if v) == 4
+
+
+def test_open_loop_above_capacity_sheds_and_says_so(swarm_registry: Registry, trained_model: Path) -> None:
+    # No batching and a one-batch queue: capacity is one model call at a time, the rest is refused at once.
+    low = ServingConfig(runtime="keras", max_batch_size=1, batch_timeout_ms=0, max_enqueued_batches=1)
+    target = start_endpoint(swarm_registry, trained_model, low, name="digits", ready_timeout_s=120)
+    try:
+        config = LoadTestConfig(host=target.url, model_name="digits", shape="rate", users=12, spawn_rate=12,
+                                target_rps=600, run_time_s=5, samples_path=str(trained_model),
+                                slos=("fail_ratio<=0.01",))
+        result = run_loadtest(swarm_registry, config, serve_run_id=target.run_id)
+    finally:
+        stop_endpoint(swarm_registry, target.run_id)
+    s = result.summary
+    assert result.status == "completed", result.error
+    assert s["shed"] > 0 and s["failures_by_reason"]["503 shed"] == s["shed"]
+    assert "timeout" not in s["failures_by_reason"]  # refused at once, not queued without bound
+    assert s["offered_rps"] == 600
+    assert "shed load" in s["verdict"] and "above its capacity" in s["verdict"]
+    assert any((v or 0) > 0 for _, v in swarm_registry.metric_series(result.run_id)["server_shed_per_s"])
+    assert not result.passed
+
+
+def test_cli_exit_codes_against_a_running_host(
+    home: Path, ceiling: EndpointHandle, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    common = ["--host", ceiling.url, "--n-features", "64", "-u", "2", "-r", "2", "--run-time", "2s"]
+    assert cli_main([*common, "--slo", "fail_ratio<=0.01", "--slo", "p99<=10s", "--report-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "PASS  fail_ratio<=0.01" in out and "PASS  p99<=10s" in out
+    for name in ("locust_stats.csv", "locust_stats_history.csv", "locust.json", "locust.html", "summary.json"):
+        assert (tmp_path / name).is_file(), name
+    assert cli_main([*common, "--slo", "rps>=100000000"]) == 1
+    assert "FAIL  rps>=100000000" in capsys.readouterr().out
+
+
+def test_cli_serve_starts_and_always_stops_the_endpoint(
+    home: Path, trained_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = cli_main(["--serve", str(trained_model), "--runtime", "keras", "-u", "2", "-r", "2", "--run-time", "2s",
+                     "--slo", "fail_ratio<=0.01"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    reg = Registry(home)
+    serve_runs = reg.list_runs(kind="serve")
+    assert len(serve_runs) == 1 and not serve_runs[0].active
+    assert reg.list_runs(kind="loadtest")[0].status == "completed"
+    assert "server queue / compute" in out
