@@ -125,6 +125,9 @@ if not blocking:
     except ValueError as exc:
         blocking.append(str(exc).splitlines()[0])
         st.error(blocking[-1])
+    else:
+        with st.expander("Config to start"):
+            st.json(serving_cfg.to_dict())
 
 # -- endpoints ---------------------------------------------------------------------------------
 
