@@ -146,7 +146,9 @@ def parse_history(text: str) -> list[HistoryRow]:
     return parse_history_lines(header, lines[1:])
 
 
-def frames_from_history(rows: Iterable[HistoryRow], start_ts: float) -> list[tuple[int, dict[str, float | None]]]:
+def frames_from_history(
+    rows: Iterable[HistoryRow], start_ts: float, *, locust_rates: bool = False
+) -> list[tuple[int, dict[str, float | None]]]:
     """Registry frames ``(step, {metric: value})``, one per second of the run.
 
     ``step`` is whole seconds since ``start_ts``. ``rps``/``fail_per_s`` count the
@@ -155,6 +157,10 @@ def frames_from_history(rows: Iterable[HistoryRow], start_ts: float) -> list[tup
     current-window (about 10 s) figures.
     Per-endpoint rows add ``endpoint:<name>/rps`` etc. A second written twice
     keeps its last row.
+
+    ``locust_rates`` takes Locust's own smoothed rates instead: in distributed
+    runs (``--processes``, workers) the master's totals grow in bursts, once per
+    worker report (every 3 s), so per-second differences would saw-tooth.
     """
     frames: dict[int, dict[str, float | None]] = {}
     previous: dict[str, HistoryRow] = {}
@@ -163,7 +169,7 @@ def frames_from_history(rows: Iterable[HistoryRow], start_ts: float) -> list[tup
         frame = frames.setdefault(step, {})
         prev = previous.get(row.name)
         window_avg = _window_mean(prev, row)
-        rps, fail_per_s = _per_second(prev, row)
+        rps, fail_per_s = (row.rps, row.fail_per_s) if locust_rates else _per_second(prev, row)
         previous[row.name] = row
         if row.aggregated:
             frame.update(

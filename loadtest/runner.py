@@ -525,7 +525,9 @@ def execute(registry: Registry, run_id: str) -> str:
             held = []
         if not rows:
             return
-        frames = results.frames_from_history([*previous_rows.values(), *rows], start_ts)
+        frames = results.frames_from_history(
+            [*previous_rows.values(), *rows], start_ts, locust_rates=config.processes != 0
+        )
         for row in rows:
             previous_rows[row.name] = row
         history.extend(rows)

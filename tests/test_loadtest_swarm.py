@@ -162,12 +162,17 @@ def test_target_dying_mid_run_is_recorded(swarm_registry: Registry) -> None:
 def test_stop_mid_run_keeps_partial_results_and_leaves_no_locust(
     swarm_registry: Registry, ceiling: EndpointHandle
 ) -> None:
-    run_id = start_loadtest(
-        swarm_registry, LoadTestConfig(host=ceiling.url, users=2, spawn_rate=2, run_time_s=60, n_features=N_FEATURES)
-    )
+    # --processes 2: a Locust master and two forked workers, all of which a stop must end.
+    config = LoadTestConfig(host=ceiling.url, users=4, spawn_rate=4, run_time_s=60, n_features=N_FEATURES, processes=2)
+    run_id = start_loadtest(swarm_registry, config)
     pgid = swarm_registry.get_run(run_id).pid
-    wait_for(lambda: swarm_registry.count_metrics(run_id) > 10 and len(group_processes(pgid)) >= 2, 30, "frames")
-    assert any("locust" in " ".join(p.cmdline()) for p in group_processes(pgid))
+    wait_for(
+        lambda: (swarm_registry.get_run(run_id).progress or {}).get("requests", 0) > 0
+        and len(group_processes(pgid)) >= 4,
+        30,
+        "requests from the runner, Locust's master and its two workers",
+    )
+    assert sum("locust" in " ".join(p.cmdline()) for p in group_processes(pgid)) >= 3
     status = stop_loadtest(swarm_registry, run_id)
     assert status == "stopped"
     run = swarm_registry.get_run(run_id)

@@ -165,6 +165,15 @@ def test_frames_difference_totals_into_per_second_rates_and_means() -> None:
     assert any(k.startswith(results.ENDPOINT_PREFIX) and k.endswith("/rps") for k in frames[2])
 
 
+def test_frames_can_use_locusts_smoothed_rates_for_distributed_runs() -> None:
+    rows = results.parse_history(
+        "\n".join([HEADER, hist_line(100, 4, "Aggregated", 0, 0, 0.0), hist_line(101, 4, "Aggregated", 90, 0, 2.0)])
+        + "\n"
+    )
+    frames = dict(results.frames_from_history(rows, start_ts=100, locust_rates=True))
+    assert frames[1]["rps"] == 1.0  # the Requests/s column, not the 90-request burst of one worker report
+
+
 def test_history_tail_reads_incrementally_and_waits_for_the_newline(tmp_path: Path) -> None:
     path = tmp_path / "x_stats_history.csv"
     tail = HistoryTail(path)
