@@ -1,0 +1,168 @@
+"""Sweeps with real parts: real endpoints, real Locust steps, a real killed-and-resumed job, the CLI, exports."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from agent.serving.config import ServingConfig
+from runs.jobs import reap, start_job, stop_job, wait_job
+from runs.registry import Registry
+from tuning.exports import write_exports
+from tuning.sweep import SweepSpec, create_sweep, load_points, start_sweep_job
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parent.parent
+STEP_S = 2.0  # the shortest step a sweep accepts: these tests check behaviour, not numbers
+LAX_SLOS = ("p95<=5000ms", "fail_ratio<=0.5")
+
+
+def _wait(predicate, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+        time.sleep(0.2)
+
+
+def _stop_everything(registry: Registry) -> None:
+    """No endpoint or Locust may outlive a test, whatever happened."""
+    reap(registry)
+    for run in registry.list_runs(status=("pending", "running")):
+        stop_job(registry, run.id, grace_s=5.0)
+
+
+def _group_gone(pid: int, registry: Registry | None = None) -> bool:
+    if registry is not None:
+        reap(registry)  # collect our own exited child, or it lingers in its group as a zombie
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_killed_sweep_resumes_without_remeasuring_finished_points(registry: Registry, trained_model: Path) -> None:
+    spec = SweepSpec(model_path=str(trained_model), space={"max_batch_size": [1, 8]}, users=(1, 4), step_s=STEP_S,
+                     slos=LAX_SLOS, min_gain=0.0)  # min_gain 0: every level is measured unless throughput drops
+    run_id = create_sweep(registry, spec)
+    try:
+        job = start_sweep_job(registry, run_id)
+        _wait(lambda: len(registry.get_run(run_id).summary.get("points", [])) >= 1, 120, "the first point")
+        os.killpg(job.pid, signal.SIGKILL)  # no clean-up at all: as if the machine lost the process
+        _wait(lambda: _group_gone(job.pid, registry), 10, "the sweep's process group to die")
+        reap(registry)
+        killed = registry.get_run(run_id)
+        assert killed.status == "failed"
+        before = load_points(registry, run_id)
+        assert 1 <= len(before) < 4
+
+        start_sweep_job(registry, run_id)  # same run id: resume
+        done = wait_job(registry, run_id, 240)
+        assert done.status == "completed", done.error
+        after = load_points(registry, run_id)
+        # the points finished before the kill are kept as they were, not measured again
+        assert after[: len(before)] == before
+        keys = [(p.config_id, p.users) for p in after]
+        assert len(keys) == len(set(keys))
+        assert {(p.params["max_batch_size"], p.users) for p in after} <= {(1, 1), (1, 4), (8, 1), (8, 4)}
+        assert {p.params["max_batch_size"] for p in after} == {1, 8}
+        assert done.progress["resumed_points"] == len(before)
+        # each point is a child loadtest run; the killed attempt's leftovers were stopped on resume
+        children = [r for r in registry.list_runs() if r.parent_id == run_id]
+        measured_ids = {p.loadtest_run_id for p in after}
+        assert measured_ids <= {r.id for r in children if r.kind == "loadtest"}
+        assert not [r for r in children if r.active]
+        assert done.summary["recommendation"]["met"] is True
+        assert ServingConfig.from_json_file(done.summary["exports"]["serving_config"]).max_batch_size in (1, 8)
+    finally:
+        _stop_everything(registry)
+
+
+def test_stopping_a_sweep_keeps_its_points_and_leaves_nothing_running(registry: Registry,
+                                                                      trained_model: Path) -> None:
+    spec = SweepSpec(model_path=str(trained_model), space={"max_batch_size": [1, 4, 8]}, users=(1, 2, 3),
+                     step_s=STEP_S, slos=LAX_SLOS, min_gain=0.0)
+    run_id = create_sweep(registry, spec)
+    try:
+        job = start_sweep_job(registry, run_id)
+        _wait(lambda: len(registry.get_run(run_id).summary.get("points", [])) >= 1, 120, "the first point")
+        status = stop_job(registry, run_id, grace_s=30)
+        assert status == "stopped"
+        run = registry.get_run(run_id)
+        assert run.error == "stopped by request"
+        assert len(load_points(registry, run_id)) >= 1
+        assert "recommendation" in run.summary  # recommended from what was measured
+        assert _group_gone(job.pid, registry)
+        children = [r for r in registry.list_runs() if r.parent_id == run_id]
+        assert children and not [r for r in children if r.active]
+    finally:
+        _stop_everything(registry)
+
+
+def _cli(*args: str, home: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TUNESWARM_HOME": str(home), "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "tuning", *args], capture_output=True, text=True, env=env,
+                          timeout=timeout, cwd=ROOT, check=False)
+
+
+def test_cli_bad_usage_exits_2_with_one_line(home: Path, trained_model: Path) -> None:
+    for args, message in [
+        ((), "--model PATH.keras is required"),
+        (("--model", str(trained_model)), "--grid"),
+        (("--model", str(trained_model), "--grid", "max_batch_size=1,x"), "not a valid int"),
+        (("--model", str(trained_model), "--grid", "colour=1"), "unknown serving parameter"),
+        (("--model", str(trained_model), "--grid", "max_batch_size=1", "--users", "8,1"), "rise strictly"),
+        (("--model", str(trained_model), "--grid", "max_batch_size=1", "--slo", "p95 under 5"), "malformed SLO"),
+        (("--model", str(home / "model.h5"), "--grid", "max_batch_size=1"), "--model"),
+    ]:
+        proc = _cli(*args, home=home, timeout=60)
+        assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert lines[-1].startswith("error:") and message in lines[-1], (args, proc.stderr)
+        assert "Traceback" not in proc.stderr
+
+
+def test_cli_exit_1_names_the_closest_when_no_config_meets_the_slo(home: Path, trained_model: Path,
+                                                                   tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = _cli("--model", str(trained_model), "--grid", "max_batch_size=1", "--users", "1", "--step-s", "2",
+                "--slo", "p95<=0.001ms", "--out", str(out), home=home)
+    try:
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert "No configuration met p95<=0.001ms" in proc.stdout
+        assert "Closest: b1 at 1 user" in proc.stdout
+        assert json.loads((out / "points.json").read_text())[0]["users"] == 1
+        assert not (out / "serving_config.json").exists()  # nothing to recommend, nothing exported
+    finally:
+        _stop_everything(Registry(home))
+
+
+def test_exported_json_loads_back_into_the_endpoint_through_its_cli(registry: Registry, trained_model: Path,
+                                                                    tmp_path: Path) -> None:
+    from agent.serving.process import endpoint_argv
+
+    config = ServingConfig(runtime="keras", max_batch_size=16, batch_timeout_ms=1.0, num_batch_threads=1,
+                           max_enqueued_batches=32, allowed_batch_sizes=(4, 16))
+    paths = write_exports(tmp_path / "export", config)
+    run_id = registry.create_run("serve", {"model_path": str(trained_model)}, name="serve exported config")
+    try:
+        start_job(registry, run_id, endpoint_argv(trained_model, paths["serving_config"], "digits", 0, run_id=run_id))
+        _wait(lambda: registry.get_run(run_id).summary.get("ready_at") or not registry.get_run(run_id).active,
+              120, "the endpoint to be ready")
+        summary = registry.get_run(run_id).summary
+        assert summary.get("ready_at"), registry.get_run(run_id).error
+        assert ServingConfig.from_dict(summary["config"]) == config
+        with urllib.request.urlopen(f"{summary['url']}/v1/models/digits/metadata", timeout=10) as resp:
+            assert resp.status == 200
+            assert "signature_def" in json.loads(resp.read())["metadata"]
+    finally:
+        stop_job(registry, run_id, grace_s=10)
