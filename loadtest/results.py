@@ -390,6 +390,21 @@ def summarize(
     return summary
 
 
+def is_http_answer(reason: str) -> bool:
+    """True for failures the server answered (``503 shed``, ``400 ...``, ``200 with ...``), not transport errors."""
+    return len(reason) >= 3 and reason[:3].isdigit()
+
+
+def target_unreachable(summary: Mapping[str, Any]) -> bool:
+    """No request got an HTTP answer at all: the target is down, unreachable or hung."""
+    requests = int(summary.get("requests") or 0)
+    failures = int(summary.get("failures") or 0)
+    reasons: Mapping[str, int] = summary.get("failures_by_reason") or {}
+    if requests == 0:
+        return True
+    return failures >= requests and not any(is_http_answer(r) for r in reasons)
+
+
 def verdict(summary: Mapping[str, Any]) -> str:
     """One line that says what the run measured, worst news first."""
     requests = int(summary.get("requests") or 0)
@@ -400,6 +415,8 @@ def verdict(summary: Mapping[str, Any]) -> str:
     if requests == 0:
         return f"no request completed: {target} never answered"
     refused = int(reasons.get(REASON_REFUSED, 0))
+    if failures >= requests and refused < requests:
+        parts.append(f"no request succeeded out of {requests}")
     if refused:
         if refused == requests:
             parts.append(f"{target} refused every connection ({refused} requests): it is down")

@@ -110,8 +110,11 @@ class LoadTestConfig:
             raise ValueError(f"n_features must be an integer >= 0, got {self.n_features!r}")
         if not self.samples_path and self.n_features == 0:
             raise ValueError("samples_path must name a samples.json (or model.keras) unless n_features > 0")
-        if self.samples_path and not Path(self.samples_path).exists():
-            raise ValueError(f"samples_path {self.samples_path!r} does not exist")
+        if self.samples_path:
+            if not Path(self.samples_path).exists():
+                raise ValueError(f"samples_path {self.samples_path!r} does not exist")
+            # Locust runs in the run's artifact folder: a relative path would point elsewhere there.
+            object.__setattr__(self, "samples_path", str(Path(self.samples_path).resolve()))
         if isinstance(self.slos, str):
             raise ValueError("slos must be a list of expressions like ['p95<=50ms'], not one string")
         object.__setattr__(self, "slos", tuple(self.slos))
@@ -625,7 +628,7 @@ def _outcome(stopped: bool, exit_code: int | None, summary: Mapping[str, Any], l
         lines = [ln for ln in log_text.strip().splitlines() if ln.strip()]
         return "failed", (lines[-1] if lines else "locust exited with code 2 (bad options)")
     reasons = summary.get("failures_by_reason") or {}
-    if not summary.get("requests"):
+    if results.target_unreachable(summary):
         return "failed", str(summary.get("verdict"))
     if reasons.get(results.REASON_REFUSED):
         return "failed", str(summary.get("verdict"))

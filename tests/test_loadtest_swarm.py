@@ -141,6 +141,20 @@ def test_dead_port_is_recorded_as_failed_with_its_failures(swarm_registry: Regis
     assert [g.passed for g in result.gates] == [False]
 
 
+def test_target_that_never_answers_times_out_and_fails(swarm_registry: Registry) -> None:
+    with socket.socket() as listener:  # accepts connections (kernel backlog), never answers
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        port = listener.getsockname()[1]
+        config = LoadTestConfig(host=f"http://127.0.0.1:{port}", users=2, spawn_rate=2, run_time_s=2,
+                                timeout_s=0.5, stop_timeout_s=1, n_features=N_FEATURES)
+        result = run_loadtest(swarm_registry, config)
+    assert result.status == "failed"
+    reasons = result.summary["failures_by_reason"]
+    assert set(reasons) == {"timeout"} and reasons["timeout"] == result.summary["requests"] > 0
+    assert "no request succeeded" in (result.error or "")
+
+
 def test_target_dying_mid_run_is_recorded(swarm_registry: Registry) -> None:
     target = start_endpoint(swarm_registry, None, ServingConfig(), ceiling=True, ready_timeout_s=60)
     try:

@@ -9,7 +9,7 @@ import pytest
 
 from loadtest import payload, results, shapes, slo
 from loadtest.__main__ import main as cli_main
-from loadtest.runner import HistoryTail, LoadTestConfig, locust_argv
+from loadtest.runner import HistoryTail, LoadTestConfig, _outcome, locust_argv
 
 HEADER = (
     "Timestamp,User Count,Type,Name,Requests/s,Failures/s,50%,66%,75%,80%,90%,95%,98%,99%,99.9%,99.99%,100%,"
@@ -317,3 +317,26 @@ def test_cli_bad_usage_exits_2_with_one_line(argv: list[str], capsys: pytest.Cap
     assert cli_main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("python -m loadtest: error:") and "\n" not in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("summary", "stopped", "code", "status", "error_part"),
+    [
+        ({"requests": 10, "failures": 0}, False, 0, "completed", None),
+        ({"requests": 10, "failures": 10, "failures_by_reason": {"503 shed": 10}}, False, 1, "completed", None),
+        ({"requests": 10, "failures": 10, "failures_by_reason": {"timeout": 10}}, False, 1, "failed", "succeeded"),
+        ({"requests": 9, "failures": 3, "failures_by_reason": {"connection refused": 3}}, False, 1, "failed", "down"),
+        ({"requests": 0, "failures": 0}, False, 1, "failed", "never answered"),
+        ({"requests": 5, "failures": 0}, True, 0, "stopped", "stopped"),
+        ({"requests": 5, "failures": 0}, False, -9, "failed", "code -9"),
+    ],
+)
+def test_run_outcome(summary: dict, stopped: bool, code: int, status: str, error_part: str | None) -> None:
+    full = {**summary, "target": "http://t"}
+    full["verdict"] = results.verdict(full)
+    got_status, error = _outcome(stopped, code, full, "")
+    assert got_status == status
+    if error_part is None:
+        assert error is None
+    else:
+        assert error_part in error
