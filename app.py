@@ -12,20 +12,22 @@ from pathlib import Path
 import streamlit as st
 
 PAGES_DIR = Path(__file__).resolve().parent / "dashboard" / "pages"
-# (file, title, icon); a page whose file is absent (e.g. not installed yet) is skipped.
+# (file, title, icon, URL path); a page whose file is absent (e.g. not installed yet) is skipped.
+# Page files are named so they never shadow a package (``loadtest``, ``runs``) when a
+# page's folder is on sys.path (AppTest runs a page with its folder on the path).
 PAGES = (
-    ("train.py", "Train", ":material/model_training:"),
-    ("serve.py", "Serve", ":material/dns:"),
-    ("loadtest.py", "Load test", ":material/speed:"),
-    ("tune.py", "Tune", ":material/tune:"),
-    ("runs.py", "Runs", ":material/history:"),
+    ("train.py", "Train", ":material/model_training:", "train"),
+    ("serve.py", "Serve", ":material/dns:", "serve"),
+    ("load_test.py", "Load test", ":material/speed:", "loadtest"),
+    ("tune.py", "Tune", ":material/tune:", "tune"),
+    ("run_history.py", "Runs", ":material/history:", "runs"),
 )
 
 st.set_page_config(page_title="TuneSwarm", page_icon="🐝", layout="wide")
 
 pages = [
-    st.Page(PAGES_DIR / name, title=title, icon=icon, default=(i == 0))
-    for i, (name, title, icon) in enumerate(PAGES)
+    st.Page(PAGES_DIR / name, title=title, icon=icon, url_path=url_path, default=(i == 0))
+    for i, (name, title, icon, url_path) in enumerate(PAGES)
     if (PAGES_DIR / name).is_file()
 ]
 with st.sidebar:

@@ -94,7 +94,10 @@ def train_problems(form: TrainForm, *, n_rows: int | None = None, has_csv: bool 
     if form.batch_size < 1:
         problems.append(f"batch size must be >= 1; got {form.batch_size}")
     elif n_rows is not None and form.batch_size > n_rows:
-        problems.append(f"batch size {form.batch_size} is larger than the {n_rows} rows of the dataset")
+        problems.append(
+            f"batch size {form.batch_size} is larger than the {n_rows} rows of the dataset: "
+            "every epoch is a single step"
+        )
     if form.epochs < 1:
         problems.append(f"epochs must be >= 1; got {form.epochs}")
     if form.patience < 0:
@@ -110,7 +113,8 @@ def train_problems(form: TrainForm, *, n_rows: int | None = None, has_csv: bool 
 
 def blocking(problems: Sequence[str]) -> list[str]:
     """The problems that make a config impossible (the rest are advice)."""
-    advisory = ("has no effect", "can never stop", "diverges almost surely", "has no effect with")
+    advisory = ("has no effect", "can never stop", "diverges almost surely", "every epoch is a single step",
+                "adds that much latency")
     return [p for p in problems if not any(a in p for a in advisory)]
 
 
