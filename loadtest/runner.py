@@ -478,146 +478,180 @@ def _read_text(path: Path, limit: int = 20_000_000) -> str:
         return ""
 
 
-def execute(registry: Registry, run_id: str) -> str:
-    """Run the swarm of ``run_id`` (called inside its job); returns the final status."""
-    run = registry.get_run(run_id)
-    run_config = dict(run.config)
-    serve_run_id = run_config.pop("serve_run_id", None)
-    config = LoadTestConfig.from_dict(run_config)
-    spec = config.shape_spec()
-    out_dir = registry.artifacts_dir(run_id)
-    prefix = out_dir / REPORT_PREFIX
-    log_path = out_dir / LOCUST_LOG
-    server_pid = registry.get_run(serve_run_id).pid if serve_run_id else None
+class SwarmJob:
+    """One load-test run inside its job: a small state machine over Locust's life.
 
-    stop = _StopFlag()
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    registry.set_status(run_id, "running")
+    ``running`` (Locust swarming; one tick per second samples CPU, the server and
+    the history file) -> ``stopping`` (stop requested, or the run overran) ->
+    ``finished`` (summary, gates and status recorded).
+    """
 
-    start_wall = time.time()
-    start_ts = int(start_wall)
-    with open(log_path, "wb") as log:
-        # Same process group as this job: stopping the job's group ends Locust and its workers too.
-        proc = subprocess.Popen(
-            locust_argv(config, prefix), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=out_dir
-        )
-    tail = HistoryTail(Path(f"{prefix}_stats_history.csv"))
-    cpu = CpuMeter(proc.pid, load_generator_cores(config.processes))
-    scraper = ServerScraper(config.host) if config.scrape_server else None
-    server_cpu_start = _server_cpu_seconds(server_pid)
-    previous_rows: dict[str, results.HistoryRow] = {}
-    history: list[results.HistoryRow] = []
-    cpu_samples: list[float] = []
-    server_frames: list[dict[str, float | None]] = []
-    last_written_step = -1
-    hard_deadline = time.monotonic() + wait_timeout_s(config) - 10.0
-    stopped = False
+    def __init__(self, registry: Registry, run_id: str) -> None:
+        self.registry = registry
+        self.run_id = run_id
+        run_config = dict(registry.get_run(run_id).config)
+        self.serve_run_id: str | None = run_config.pop("serve_run_id", None)
+        self.config = LoadTestConfig.from_dict(run_config)
+        out_dir = registry.artifacts_dir(run_id)
+        self.out_dir = out_dir
+        self.prefix = out_dir / REPORT_PREFIX
+        self.log_path = out_dir / LOCUST_LOG
+        self.state = "starting"
+        self.stop_reason: str | None = None
+        self.signalled = _StopFlag()
+        self.history: list[results.HistoryRow] = []
+        self.cpu_samples: list[float] = []
+        self.server_frames: list[dict[str, float | None]] = []
+        self._previous_rows: dict[str, results.HistoryRow] = {}
+        self._held: list[results.HistoryRow] = []
+        self._last_written_step = -1
 
-    held: list[results.HistoryRow] = []
+    # -- life cycle -------------------------------------------------------------------------
 
-    def drain(final: bool = False) -> None:
-        nonlocal last_written_step, held
-        rows = held + tail.read()
+    def execute(self) -> str:
+        """Run Locust to its end (or a stop), record everything; returns the final status."""
+        signal.signal(signal.SIGTERM, self.signalled)
+        signal.signal(signal.SIGINT, self.signalled)
+        self.registry.set_status(self.run_id, "running")
+        server_pid = self.registry.get_run(self.serve_run_id).pid if self.serve_run_id else None
+        server_cpu_start = _server_cpu_seconds(server_pid)
+        self.start_wall = time.time()
+        self.start_ts = int(self.start_wall)
+        with open(self.log_path, "wb") as log:
+            # Same process group as this job: stopping the job's group ends Locust and its workers too.
+            self.proc = subprocess.Popen(
+                locust_argv(self.config, self.prefix),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.out_dir,
+            )
+        self.state = "running"
+        self.tail = HistoryTail(Path(f"{self.prefix}_stats_history.csv"))
+        self.cpu = CpuMeter(self.proc.pid, load_generator_cores(self.config.processes))
+        self.scraper = ServerScraper(self.config.host) if self.config.scrape_server else None
+        deadline = time.monotonic() + wait_timeout_s(self.config) - 10.0
+        tick = 0
+        while self.proc.poll() is None:
+            # Sample in the middle of each whole second since start, so every step gets one sample
+            # however long the previous tick took.
+            tick = max(tick + 1, int(time.time() - self.start_ts))
+            time.sleep(max(0.0, self.start_ts + tick + 0.5 - time.time()))
+            self._sample(step=tick)
+            self._drain()
+            if self.state == "running" and (self.signalled.set or self.registry.stop_requested(self.run_id)):
+                self.state, self.stop_reason = "stopping", "stopped"
+                # A stop through the job's group signal reached Locust already; a registry-only one did not.
+                _terminate(self.proc, EXIT_GRACE_S, signal_first=not self.signalled.set)
+            elif self.state == "running" and time.monotonic() > deadline:
+                self.state, self.stop_reason = "stopping", "overran"
+                _terminate(self.proc, EXIT_GRACE_S)
+        _terminate(self.proc, EXIT_GRACE_S)  # reaps it; kills --processes workers a crash left behind
+        server_cpu_end = _server_cpu_seconds(server_pid)
+        self._drain(final=True)
+        summary = self._summary()
+        if server_cpu_start is not None and server_cpu_end is not None and summary["requests"]:
+            summary.setdefault("server", {})["cpu_ms_per_request"] = (
+                1000.0 * (server_cpu_end - server_cpu_start) / summary["requests"]
+            )
+        self.registry.update_summary(self.run_id, summary)
+        stopped = self.stop_reason == "stopped"
+        status, error = _outcome(stopped, self.proc.returncode, summary, _read_text(self.log_path))
+        if self.stop_reason == "overran":
+            status, error = "failed", f"Locust did not finish within {wait_timeout_s(self.config):.0f}s; stopped"
+        self.registry.finish_if_active(self.run_id, status, error)
+        self.state = "finished"
+        return self.registry.get_run(self.run_id).status
+
+    # -- per tick ---------------------------------------------------------------------------
+
+    def _sample(self, step: int) -> None:
+        """Locust's CPU and the server's own figures for this second."""
+        values: dict[str, float | None] = {}
+        pct = self.cpu.sample()
+        if pct is not None:
+            values["locust_cpu_pct"] = pct
+            if self.history and self.history[-1].users > 0:
+                self.cpu_samples.append(pct)  # judge saturation on the seconds with users only
+        if self.scraper is not None:
+            frame = self.scraper.sample()
+            if frame is not None:
+                values.update(frame)
+                self.server_frames.append(frame)
+        if values:
+            self.registry.log_metrics(self.run_id, step, values)
+
+    def _drain(self, final: bool = False) -> None:
+        """Write the history rows Locust completed since the last tick as registry frames."""
+        rows = self._held + self.tail.read()
         # Locust writes a second's endpoint rows, then its Aggregated row; a read can end between
         # them, so rows after the last Aggregated one wait for the rest of their second.
         last_agg = max((i for i, r in enumerate(rows) if r.aggregated), default=-1)
-        if not final:
-            rows, held = rows[: last_agg + 1], rows[last_agg + 1 :]
+        if final:
+            self._held = []
         else:
-            held = []
+            rows, self._held = rows[: last_agg + 1], rows[last_agg + 1 :]
         if not rows:
             return
+        # The previous rows are replayed only to seed per-second differences; their steps are written already.
         frames = results.frames_from_history(
-            [*previous_rows.values(), *rows], start_ts, locust_rates=config.processes != 0
+            [*self._previous_rows.values(), *rows], self.start_ts, locust_rates=self.config.processes != 0
         )
         for row in rows:
-            previous_rows[row.name] = row
-        history.extend(rows)
-        fresh = [(s, f) for s, f in frames if s > last_written_step]
-        # The replayed previous rows only seed the window means; their steps are already written.
-        if fresh:
-            registry.log_metric_rows(run_id, fresh)
-            last_written_step = fresh[-1][0]
-            agg = next((r for r in reversed(rows) if r.aggregated), None)
-            if agg is not None:
-                registry.set_progress(
-                    run_id,
-                    {
-                        "elapsed_s": round(time.time() - start_wall, 1),
-                        "run_time_s": config.run_time_s,
-                        "users": agg.users,
-                        "rps": fresh[-1][1].get("rps"),
-                        "requests": agg.total_requests,
-                        "failures": agg.total_failures,
-                    },
-                )
+            self._previous_rows[row.name] = row
+        self.history.extend(rows)
+        fresh = [(step, frame) for step, frame in frames if step > self._last_written_step]
+        if not fresh:
+            return
+        self.registry.log_metric_rows(self.run_id, fresh)
+        self._last_written_step = fresh[-1][0]
+        agg = next((r for r in reversed(rows) if r.aggregated), None)
+        if agg is not None:
+            self.registry.set_progress(
+                self.run_id,
+                {
+                    "elapsed_s": round(time.time() - self.start_wall, 1),
+                    "run_time_s": self.config.run_time_s,
+                    "users": agg.users,
+                    "rps": fresh[-1][1].get("rps"),
+                    "requests": agg.total_requests,
+                    "failures": agg.total_failures,
+                },
+            )
 
-    tick = 0
-    while proc.poll() is None:
-        # Sample in the middle of each whole second since start, so every step gets one sample
-        # however long the previous tick's work took.
-        tick = max(tick + 1, int(time.time() - start_ts))
-        time.sleep(max(0.0, start_ts + tick + 0.5 - time.time()))
-        step = tick
-        extra: dict[str, float | None] = {}
-        pct = cpu.sample()
-        if pct is not None:
-            extra["locust_cpu_pct"] = pct
-            if history and history[-1].users > 0:
-                cpu_samples.append(pct)
-        if scraper is not None:
-            frame = scraper.sample()
-            if frame is not None:
-                extra.update(frame)
-                server_frames.append(frame)
-        if extra:
-            registry.log_metrics(run_id, step, extra)
-        drain()
-        if not stopped and (stop.set or registry.stop_requested(run_id)):
-            stopped = True
-            # A stop through the job's group signal reached Locust already; a registry-only request did not.
-            _terminate(proc, EXIT_GRACE_S, signal_first=not stop.set)
-        elif time.monotonic() > hard_deadline:
-            _terminate(proc, EXIT_GRACE_S)
-    _terminate(proc, EXIT_GRACE_S)  # reaps it; kills --processes workers left behind by a crash
-    drain(final=True)
+    # -- at the end -------------------------------------------------------------------------
 
-    server_cpu_end = _server_cpu_seconds(server_pid)
-    failures = results.parse_failures_csv(_read_text(Path(f"{prefix}_failures.csv")))
-    log_text = _read_text(log_path)
-    summary = results.summarize(
-        stats=results.parse_stats_csv(_read_text(Path(f"{prefix}_stats.csv"))),
-        history=history,
-        failures_by_reason=failures,
-        cpu_samples=cpu_samples,
-        log_text=log_text,
-        offered_rps=shapes.offered_rps(spec),
-        target=config.host,
-        server_frames=server_frames,
-    )
-    if server_cpu_start is not None and server_cpu_end is not None and summary["requests"]:
-        summary.setdefault("server", {})["cpu_ms_per_request"] = (
-            1000.0 * (server_cpu_end - server_cpu_start) / summary["requests"]
+    def _summary(self) -> dict[str, Any]:
+        prefix = self.prefix
+        summary = results.summarize(
+            stats=results.parse_stats_csv(_read_text(Path(f"{prefix}_stats.csv"))),
+            history=self.history,
+            failures_by_reason=results.parse_failures_csv(_read_text(Path(f"{prefix}_failures.csv"))),
+            cpu_samples=self.cpu_samples,
+            log_text=_read_text(self.log_path),
+            offered_rps=shapes.offered_rps(self.config.shape_spec()),
+            target=self.config.host,
+            server_frames=self.server_frames,
         )
-    reports = {
-        "csv": f"{prefix}_stats.csv",
-        "history_csv": f"{prefix}_stats_history.csv",
-        "failures_csv": f"{prefix}_failures.csv",
-        "json": f"{prefix}.json",
-        "html": f"{prefix}.html",
-        "log": str(log_path),
-    }
-    summary["reports"] = {k: v for k, v in reports.items() if Path(v).is_file()}
-    gates = slo.evaluate(config.parsed_slos(), summary)
-    summary["slo"] = [g.to_dict() for g in gates]
-    summary["slo_passed"] = all(g.passed for g in gates)
-    summary["exit_code"] = proc.returncode
-    registry.update_summary(run_id, summary)
+        reports = {
+            "csv": f"{prefix}_stats.csv",
+            "history_csv": f"{prefix}_stats_history.csv",
+            "failures_csv": f"{prefix}_failures.csv",
+            "json": f"{prefix}.json",
+            "html": f"{prefix}.html",  # Locust writes it at a normal end, not when stopped by a signal
+            "log": str(self.log_path),
+        }
+        summary["reports"] = {k: v for k, v in reports.items() if Path(v).is_file()}
+        gates = slo.evaluate(self.config.parsed_slos(), summary)
+        summary["slo"] = [g.to_dict() for g in gates]
+        summary["slo_passed"] = all(g.passed for g in gates)
+        summary["exit_code"] = self.proc.returncode
+        return summary
 
-    status, error = _outcome(stopped, proc.returncode, summary, log_text)
-    registry.finish_if_active(run_id, status, error)
-    return registry.get_run(run_id).status
+
+def execute(registry: Registry, run_id: str) -> str:
+    """Run the swarm of ``run_id`` (called inside its job); returns the final status."""
+    return SwarmJob(registry, run_id).execute()
 
 
 def _outcome(stopped: bool, exit_code: int | None, summary: Mapping[str, Any], log_text: str) -> tuple[str, str | None]:
