@@ -22,6 +22,7 @@ from typing import Any
 
 import locust.stats
 from locust import FastHttpUser, LoadTestShape, constant_throughput, events, task
+from locust.runners import WorkerRunner
 
 # Locust imports this file by path, putting only loadtest/ on sys.path; the project root
 # makes ``loadtest.*`` importable when run as ``locust -f loadtest/locustfile.py`` from anywhere.
@@ -127,6 +128,19 @@ def _check_options(environment: Any, **_kwargs: Any) -> None:
         sys.exit(2)
 
 
+@events.test_start.add_listener
+def _share_pacing(environment: Any, **_kwargs: Any) -> None:
+    """Fix each user's pace on the master (or the single process) from the total users.
+
+    Workers started with ``--worker`` do not know ``-u``; custom options set here
+    travel to them with every spawn message, so all users share one target rate.
+    """
+    options = environment.parsed_options
+    if options is None or isinstance(environment.runner, WorkerRunner):
+        return
+    options.rate_per_user = shapes.per_user_rate(spec_from_options(options)) or 0.0
+
+
 class PredictUser(FastHttpUser):
     """One client posting predictions back to back (closed loop) or paced (the rate shape)."""
 
@@ -139,7 +153,9 @@ class PredictUser(FastHttpUser):
         self.path = payload.predict_path(options.model_name)
         self.bodies = _bodies(options.samples, options.n_features, options.instances_per_request)
         self.cycle = itertools.cycle(self.bodies)
-        rate = shapes.per_user_rate(spec_from_options(options))
+        rate = getattr(options, "rate_per_user", None)
+        if rate is None:  # not started through a runner's test_start (e.g. a bare Environment)
+            rate = shapes.per_user_rate(spec_from_options(options))
         # Open loop: each user runs at a fixed pace whatever the latency, so the offered rate stays fixed.
         self._pace = constant_throughput(rate) if rate else None
 
