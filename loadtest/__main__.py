@@ -32,6 +32,9 @@ SERVING_FLAGS = {
     "num_batch_threads": "num_batch_threads",
     "workers": "workers",
     "request_timeout_ms": "request_timeout_ms",
+    "allowed_batch_sizes": "allowed_batch_sizes",
+    "intra_op_threads": "intra_op_threads",
+    "inter_op_threads": "inter_op_threads",
 }
 ENDPOINT_READY_TIMEOUT_S = 120.0
 PERCENTILE_KEYS = ("p50_ms", "p90_ms", "p95_ms", "p99_ms")
@@ -44,6 +47,13 @@ class UsageError(Exception):
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see --help)")
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 8,16,32; got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     serving.add_argument("--num-batch-threads", type=int, help="batches executed in parallel")
     serving.add_argument("--workers", type=int, help="server worker processes")
     serving.add_argument("--request-timeout-ms", type=float, help="server-side deadline per request (504 after)")
+    serving.add_argument(
+        "--allowed-batch-sizes", type=_sizes, metavar="N,N,...", help="pad batches up to these sizes (e.g. 8,16,32)"
+    )
+    serving.add_argument("--intra-op-threads", type=int, help="threads inside one TF/TFLite op (0 = library default)")
+    serving.add_argument("--inter-op-threads", type=int, help="TF threads across independent ops (0 = default)")
     serving.add_argument("--serving-config", type=Path, help="ServingConfig JSON file (flags above override it)")
     return p
 
@@ -262,6 +277,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except RuntimeError as exc:  # e.g. the endpoint did not become ready
         print(f"python -m loadtest: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:  # run_loadtest has stopped the swarm, run() the endpoint
+        print("python -m loadtest: interrupted; the run was stopped and keeps its partial results", file=sys.stderr)
         return EXIT_FAILED
     print(format_summary(result))
     if args.report_dir:
