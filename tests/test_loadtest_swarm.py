@@ -81,11 +81,6 @@ def wait_for(predicate, timeout_s: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def steady(series: list[tuple[int, float | None]], skip: int = 2) -> list[float]:
-    """Values after the first ``skip`` steps with users (Locust's start-up)."""
-    return [v for _, v in series[skip:-1] if v is not None]
-
-
 def test_constant_run_records_series_summary_and_gates(
     swarm_registry: Registry, model_endpoint: EndpointHandle, trained_model: Path
 ) -> None:
@@ -119,7 +114,8 @@ def test_constant_run_records_series_summary_and_gates(
         assert name in series, name
     busy = [v for _, v in series["users"] if v]
     assert busy and max(busy) == 4
-    assert sum(v or 0 for _, v in series["rps"]) == pytest.approx(s["requests"], rel=0.2)
+    # Per-second rates add up to the requests counted (less the last fraction of a second after the last row).
+    assert 0.5 * s["requests"] <= sum(v or 0 for _, v in series["rps"]) <= s["requests"]
 
     # Gates: judged on the recorded summary, stored with it, and read back identically.
     assert [g.passed for g in result.gates] == [True, True, False]
@@ -222,12 +218,12 @@ def test_each_shape_delivers_its_users_and_rates(swarm_registry: Registry, ceili
     top = [i for i, u in enumerate(spike) if u == 6]
     assert 2 <= len(top) <= 5 and spike[-1] == 1 and top[-1] < len(spike) - 1  # rose, held, came back down
 
-    rate_series = swarm_registry.metric_series(run_ids["rate"], ["rps", "users"])
-    offered = steady(rate_series["rps"])
-    assert offered and sum(offered) / len(offered) == pytest.approx(40, rel=0.25)
+    # Seconds with all 4 paced users running, without the first (spawning) and the last (stopping).
+    full = [r for r in swarm_registry.metric_rows(run_ids["rate"]) if r.get("users") == 4][1:-1]
+    assert len(full) >= 3
+    offered = [r["rps"] for r in full]
+    assert sum(offered) / len(offered) == pytest.approx(40, rel=0.25)
     assert runs["rate"].summary["offered_rps"] == 40
-    # Closed loop with the same users against the same server runs far faster: the pacing held it at 40.
-    assert max(int(v) for _, v in rate_series["users"] if v) == 4
 
 
 def test_open_loop_above_capacity_sheds_and_says_so(swarm_registry: Registry, trained_model: Path) -> None:
