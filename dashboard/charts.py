@@ -97,6 +97,15 @@ def _has_points(series: Series, names: Sequence[str]) -> bool:
     return any(series.get(n) for n in names)
 
 
+MAX_UNIT_TICKS = 20
+
+
+def _whole_ticks(fig: go.Figure, xs: Sequence[float]) -> None:
+    """Epoch axes: one tick per epoch when there are few (no "1.5 epochs" ticks)."""
+    if xs and max(xs) <= MAX_UNIT_TICKS:
+        fig.update_xaxes(dtick=1)
+
+
 # -- training ---------------------------------------------------------------------------
 
 
@@ -115,6 +124,7 @@ def curves_figure(series: Series, names: Sequence[str], title: str, y_title: str
     if not _has_points(series, names):
         return _empty(fig, "no epochs recorded yet")
     fig.update_xaxes(title_text="epoch", rangemode="tozero")
+    _whole_ticks(fig, [x for n in names for x, _ in series.get(n) or []])
     fig.update_yaxes(title_text=y_title, type="log" if log_y else "linear")
     return fig
 
@@ -315,6 +325,8 @@ def overlay_figure(runs: Sequence[tuple[str, Series]], metric: str, *, x_title: 
     if not plotted:
         return _empty(fig, f"none of the selected runs recorded {metric}")
     fig.update_xaxes(title_text=x_title)
+    if x_title == "epoch":
+        _whole_ticks(fig, [x for _, s in runs for x, _ in s.get(metric) or []])
     fig.update_yaxes(title_text=LABELS.get(metric, metric))
     return fig
 

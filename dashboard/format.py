@@ -62,12 +62,11 @@ def headline(run: Run) -> str:
             return f"test MSE {m['mse']:.4g}"
     if run.kind == "loadtest" and "rps" in s:
         p95 = s.get("p95_ms")
-        verdict = s.get("verdict")
         text = f"{s['rps']:.0f} req/s"
         if p95 is not None:
             text += f", p95 {p95:.1f} ms"
-        if verdict:
-            text += f", SLO {verdict}"
+        if s.get("slo"):
+            text += ", SLO " + ("pass" if s.get("slo_passed", all(g.get("passed") for g in s["slo"])) else "FAIL")
         return text
     if run.kind == "serve" and s.get("url"):
         return f"{s.get('runtime', '')} at {s['url']}".strip()

@@ -255,7 +255,7 @@ def test_runs_page_filters_overlays_and_diffs(home: Path, registry: Registry) ->
     assert len(charts) == 1
     fig = json.loads(charts[0].proto.spec)
     assert sorted(t["name"] for t in fig["data"]) == [f"big ({b[-6:]})", f"small ({a[-6:]})"]
-    diff = at.dataframe[1].value
+    diff = at.table[0].value
     assert list(diff["parameter"]) == ["model.hidden"]
 
     at.multiselect(key="runs.compare").set_value([a, load]).run()  # mixed kinds: one chart per kind

@@ -85,7 +85,7 @@ if len(chosen) >= 2:
                           help="hide the config lines where every selected run has the same value")
     diff = charts.config_diff({labels[r.id]: r.config for r in chosen}, only_different=only_diff)
     if diff:
-        st.dataframe(diff, hide_index=True, key=K + "diff")
+        st.table(diff)  # static: every differing value visible side by side
     else:
         st.caption("The selected runs have identical configs.")
 elif len(chosen) == 1:
