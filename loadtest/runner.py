@@ -22,13 +22,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
-import os
 import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -39,14 +36,13 @@ import psutil
 
 from loadtest import results, shapes, slo
 from loadtest.payload import MAX_INSTANCES_PER_REQUEST, predict_path
+from loadtest.probes import CpuMeter, HistoryTail, ServerScraper, load_generator_cores, server_cpu_seconds
 from runs import jobs
 from runs.registry import Registry
 
 LOCUSTFILE = Path(__file__).resolve().with_name("locustfile.py")
 STARTUP_GRACE_S = 30.0  # Locust's import and start-up, bounded
 EXIT_GRACE_S = 8.0  # after asking Locust to stop, how long it may take to write its reports
-SCRAPE_TIMEOUT_S = 0.5
-MAX_SCRAPE_BYTES = 2_000_000
 STOP_GRACE_S = 15.0
 MAX_PROCESSES = 64
 LOCUST_LOG = "locust.log"
@@ -298,150 +294,6 @@ def locust_argv(config: LoadTestConfig, prefix: Path) -> list[str]:
     return argv
 
 
-class HistoryTail:
-    """Reads the complete lines Locust has appended to its history CSV since the last call."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.offset = 0
-        self.pending = b""
-        self.header: list[str] | None = None
-
-    def read(self) -> list[results.HistoryRow]:
-        try:
-            with open(self.path, "rb") as fh:
-                fh.seek(self.offset)
-                chunk = fh.read()
-        except FileNotFoundError:
-            return []
-        self.offset += len(chunk)
-        data = self.pending + chunk
-        head, sep, rest = data.rpartition(b"\n")
-        if not sep:
-            self.pending = data
-            return []
-        self.pending = rest  # a half-written last line waits for its newline
-        lines = [ln for ln in head.decode("utf-8", errors="replace").split("\n") if ln.strip()]
-        if self.header is None and lines:
-            import csv
-
-            self.header = next(csv.reader([lines[0]]))
-            lines = lines[1:]
-        if self.header is None:
-            return []
-        return results.parse_history_lines(self.header, lines)
-
-
-class CpuMeter:
-    """CPU use of a process tree as a percentage of the cores it may use."""
-
-    def __init__(self, root_pid: int, cores: int) -> None:
-        self.root_pid = root_pid
-        self.cores = max(1, cores)
-        self.seen: dict[int, tuple[psutil.Process, float]] = {}
-        self.last_wall = time.monotonic()
-
-    def _tree(self) -> list[psutil.Process]:
-        try:
-            root = psutil.Process(self.root_pid)
-            return [root, *root.children(recursive=True)]
-        except psutil.Error:
-            return []
-
-    def sample(self) -> float | None:
-        now = time.monotonic()
-        wall = now - self.last_wall
-        self.last_wall = now
-        used = 0.0
-        alive: dict[int, tuple[psutil.Process, float]] = {}
-        for proc in self._tree():
-            try:
-                t = proc.cpu_times()
-                total = t.user + t.system
-            except psutil.Error:
-                continue
-            prev = self.seen.get(proc.pid)
-            used += total - (prev[1] if prev else 0.0)
-            alive[proc.pid] = (proc, total)
-        self.seen = alive
-        if not alive or wall <= 0:
-            return None
-        return 100.0 * used / (wall * self.cores)
-
-
-def load_generator_cores(processes: int) -> int:
-    """Cores Locust can keep busy: one per load-generating process."""
-    ncpu = os.cpu_count() or 1
-    if processes == -1:
-        return ncpu
-    return max(1, min(processes or 1, ncpu))
-
-
-class ServerScraper:
-    """Per-second server-side figures from a TuneSwarm endpoint's ``/metrics``.
-
-    Other targets (a real TF Serving, anything without ``tuneswarm_`` metrics)
-    simply yield nothing. With ``--workers N`` a scrape answers for the worker
-    that took the connection, so the figures are a sample, not a total.
-    """
-
-    def __init__(self, host: str) -> None:
-        self.url = f"{host}/metrics"
-        self.previous: Any = None
-        try:
-            from agent.serving import metrics as serving_metrics  # no TensorFlow behind this import
-        except ImportError:
-            serving_metrics = None
-        self.metrics = serving_metrics
-
-    def sample(self) -> dict[str, float | None] | None:
-        if self.metrics is None:
-            return None
-        try:
-            with urllib.request.urlopen(self.url, timeout=SCRAPE_TIMEOUT_S) as resp:  # our own target, http(s) only
-                text = resp.read(MAX_SCRAPE_BYTES).decode("utf-8", errors="replace")
-            if "tuneswarm_" not in text:
-                return None
-            snapshot = self.metrics.parse_metrics(text, at=time.monotonic())
-        except (OSError, ValueError):  # URLError and HTTPError are OSErrors
-            return None
-        previous, self.previous = self.previous, snapshot
-        if previous is None:
-            return None
-        try:
-            delta = self.metrics.snapshot_delta(previous, snapshot)
-        except (ValueError, ZeroDivisionError):
-            return None
-        return server_frame(delta)
-
-
-def server_frame(delta: Any) -> dict[str, float | None]:
-    """Registry metrics (``server_*``) from ``agent.serving.metrics.SnapshotDelta``."""
-
-    def ms(seconds: float | None) -> float | None:
-        return None if seconds is None else 1000.0 * seconds
-
-    per_s = delta.seconds if delta.seconds and delta.seconds > 0 else None
-    return {
-        "server_rps": delta.requests_per_s,
-        "server_queue_ms": ms(delta.mean_queue_wait_s),
-        "server_compute_ms": ms(delta.mean_compute_s),
-        "server_batch_size": delta.mean_batch_size,
-        "server_shed_per_s": (delta.shed_503 / per_s) if per_s else None,
-    }
-
-
-def _server_cpu_seconds(pid: int | None) -> float | None:
-    if pid is None:
-        return None
-    try:
-        from agent.serving.metrics import server_cpu_seconds
-
-        return server_cpu_seconds(pid)
-    except (ImportError, psutil.Error):
-        return None
-
-
 class _StopFlag:
     def __init__(self) -> None:
         self.set = False
@@ -514,7 +366,7 @@ class SwarmJob:
         signal.signal(signal.SIGINT, self.signalled)
         self.registry.set_status(self.run_id, "running")
         server_pid = self.registry.get_run(self.serve_run_id).pid if self.serve_run_id else None
-        server_cpu_start = _server_cpu_seconds(server_pid)
+        server_cpu_start = server_cpu_seconds(server_pid)
         self.start_wall = time.time()
         self.start_ts = int(self.start_wall)
         with open(self.log_path, "wb") as log:
@@ -547,7 +399,7 @@ class SwarmJob:
                 self.state, self.stop_reason = "stopping", "overran"
                 _terminate(self.proc, EXIT_GRACE_S)
         _terminate(self.proc, EXIT_GRACE_S)  # reaps it; kills --processes workers a crash left behind
-        server_cpu_end = _server_cpu_seconds(server_pid)
+        server_cpu_end = server_cpu_seconds(server_pid)
         self._drain(final=True)
         summary = self._summary()
         if server_cpu_start is not None and server_cpu_end is not None and summary["requests"]:

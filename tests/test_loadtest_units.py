@@ -9,7 +9,8 @@ import pytest
 
 from loadtest import payload, results, shapes, slo
 from loadtest.__main__ import main as cli_main
-from loadtest.runner import HistoryTail, LoadTestConfig, _outcome, locust_argv
+from loadtest.probes import HistoryTail
+from loadtest.runner import LoadTestConfig, _outcome, locust_argv
 
 HEADER = (
     "Timestamp,User Count,Type,Name,Requests/s,Failures/s,50%,66%,75%,80%,90%,95%,98%,99%,99.9%,99.99%,100%,"
