@@ -248,3 +248,23 @@ def test_json_export_loads_back_as_the_same_config(tmp_path) -> None:
     assert ServingConfig.from_json_file(paths["serving_config"]) == cfg
     assert paths["recommendation"].read_text().strip().endswith("}")
     assert "null" in paths["recommendation"].read_text()
+
+
+# -- resuming: what is left to measure, from the recorded points alone ---------------------
+
+
+def test_plan_resumes_half_way_up_a_ladder_then_moves_on() -> None:
+    from tuning.sweep import SweepSpec, plan
+
+    spec = SweepSpec(model_path="m.keras", space={"max_batch_size": [1, 8, 32], "batch_timeout_ms": [0.0, 2.0]},
+                     users=(1, 16, 64), slos=("p95<=50ms",))
+    assert plan([], spec) == ({"max_batch_size": 1, "batch_timeout_ms": 0.0}, [1, 16, 64])
+    # killed after the first level of the baseline: finish its ladder first
+    assert plan(RECORDED[:1], spec) == (BASE, [16, 64])
+    # the baseline's ladder is done (its 64-user point broke the SLO): the next grid config
+    assert plan(RECORDED[:3], spec)[0] == {"max_batch_size": 1, "batch_timeout_ms": 2.0}
+    # a config the SLO rule stopped early counts as done
+    broke = [pt(BASE, 1, 300, 4.0), pt(BASE, 16, 420, 80.0)]
+    assert plan(broke, spec)[0] != BASE
+    every = [pt({"max_batch_size": b, "batch_timeout_ms": t}, 1, 100, 500.0) for b in (1, 8, 32) for t in (0.0, 2.0)]
+    assert plan(every, spec) == (None, [])

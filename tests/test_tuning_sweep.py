@@ -51,35 +51,33 @@ def _group_gone(pid: int, registry: Registry | None = None) -> bool:
 
 
 def test_killed_sweep_resumes_without_remeasuring_finished_points(registry: Registry, trained_model: Path) -> None:
-    spec = SweepSpec(model_path=str(trained_model), space={"max_batch_size": [1, 8]}, users=(1, 4), step_s=STEP_S,
-                     slos=LAX_SLOS, min_gain=0.0)  # min_gain 0: every level is measured unless throughput drops
+    # Two configs, one level each: the kill lands after the first config's point and the
+    # resumed job must measure only the second. (Resuming half-way up a ladder is the
+    # pure ``plan`` test in test_tuning_logic.)
+    spec = SweepSpec(model_path=str(trained_model), space={"max_batch_size": [1, 8]}, users=(2,), step_s=STEP_S,
+                     slos=LAX_SLOS)
     run_id = create_sweep(registry, spec)
     try:
         job = start_sweep_job(registry, run_id)
         _wait(lambda: len(registry.get_run(run_id).summary.get("points", [])) >= 1, 120, "the first point")
         os.killpg(job.pid, signal.SIGKILL)  # no clean-up at all: as if the machine lost the process
         _wait(lambda: _group_gone(job.pid, registry), 10, "the sweep's process group to die")
-        reap(registry)
         killed = registry.get_run(run_id)
         assert killed.status == "failed"
         before = load_points(registry, run_id)
-        assert 1 <= len(before) < 4
+        assert len(before) == 1 and before[0].params == {"max_batch_size": 1}
 
         start_sweep_job(registry, run_id)  # same run id: resume
         done = wait_job(registry, run_id, 240)
         assert done.status == "completed", done.error
         after = load_points(registry, run_id)
-        # the points finished before the kill are kept as they were, not measured again
-        assert after[: len(before)] == before
-        keys = [(p.config_id, p.users) for p in after]
-        assert len(keys) == len(set(keys))
-        assert {(p.params["max_batch_size"], p.users) for p in after} <= {(1, 1), (1, 4), (8, 1), (8, 4)}
-        assert {p.params["max_batch_size"] for p in after} == {1, 8}
-        assert done.progress["resumed_points"] == len(before)
+        # the point finished before the kill is kept as it was, not measured again
+        assert after[0] == before[0]
+        assert [p.params["max_batch_size"] for p in after] == [1, 8]
+        assert done.progress["resumed_points"] == 1
         # each point is a child loadtest run; the killed attempt's leftovers were stopped on resume
         children = [r for r in registry.list_runs() if r.parent_id == run_id]
-        measured_ids = {p.loadtest_run_id for p in after}
-        assert measured_ids <= {r.id for r in children if r.kind == "loadtest"}
+        assert {p.loadtest_run_id for p in after} <= {r.id for r in children if r.kind == "loadtest"}
         assert not [r for r in children if r.active]
         assert done.summary["recommendation"]["met"] is True
         assert ServingConfig.from_json_file(done.summary["exports"]["serving_config"]).max_batch_size in (1, 8)
@@ -166,3 +164,26 @@ def test_exported_json_loads_back_into_the_endpoint_through_its_cli(registry: Re
             assert "signature_def" in json.loads(resp.read())["metadata"]
     finally:
         stop_job(registry, run_id, grace_s=10)
+
+
+def test_model_sweep_cli_trains_serves_and_marks_the_pareto_front(home: Path, tmp_path: Path) -> None:
+    out = tmp_path / "models"
+    proc = _cli("--mode", "models", "--dataset", "digits", "--train-grid", "hidden=4,32", "--epochs", "1",
+                "--users", "2", "--step-s", "2", "--slo", "p99<=5000ms", "--out", str(out), home=home)
+    try:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        rows = json.loads((out / "models.json").read_text())
+        assert [r["hidden"] for r in rows] == [[4], [32]]
+        for r in rows:
+            assert 0.0 <= r["val_accuracy"] <= 1.0 and r["p99_ms"] > 0 and r["rps"] > 0
+            assert r["param_count"] > 0 and r["train_run_id"]
+        assert rows[1]["param_count"] > rows[0]["param_count"]
+        registry = Registry(home)
+        sweep = next(r for r in registry.list_runs(kind="sweep") if r.config.get("mode") == "models")
+        assert sweep.status == "completed" and sweep.summary["front"]  # somebody is always on the front
+        children = [r for r in registry.list_runs() if r.parent_id == sweep.id]
+        assert {r.kind for r in children} == {"train", "serve", "loadtest"}
+        assert not [r for r in children if r.active]
+        assert "*" in proc.stdout  # the table marks the front
+    finally:
+        _stop_everything(Registry(home))

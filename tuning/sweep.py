@@ -29,7 +29,7 @@ from runs.registry import Registry
 from tuning.exports import write_exports
 from tuning.ladder import DEFAULT_USERS, MIN_THROUGHPUT_GAIN, check_levels, stop_climbing
 from tuning.points import Point, config_key, config_label, group_by_config
-from tuning.recommend import DEFAULT_SLOS, OBJECTIVES, Constraints, judge, recommend
+from tuning.recommend import DEFAULT_SLOS, OBJECTIVES, Constraints, Recommendation, judge, recommend
 from tuning.space import STRATEGIES, SearchSpace, apply_params, next_configs
 
 DEFAULT_STEP_S = 8.0
@@ -273,6 +273,47 @@ def _num(value: Any) -> float | None:
 # -- the job -----------------------------------------------------------------------------
 
 
+def climb(
+    registry: Registry,
+    run_id: str,
+    spec: SweepSpec,
+    params: dict[str, Any],
+    levels: list[int] | tuple[int, ...],
+    series: list[Point],
+    stop: StopFlag,
+    *,
+    measure: MeasureStep = measure_step,
+    before_step: Callable[[int], None] | None = None,
+    after_step: Callable[[Point], None] | None = None,
+) -> list[Point]:
+    """Serve ``params`` and climb ``levels`` until the ladder rule stops it; every point is recorded at once.
+
+    ``series`` holds the config's points measured earlier (a resumed config) and
+    grows in place. The endpoint is stopped whatever happens.
+    """
+    from agent.serving.process import start_endpoint, stop_endpoint
+
+    endpoint = start_endpoint(registry, spec.model_path, spec.serving_config(params), name=MODEL_NAME,
+                              parent_id=run_id)
+    try:
+        _warm(endpoint.url, _warm_body(spec.model_path))
+        for users in levels:
+            stop.check()
+            if before_step:
+                before_step(users)
+            point = measure(registry, run_id, spec, params, endpoint, users, stop)
+            stop.check()  # a step cut short by a stop is not a finished point
+            _record_point(registry, run_id, point)
+            series.append(point)
+            if after_step:
+                after_step(point)
+            if stop_climbing(series, spec.constraints().meets, min_gain=spec.min_gain, patience=spec.patience):
+                break
+    finally:
+        stop_endpoint(registry, endpoint.run_id)
+    return series
+
+
 def _record_point(registry: Registry, run_id: str, point: Point) -> None:
     points = registry.get_run(run_id).summary.get("points", [])
     points.append(point.to_dict())
@@ -317,8 +358,6 @@ def run_sweep(
     on_point: Callable[[Point], None] | None = None,
 ) -> str:
     """Run (or resume) the sweep ``run_id``; returns its final status."""
-    from agent.serving.process import start_endpoint, stop_endpoint
-
     run = registry.get_run(run_id)
     spec = SweepSpec.from_dict(run.config["spec"])
     stop = StopFlag(registry, run_id)
@@ -339,7 +378,6 @@ def run_sweep(
     resumed = len(points)
     n_total = total_configs(spec)
     started = time.monotonic()
-    endpoint = None
     try:
         while True:
             stop.check()
@@ -353,28 +391,22 @@ def run_sweep(
                 "configs_total": n_total, "points": len(points), "resumed_points": resumed,
                 "elapsed_s": time.monotonic() - started,
             })
-            config = spec.serving_config(params)
-            endpoint = start_endpoint(registry, spec.model_path, config, name=MODEL_NAME, parent_id=run_id)
-            _warm(endpoint.url, _warm_body(spec.model_path))
             series = [p for p in points if p.config_id == config_key(params)]
-            for users in levels:
-                stop.check()
+
+            def progress(users: int, label: str = label, done_configs: int = done_configs) -> None:
                 registry.set_progress(run_id, {
                     "phase": "measuring", "config": label, "users": users, "configs_done": done_configs,
                     "configs_total": n_total, "points": len(points), "resumed_points": resumed,
                     "elapsed_s": time.monotonic() - started,
                 })
-                point = measure(registry, run_id, spec, params, endpoint, users, stop)
-                stop.check()  # a step cut short by a stop is not a finished point
-                _record_point(registry, run_id, point)
+
+            def record(point: Point) -> None:
                 points.append(point)
-                series.append(point)
                 if on_point:
                     on_point(point)
-                if stop_climbing(series, spec.constraints().meets, min_gain=spec.min_gain, patience=spec.patience):
-                    break
-            stop_endpoint(registry, endpoint.run_id)
-            endpoint = None
+
+            climb(registry, run_id, spec, params, levels, series, stop, measure=measure, before_step=progress,
+                  after_step=record)
         finalize(registry, run_id, spec, points)
         registry.set_progress(run_id, {"phase": "done", "configs_done": len({p.config_id for p in points}),
                                        "configs_total": n_total, "points": len(points),
@@ -382,18 +414,52 @@ def run_sweep(
         registry.set_status(run_id, "completed")
         return "completed"
     except SweepStopped:
+        _stop_leftovers(registry, run_id)  # in case the stop landed while an endpoint was being stopped
         if points:
             finalize(registry, run_id, spec, points)
         registry.set_status(run_id, "stopped", "stopped by request")
         return "stopped"
     except BaseException as exc:
         registry.finish_if_active(run_id, "failed", f"{type(exc).__name__}: {exc}".splitlines()[0])
+        _stop_leftovers(registry, run_id)
         raise
     finally:
-        if endpoint is not None:
-            stop_endpoint(registry, endpoint.run_id)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def confirm(
+    registry: Registry,
+    spec: SweepSpec,
+    configs: list[dict[str, Any]],
+    *,
+    name: str | None = None,
+    rounds: int = 1,
+    on_point: Callable[[Point], None] | None = None,
+) -> tuple[str, Recommendation]:
+    """Re-measure a few configs (e.g. the baseline and the recommendation) in a run of their own.
+
+    A sweep's numbers come from one pass on a noisy machine; a separate run
+    checks that the winner still wins. With ``rounds`` > 1 the configs take turns
+    (A, B, A, B) so a burst of background load hits both alike, and each config's
+    capacity is its best round.
+    """
+    if not 1 <= rounds <= 10:
+        raise ValueError(f"rounds must be 1..10; got {rounds}")
+    run_id = registry.create_run("sweep", {"mode": "confirm", "spec": spec.to_dict(), "configs": configs,
+                                           "rounds": rounds}, name=name or "confirmation run", status="running")
+    stop = StopFlag(registry, run_id)
+    try:
+        for _ in range(rounds):
+            for params in configs:
+                climb(registry, run_id, spec, params, spec.users, [], stop, after_step=on_point)
+        rec = recommend(load_points(registry, run_id), spec.constraints(), spec.objective, at_users=spec.at_users)
+        registry.update_summary(run_id, {"recommendation": rec.to_dict()})
+        registry.set_status(run_id, "completed")
+        return run_id, rec
+    except BaseException as exc:
+        registry.finish_if_active(run_id, "failed", f"{type(exc).__name__}: {exc}".splitlines()[0])
+        raise
 
 
 def create_sweep(registry: Registry, spec: SweepSpec, *, name: str | None = None) -> str:
