@@ -58,8 +58,9 @@ def _fmt(value: Any) -> str:
 class Point:
     """One load step of one configuration.
 
-    Latencies are client-side (Locust) in milliseconds; ``queue_ms``/``compute_ms``
-    are the server's own mean queue wait and model time per request over the step;
+    Latencies are client-side (Locust) in milliseconds; ``queue_ms`` is the server's
+    own mean queue wait per request and ``compute_ms`` its mean model execution time
+    per batch (the compute a request sits through) over the step;
     ``cpu_ms_per_request`` is server CPU time divided by requests served, which does
     not depend on how fast the load generator is.
     """
