@@ -36,11 +36,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_streamlit(home: Path, port: int, log_path: Path) -> subprocess.Popen[bytes]:
-    """Start the dashboard on 127.0.0.1:``port`` with ``home`` as its state directory."""
+def start_streamlit(home: Path, port: int, log_path: Path, app: Path = APP) -> subprocess.Popen[bytes]:
+    """Start the dashboard (or another ``app`` script) on 127.0.0.1:``port`` with ``home`` as its state dir."""
     env = dict(os.environ, TUNESWARM_HOME=str(home), PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
-    argv = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.port", str(port),
+    argv = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(port),
             "--server.headless", "true", "--server.address", "127.0.0.1", "--server.fileWatcherType", "none",
             "--browser.gatherUsageStats", "false"]
     with open(log_path, "ab") as log:
