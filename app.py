@@ -30,7 +30,18 @@ pages = [
     for i, (name, title, icon, url_path) in enumerate(PAGES)
     if (PAGES_DIR / name).is_file()
 ]
+page = st.navigation(pages)
 with st.sidebar:
     st.markdown("### TuneSwarm")
     st.caption("Train a model, serve it, swarm it with Locust, pick the config to ship.")
-st.navigation(pages).run()
+    # Jobs live in the registry, not in this session: whatever another tab (or a
+    # previous run of Streamlit) started is listed here too.
+    from dashboard.format import STATUS_ICONS, duration
+    from dashboard.state import get_registry
+
+    active = get_registry().list_runs(status=("pending", "running"), limit=10)
+    if active:
+        st.markdown("**Active jobs**")
+        for run in active:
+            st.caption(f"{STATUS_ICONS.get(run.status, '')} {run.kind} · {run.name} · {duration(run.duration_s)}")
+page.run()

@@ -105,9 +105,9 @@ def run_export_json(run: Run, metric_rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def rows_to_csv(rows: Sequence[Mapping[str, Any]]) -> str:
-    """Wide metric rows as CSV, ``step`` first, other columns sorted."""
-    columns = sorted({k for r in rows for k in r} - {"step"})
-    columns = (["step"] if any("step" in r for r in rows) else []) + columns
+    """Rows as CSV: ``step`` first (when present), other columns in first-seen order."""
+    seen = dict.fromkeys(k for r in rows for k in r)
+    columns = (["step"] if "step" in seen else []) + [k for k in seen if k != "step"]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()

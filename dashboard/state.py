@@ -24,8 +24,15 @@ def _registry_for(home: str) -> Registry:
 
 
 def get_registry() -> Registry:
-    """The shared registry handle (thread-safe: one SQLite connection per thread)."""
-    return _registry_for(str(default_home()))
+    """The shared registry handle (thread-safe: one SQLite connection per thread).
+
+    Each page run also reaps jobs whose process has gone (one indexed query plus a
+    process check per active run), so a crashed endpoint or swarm never shows
+    as running nor is offered as a target.
+    """
+    registry = _registry_for(str(default_home()))
+    reap(registry)
+    return registry
 
 
 def init_defaults(defaults: Mapping[str, Any]) -> None:

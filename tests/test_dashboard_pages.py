@@ -214,6 +214,23 @@ def test_train_page_renders_a_finished_run(home: Path, registry: Registry) -> No
     assert "Train the default model" not in [b.label for b in at.button]
 
 
+def test_train_page_renders_a_regression_run_without_confusion_matrix(home: Path, registry: Registry) -> None:
+    run_id = registry.create_run("train", {"model": {"hidden": [8]}, "data": {"dataset": "diabetes"}},
+                                 name="train diabetes", status="running")
+    registry.log_metric_rows(run_id, [(e, {"loss": 3.0 / e, "val_loss": 3.5 / e, "mae": 1.0 / e,
+                                           "val_mae": 1.2 / e}) for e in (1, 2)])
+    registry.update_summary(run_id, {"test_metrics": {"mse": 0.5, "mae": 0.25, "r2": 0.75}, "param_count": 97,
+                                     "epochs_run": 2})
+    registry.set_status(run_id, "completed")
+    at = _page("train")
+    assert not at.exception
+    metrics = {m.label: m.value for m in at.metric}
+    assert (metrics["MSE"], metrics["MAE"], metrics["R²"]) == ("0.5000", "0.2500", "0.7500")
+    assert metrics["val MAE"] == "0.6000"
+    titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
+    assert titles == ["Loss", "Mean absolute error"]
+
+
 def test_train_page_shows_a_running_job_live_with_stop(home: Path, registry: Registry) -> None:
     run_id = _train_run(registry, status="running", with_model=False)
     # The run's process is this test process: alive, so nothing reaps it.
@@ -268,7 +285,7 @@ def test_runs_page_exports_and_deletes_a_run(home: Path, registry: Registry) -> 
     at = _page("run_history")
     at.selectbox(key="runs.detail").set_value(gone).run()
     labels = [d.label for d in at.get("download_button")]
-    assert labels == ["Export JSON", "Export metrics CSV"]
+    assert labels == ["Export this list (CSV)", "Export JSON", "Export metrics CSV"]
     assert at.button(key="runs.delete").disabled  # needs the confirmation first
     at.checkbox(key="runs.confirm_delete").check().run()
     at.button(key="runs.delete").click().run()
@@ -498,3 +515,37 @@ def test_pages_do_not_import_tensorflow(page: str, home: Path, registry: Registr
                          cwd=str(PAGES.parent.parent), env={**os.environ, "PYTHONPATH": str(PAGES.parent.parent)})
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split()[-2:] == ["False", "False"]
+
+
+# -- app.py: navigation -----------------------------------------------------------------------
+
+APP = PAGES.parent.parent / "app.py"
+
+
+def test_app_opens_on_train_and_lists_active_jobs_in_the_sidebar(home: Path, registry: Registry) -> None:
+    run_id = _train_run(registry, name="busy training", status="running", with_model=False)
+    registry.mark_started(run_id, os.getpid(), psutil.Process().create_time())
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT_S).run()
+    try:
+        assert not at.exception
+        assert "Train" in at.title[0].value
+        assert any("busy training" in c.value for c in at.sidebar.caption)
+    finally:
+        registry.set_status(run_id, "stopped")
+
+
+def test_app_skips_a_page_whose_file_is_missing(home: Path, tmp_path: Path) -> None:
+    """Without tune.py (the Tune page not installed) the app still starts, without that page."""
+    root = tmp_path / "app"
+    pages = root / "dashboard" / "pages"
+    pages.mkdir(parents=True)
+    (root / "app.py").write_text(APP.read_text())
+    for page in PAGES.glob("*.py"):
+        if page.name != "tune.py":
+            (pages / page.name).symlink_to(page)
+    at = AppTest.from_file(str(root / "app.py"), default_timeout=TIMEOUT_S).run()
+    assert not at.exception
+    assert "Train" in at.title[0].value
+    at.switch_page(str(pages / "run_history.py")).run()
+    assert not at.exception
+    assert "Runs" in at.title[0].value

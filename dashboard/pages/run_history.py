@@ -37,8 +37,12 @@ if not runs:
     st.info("No runs match. Train a model on the **Train** page to start the history.")
     st.stop()
 
-st.dataframe(fmt.runs_table(runs), hide_index=True, key=K + "table",
+table = fmt.runs_table(runs)
+st.dataframe(table, hide_index=True, key=K + "table",
              column_config={"id": st.column_config.TextColumn("id", width="small")})
+st.download_button("Export this list (CSV)", fmt.rows_to_csv(table), file_name="tuneswarm-runs.csv",
+                   mime="text/csv", key=K + "export_list", icon=":material/download:",
+                   help="the runs shown above (after the kind/status filters) as a CSV file")
 by_id = {r.id: r for r in runs}
 
 # -- compare -----------------------------------------------------------------------------
