@@ -49,8 +49,8 @@ def latency_throughput_figure(
         fig.add_trace(go.Scatter(
             x=[p.rps for p in series], y=ys, mode="lines+markers", name=series[0].label,
             line={"width": 4 if config_id == highlight else 2},
-            customdata=[[p.users, p.fail_ratio] for p in series],
-            hovertemplate="%{x:.0f} req/s, %{y:.1f} ms<br>%{customdata[0]} users, fail %{customdata[1]:.1%}"
+            customdata=[[p.load_text, p.fail_ratio] for p in series],
+            hovertemplate="%{x:.0f} req/s, %{y:.1f} ms<br>at %{customdata[0]}, fail %{customdata[1]:.1%}"
                           "<extra>%{fullData.name}</extra>",
         ))
     if slo_ms is not None:
@@ -87,7 +87,7 @@ def capacity_rows(points: Sequence[Point], meets: Any = None, best_id: str | Non
         at = max(ok, key=lambda p: p.rps) if ok else series[-1]
         rows.append({
             "config_id": config_id, "label": at.label, **at.params,
-            "capacity_rps": at.rps if ok else 0.0, "users": at.users, "p95_ms": at.p95_ms, "p99_ms": at.p99_ms,
+            "capacity_rps": at.rps if ok else 0.0, "load": at.load_text, "p95_ms": at.p95_ms, "p99_ms": at.p99_ms,
             "cpu_ms_per_request": at.cpu_ms_per_request, "batch_size": at.batch_size,
             "within_slo": bool(ok), "best": config_id == best_id,
         })

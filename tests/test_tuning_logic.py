@@ -268,3 +268,23 @@ def test_plan_resumes_half_way_up_a_ladder_then_moves_on() -> None:
     assert plan(broke, spec)[0] != BASE
     every = [pt({"max_batch_size": b, "batch_timeout_ms": t}, 1, 100, 500.0) for b in (1, 8, 32) for t in (0.0, 2.0)]
     assert plan(every, spec) == (None, [])
+
+
+def test_open_loop_points_are_ranked_and_explained_by_offered_rate() -> None:
+    from dataclasses import replace
+
+    from tuning.sweep import SweepSpec, plan
+
+    open_loop = [replace(p, rate=float(r), users=max(1, r // 10))
+                 for p, r in zip(RECORDED, [250, 500, 1000] * 3, strict=True)]
+    rec = recommend(open_loop, SLO, "throughput")
+    assert rec.best.params == B32 and rec.best.capacity_point.level == 1000
+    text = " ".join(rec.explanation)
+    assert "at 1000 req/s offered" in text and "users" not in text
+    assert "1000/s" in format_table(open_loop, SLO)
+    spec = SweepSpec(model_path="m.keras", space={"max_batch_size": [1, 8, 32], "batch_timeout_ms": [0.0, 2.0]},
+                     rates=(250, 500, 1000), slos=("p95<=50ms",))
+    assert spec.open_loop and spec.levels == (250, 500, 1000)
+    assert plan(open_loop[:1], spec) == (BASE, [500, 1000])
+    with pytest.raises(ValueError, match="rates"):
+        SweepSpec(model_path="m.keras", space={"max_batch_size": [1]}, rates=(500, 250))

@@ -131,15 +131,19 @@ def test_cli_bad_usage_exits_2_with_one_line(home: Path, trained_model: Path) ->
 
 def test_cli_exit_1_names_the_closest_when_no_config_meets_the_slo(home: Path, trained_model: Path,
                                                                    tmp_path: Path) -> None:
+    # an open-loop ladder (offered requests/s) through the same CLI
     out = tmp_path / "out"
-    proc = _cli("--model", str(trained_model), "--grid", "max_batch_size=1", "--users", "1", "--step-s", "2",
+    proc = _cli("--model", str(trained_model), "--grid", "max_batch_size=1", "--rates", "40,80", "--step-s", "2",
                 "--slo", "p95<=0.001ms", "--out", str(out), home=home)
     try:
         assert proc.returncode == 1, proc.stdout + proc.stderr
         assert "No configuration met p95<=0.001ms" in proc.stdout
-        assert "Closest: b1 at 1 user" in proc.stdout
-        assert json.loads((out / "points.json").read_text())[0]["users"] == 1
+        assert "Closest: b1 at 40 req/s offered" in proc.stdout
+        points = json.loads((out / "points.json").read_text())
+        assert [p["rate"] for p in points] == [40.0]  # the SLO broke at the first level: no climbing
         assert not (out / "serving_config.json").exists()  # nothing to recommend, nothing exported
+        step = Registry(home).get_run(points[0]["loadtest_run_id"])
+        assert step.config["shape"] == "rate" and step.config["target_rps"] == 40.0
     finally:
         _stop_everything(Registry(home))
 

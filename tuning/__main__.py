@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serving config for the knobs the grid leaves alone (default: the endpoint's defaults)")
     p.add_argument("--users", default="1,8,32,64",
                    help="the concurrency ladder: rising user counts, one short Locust step each (default: 1,8,32,64)")
+    p.add_argument("--rates", metavar="R1,R2,...",
+                   help="open-loop ladder instead of --users: rising offered requests/s (Locust's rate shape), "
+                        "so overload shows as shed requests and latency rather than being hidden by waiting users")
     p.add_argument("--slo", action="append", default=None, metavar="EXPR",
                    help=f"constraint (repeatable), e.g. 'p95<=50ms', 'p99<=100ms', 'fail_ratio<=0.01', 'rps>=500' "
                         f"(default: {' '.join(DEFAULT_SLOS)})")
@@ -118,9 +121,10 @@ def _common(args: argparse.Namespace) -> dict:
 
     try:
         users = parse_levels(args.users)
+        rates = parse_levels(args.rates, what="rates") if getattr(args, "rates", None) else ()
     except ValueError as exc:
-        raise UsageError(f"--users: {exc}") from None
-    return {"users": users, "slos": tuple(args.slo or DEFAULT_SLOS), "objective": args.objective,
+        raise UsageError(str(exc)) from None
+    return {"users": users, "rates": rates, "slos": tuple(args.slo or DEFAULT_SLOS), "objective": args.objective,
             "step_s": args.step_s, "min_gain": args.min_gain, "patience": args.patience, "at_users": args.at_users,
             "instances_per_request": args.instances_per_request, "processes": args.processes}
 
@@ -151,7 +155,8 @@ def _serving(registry, args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     run_id = create_sweep(registry, spec, name=args.name)
-    print(f"sweep {run_id}: {space.size} configs on the grid, ladder {list(spec.users)} users, "
+    ladder = f"{list(spec.rates)} req/s offered" if spec.open_loop else f"{list(spec.users)} users"
+    print(f"sweep {run_id}: {space.size} configs on the grid, ladder {ladder}, "
           f"{spec.step_s:g}s per step, SLO {' and '.join(spec.slos)}", flush=True)
     status = run_sweep(registry, run_id, on_point=_print_point)
     return _report(registry, run_id, status, args.out)
@@ -165,7 +170,7 @@ def _all_params(space) -> list[dict]:
 
 def _print_point(point) -> None:
     p95 = "n/a" if point.p95_ms is None else f"{point.p95_ms:.1f} ms"
-    print(f"  {point.label:<24} {point.users:>4} users  {point.rps:8.1f} req/s  p95 {p95}  "
+    print(f"  {point.label:<24} {point.load_text:>18}  {point.rps:8.1f} req/s  p95 {p95}  "
           f"fail {point.fail_ratio:.1%}", flush=True)
 
 
@@ -208,6 +213,8 @@ def _models(registry, args: argparse.Namespace) -> int:
     try:
         grid_values = train_grid(args.train_grid)
         common = _common(args)
+        if common["rates"]:
+            raise UsageError("--rates is for serving sweeps; a model sweep uses one --users level")
         spec = ModelSweepSpec(dataset=args.dataset, grid=grid_values, epochs=args.epochs,
                               users=common["users"][-1], step_s=common["step_s"], slos=common["slos"])
     except ValueError as exc:

@@ -89,6 +89,18 @@ class Point:
         return config_label(self.params)
 
     @property
+    def level(self) -> int:
+        """The ladder level: users (closed loop), or offered requests/s (open loop)."""
+        return round(self.rate) if self.rate is not None else self.users
+
+    @property
+    def load_text(self) -> str:
+        """``16 users`` or ``500 req/s offered``."""
+        if self.rate is not None:
+            return f"{self.rate:g} req/s offered"
+        return f"{self.users} user" if self.users == 1 else f"{self.users} users"
+
+    @property
     def queue_share(self) -> float | None:
         """Share of the server's time per request spent waiting in the batch queue."""
         if self.queue_ms is None or self.compute_ms is None:
@@ -142,7 +154,7 @@ def group_by_config(points: Iterable[Point]) -> dict[str, list[Point]]:
     for p in points:
         out.setdefault(p.config_id, []).append(p)
     for series in out.values():
-        series.sort(key=lambda p: (p.users, p.rate or 0.0))
+        series.sort(key=lambda p: p.level)
     return out
 
 

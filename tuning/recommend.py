@@ -101,6 +101,7 @@ class ConfigResult:
             "capacity_rps": self.capacity_rps,
             "capacity_per_core": self.capacity_per_core,
             "capacity_users": None if self.capacity_point is None else self.capacity_point.users,
+            "capacity_level": None if self.capacity_point is None else self.capacity_point.level,
             "score": self.score,
             "levels": len(self.points),
             "feasible_levels": len(self.feasible),
@@ -117,7 +118,7 @@ class Recommendation:
     baseline: ConfigResult | None  # the batching-off config, when the sweep measured one
     closest: Point | None  # when nothing is feasible: the point nearest to passing
     explanation: tuple[str, ...] = field(default_factory=tuple)
-    at_users: int | None = None
+    at_users: int | None = None  # the latency objective's load level (users, or offered req/s)
 
     @property
     def met(self) -> bool:
@@ -160,7 +161,7 @@ def judge(points: Iterable[Point], constraints: Constraints) -> list[ConfigResul
 
 def default_at_users(results: Sequence[ConfigResult]) -> int | None:
     """The highest load level every config measured (so the latency comparison is fair)."""
-    tops = [max(p.users for p in r.points) for r in results if r.points]
+    tops = [max(p.level for p in r.points) for r in results if r.points]
     return min(tops) if tops else None
 
 
@@ -173,7 +174,7 @@ def _score(result: ConfigResult, objective: str, constraints: Constraints, at_us
         cpu = result.capacity_point.cpu_ms_per_request
         return None if cpu is None else -cpu
     # latency at a given load: the point at that level, if it is within SLO
-    at = [p for p in result.feasible if p.users == at_users]
+    at = [p for p in result.feasible if p.level == at_users]
     if not at:
         return None
     latency = at[0].metrics().get(constraints.latency_key)
@@ -231,10 +232,6 @@ def recommend(
 # -- the plain-language explanation -------------------------------------------------------
 
 
-def _users(n: int) -> str:
-    return f"{n} user" if n == 1 else f"{n} users"
-
-
 def _ms(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1f} ms"
 
@@ -262,7 +259,7 @@ def _why_ceiling(result: ConfigResult, constraints: Constraints) -> str | None:
     cap = result.capacity_point
     if cap is None:
         return None
-    after = [p for p in result.points if p.users > cap.users]
+    after = [p for p in result.points if p.level > cap.level]
     if not after:
         return "that was the top of the load ladder, so the real capacity may be higher"
     nxt = after[0]
@@ -271,23 +268,23 @@ def _why_ceiling(result: ConfigResult, constraints: Constraints) -> str | None:
         g = failed[0]
         unit = "" if g.metric in ("fail_ratio", "failures", "rps") else " ms"
         measured = "n/a" if g.measured is None else f"{g.measured:.3g}{unit}"
-        return f"at {_users(nxt.users)} {g.metric} reached {measured}, breaking {g.expr}"
-    return f"at {_users(nxt.users)} throughput no longer grew ({nxt.rps:.0f} req/s)"
+        return f"at {nxt.load_text} {g.metric} reached {measured}, breaking {g.expr}"
+    return f"at {nxt.load_text} throughput no longer grew ({nxt.rps:.0f} req/s)"
 
 
 def _queue_sentence(ref: ConfigResult, best: ConfigResult) -> str | None:
     """Compare where time went at the highest load both configs measured."""
-    ref_by_users = {p.users: p for p in ref.points}
-    shared = [p.users for p in best.points if p.users in ref_by_users]
-    for users in sorted(shared, reverse=True):
-        a, b = ref_by_users[users], next(p for p in best.points if p.users == users)
+    ref_by_level = {p.level: p for p in ref.points}
+    shared = [p.level for p in best.points if p.level in ref_by_level]
+    for level in sorted(shared, reverse=True):
+        a, b = ref_by_level[level], next(p for p in best.points if p.level == level)
         if a.queue_ms is None or b.queue_ms is None or not a.p99_ms or not b.p99_ms:
             continue
         share_a = min(1.0, a.queue_ms / a.p99_ms)
         share_b = min(1.0, b.queue_ms / b.p99_ms)
         verb = "cut it to" if b.queue_ms <= a.queue_ms else "raised it to"
         return (
-            f"At {_users(users)} the mean queue wait was {a.queue_ms:.1f} ms, {share_a:.0%} of p99 "
+            f"At {a.load_text} the mean queue wait was {a.queue_ms:.1f} ms, {share_a:.0%} of p99 "
             f"({a.p99_ms:.1f} ms), with {ref.label}; changing {_diff(ref.params, best.params)} "
             f"{verb} {b.queue_ms:.1f} ms, {share_b:.0%} of p99 ({b.p99_ms:.1f} ms)."
         )
@@ -318,7 +315,7 @@ def explain(rec: Recommendation, results: Sequence[ConfigResult], constraints: C
                 for g in gates
             )
             lines.append(
-                f"Closest: {rec.closest.label} at {_users(rec.closest.users)} "
+                f"Closest: {rec.closest.label} at {rec.closest.load_text} "
                 f"({rec.closest.rps:.0f} req/s): {misses}."
             )
         return lines
@@ -326,13 +323,14 @@ def explain(rec: Recommendation, results: Sequence[ConfigResult], constraints: C
     best = rec.best
     cap = best.capacity_point
     assert cap is not None
+    at_text = f"{rec.at_users} req/s offered" if cap.rate is not None else f"{rec.at_users} users"
     goal = {
         "throughput": "the highest throughput",
-        "latency": f"the lowest {constraints.latency_key.removesuffix('_ms')} latency at {rec.at_users} users",
+        "latency": f"the lowest {constraints.latency_key.removesuffix('_ms')} latency at {at_text}",
         "cpu": "the lowest server CPU per request",
     }[rec.objective]
     lines = [
-        f"{best.label} gives {goal} within {slo_text}: {cap.rps:.0f} req/s at {cap.users} users "
+        f"{best.label} gives {goal} within {slo_text}: {cap.rps:.0f} req/s at {cap.load_text} "
         f"(p95 {_ms(cap.p95_ms)}, p99 {_ms(cap.p99_ms)}, fail ratio {cap.fail_ratio:.2%})."
     ]
     if cap.cpu_ms_per_request is not None:
@@ -376,6 +374,10 @@ def explain(rec: Recommendation, results: Sequence[ConfigResult], constraints: C
     return lines
 
 
+def _load_cell(p: Point) -> str:
+    return f"{p.rate:g}/s" if p.rate is not None else str(p.users)
+
+
 def format_table(results: Sequence[ConfigResult] | Iterable[Point], constraints: Constraints) -> str:
     """A fixed-width table of every point, marking the ones within SLO."""
     points: list[Point] = []
@@ -384,7 +386,7 @@ def format_table(results: Sequence[ConfigResult] | Iterable[Point], constraints:
             points.extend(item.points)
         else:
             points.append(item)
-    header = (f"{'config':<28} {'users':>5} {'req/s':>8} {'p50':>7} {'p95':>7} {'p99':>7} "
+    header = (f"{'config':<28} {'load':>7} {'req/s':>8} {'p50':>7} {'p95':>7} {'p99':>7} "
               f"{'fail':>6} {'queue':>7} {'batch':>6} {'cpu/req':>8}  SLO")
     rows = [header, "-" * len(header)]
 
@@ -394,7 +396,7 @@ def format_table(results: Sequence[ConfigResult] | Iterable[Point], constraints:
     for p in points:
         cpu = None if p.cpu_ms_per_request is None else p.cpu_ms_per_request * 1000
         rows.append(
-            f"{p.label[:28]:<28} {p.users:>5} {p.rps:>8.1f} {num(p.p50_ms, '7.1f')} {num(p.p95_ms, '7.1f')} "
+            f"{p.label[:28]:<28} {_load_cell(p):>7} {p.rps:>8.1f} {num(p.p50_ms, '7.1f')} {num(p.p95_ms, '7.1f')} "
             f"{num(p.p99_ms, '7.1f')} {p.fail_ratio:>6.1%} {num(p.queue_ms, '7.2f')} {num(p.batch_size, '6.1f')} "
             f"{num(cpu, '6.0f') + 'µs':>8}  {'ok' if constraints.meets(p) else 'FAIL'}"
         )

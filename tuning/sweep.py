@@ -39,6 +39,8 @@ WARMUP_REQUESTS = 30  # sequential requests after /readyz, so the first measured
 ENDPOINT_READY_TIMEOUT_S = 120.0
 MODEL_NAME = "model"
 EXPORT_DIRNAME = "recommended"
+OPEN_LOOP_RPS_PER_USER = 10.0
+OPEN_LOOP_MAX_USERS = 1000
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ class SweepSpec:
     model_path: str
     space: dict[str, list[Any]]
     users: tuple[int, ...] = DEFAULT_USERS
+    rates: tuple[int, ...] = ()  # when given: an open-loop ladder of offered requests/s instead of users
     slos: tuple[str, ...] = DEFAULT_SLOS
     objective: str = "throughput"
     strategy: str = "grid"
@@ -61,6 +64,7 @@ class SweepSpec:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "users", check_levels(self.users))
+        object.__setattr__(self, "rates", check_levels(self.rates, what="rates") if self.rates else ())
         object.__setattr__(self, "slos", tuple(self.slos))
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}; got {self.objective!r}")
@@ -73,6 +77,15 @@ class SweepSpec:
         self.search_space()  # validates names and values
         self.constraints()  # validates the SLO expressions
         ServingConfig.from_dict(dict(self.base))  # validates the base config
+
+    @property
+    def open_loop(self) -> bool:
+        return bool(self.rates)
+
+    @property
+    def levels(self) -> tuple[int, ...]:
+        """The ladder: offered requests/s for an open-loop sweep, else user counts."""
+        return self.rates or self.users
 
     def search_space(self) -> SearchSpace:
         return SearchSpace.from_mapping(self.space)
@@ -89,6 +102,7 @@ class SweepSpec:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["users"] = list(self.users)
+        d["rates"] = list(self.rates)
         d["slos"] = list(self.slos)
         return d
 
@@ -99,7 +113,7 @@ class SweepSpec:
         if unknown:
             raise ValueError(f"unknown sweep spec field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         values = dict(d)
-        for key in ("users", "slos"):
+        for key in ("users", "rates", "slos"):
             if key in values:
                 values[key] = tuple(values[key])
         return cls(**values)
@@ -115,8 +129,8 @@ def load_points(registry: Registry, run_id: str) -> list[Point]:
 
 def config_done(series: list[Point], spec: SweepSpec, constraints: Constraints) -> bool:
     """A config is finished when the ladder rule stopped it or every level was measured."""
-    measured = {p.users for p in series}
-    if all(u in measured for u in spec.users):
+    measured = {p.level for p in series}
+    if all(level in measured for level in spec.levels):
         return True
     return bool(stop_climbing(series, constraints.meets, min_gain=spec.min_gain, patience=spec.patience))
 
@@ -142,12 +156,12 @@ def plan(points: list[Point], spec: SweepSpec) -> tuple[dict[str, Any] | None, l
     by_config = group_by_config(points)
     for series in by_config.values():
         if not config_done(series, spec, constraints):
-            measured = {p.users for p in series}
-            return dict(series[0].params), [u for u in spec.users if u not in measured]
+            measured = {p.level for p in series}
+            return dict(series[0].params), [level for level in spec.levels if level not in measured]
     todo = next_configs(space, spec.strategy, config_scores(points, spec, constraints))
     if not todo:
         return None, []
-    return todo[0], list(spec.users)
+    return todo[0], list(spec.levels)
 
 
 def total_configs(spec: SweepSpec) -> int:
@@ -210,10 +224,14 @@ def measure_step(
     spec: SweepSpec,
     params: dict[str, Any],
     endpoint: Any,
-    users: int,
+    level: int,
     stop: StopFlag,
 ) -> Point:
-    """One Locust step at ``users`` against a running endpoint, with the server's own accounting."""
+    """One Locust step at ``level`` against a running endpoint, with the server's own accounting.
+
+    ``level`` is a user count, or for an open-loop sweep the offered requests/s
+    (Locust's ``rate`` shape: users paced so the offered rate holds whatever the latency).
+    """
     from agent.serving.metrics import parse_metrics, server_cpu_seconds, snapshot_delta
     from loadtest.runner import LoadTestConfig, run_loadtest
 
@@ -222,18 +240,22 @@ def measure_step(
             return parse_metrics(resp.read().decode())
 
     before, cpu_before = scrape(), server_cpu_seconds(endpoint.pid)
+    rate = float(level) if spec.open_loop else None
+    users = open_loop_users(level) if spec.open_loop else level
     config = LoadTestConfig(
         host=endpoint.url,
         model_name=MODEL_NAME,
         users=users,
         spawn_rate=float(users),
         run_time_s=spec.step_s,
+        shape="rate" if spec.open_loop else "constant",
+        target_rps=rate or 0.0,
         samples_path=str(Path(spec.model_path).parent / "samples.json"),
         instances_per_request=spec.instances_per_request,
         processes=spec.processes,
     )
     result = run_loadtest(registry, config, serve_run_id=endpoint.run_id, parent_id=sweep_id,
-                          name=f"{config_label(params)} @ {users} users")
+                          name=f"{config_label(params)} @ {level} {'req/s' if spec.open_loop else 'users'}")
     after, cpu_after = scrape(), server_cpu_seconds(endpoint.pid)
     delta = snapshot_delta(before, after)
     summary = result.summary
@@ -243,6 +265,7 @@ def measure_step(
         config_id=config_key(params),
         params=dict(params),
         users=users,
+        rate=rate,
         rps=float(summary.get("rps") or 0.0),
         p50_ms=_num(summary.get("p50_ms")),
         p95_ms=_num(summary.get("p95_ms")),
@@ -257,6 +280,11 @@ def measure_step(
         saturated=bool(summary.get("saturated")),
         loadtest_run_id=result.run_id,
     )
+
+
+def open_loop_users(rate: int) -> int:
+    """Users for an open-loop step: each paced to ~10 requests/s, so a 100 ms answer still keeps pace."""
+    return max(1, min(OPEN_LOOP_MAX_USERS, math.ceil(rate / OPEN_LOOP_RPS_PER_USER)))
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -297,11 +325,11 @@ def climb(
                               parent_id=run_id)
     try:
         _warm(endpoint.url, _warm_body(spec.model_path))
-        for users in levels:
+        for level in levels:
             stop.check()
             if before_step:
-                before_step(users)
-            point = measure(registry, run_id, spec, params, endpoint, users, stop)
+                before_step(level)
+            point = measure(registry, run_id, spec, params, endpoint, level, stop)
             stop.check()  # a step cut short by a stop is not a finished point
             _record_point(registry, run_id, point)
             series.append(point)
@@ -319,7 +347,7 @@ def _record_point(registry: Registry, run_id: str, point: Point) -> None:
     points.append(point.to_dict())
     registry.update_summary(run_id, {"points": points})
     registry.log_metrics(run_id, len(points) - 1, {
-        "users": point.users, "rps": point.rps, "p95_ms": point.p95_ms, "p99_ms": point.p99_ms,
+        "users": point.users, "level": point.level, "rps": point.rps, "p95_ms": point.p95_ms, "p99_ms": point.p99_ms,
         "fail_ratio": point.fail_ratio, "cpu_ms_per_request": point.cpu_ms_per_request,
     })
 
@@ -393,9 +421,11 @@ def run_sweep(
             })
             series = [p for p in points if p.config_id == config_key(params)]
 
-            def progress(users: int, label: str = label, done_configs: int = done_configs) -> None:
+            def progress(level: int, label: str = label, done_configs: int = done_configs) -> None:
                 registry.set_progress(run_id, {
-                    "phase": "measuring", "config": label, "users": users, "configs_done": done_configs,
+                    "phase": "measuring", "config": label, "level": level,
+                    "load": f"{level} req/s offered" if spec.open_loop else f"{level} users",
+                    "configs_done": done_configs,
                     "configs_total": n_total, "points": len(points), "resumed_points": resumed,
                     "elapsed_s": time.monotonic() - started,
                 })
@@ -452,7 +482,7 @@ def confirm(
     try:
         for _ in range(rounds):
             for params in configs:
-                climb(registry, run_id, spec, params, spec.users, [], stop, after_step=on_point)
+                climb(registry, run_id, spec, params, spec.levels, [], stop, after_step=on_point)
         rec = recommend(load_points(registry, run_id), spec.constraints(), spec.objective, at_users=spec.at_users)
         registry.update_summary(run_id, {"recommendation": rec.to_dict()})
         registry.set_status(run_id, "completed")

@@ -33,7 +33,8 @@ OBJECTIVE_HELP = {
 
 init_defaults({
     K + "runtime": ["tflite"], K + "max_batch_size": "1,8,32", K + "batch_timeout_ms": "0,2",
-    K + "num_batch_threads": "1", K + "workers": "1", K + "users": "1,16,64", K + "slos": "p95<=50ms\nfail_ratio<=0.01",
+    K + "num_batch_threads": "1", K + "workers": "1", K + "users": "1,16,64", K + "rates": "",
+    K + "slos": "p95<=50ms\nfail_ratio<=0.01",
     K + "objective": "throughput", K + "strategy": "grid", K + "step_s": 8,
     K + "m_hidden": "32,128x128", K + "m_activation": ["relu", "tanh"], K + "m_lr": "0.001", K + "m_epochs": 3,
     K + "m_users": 16,
@@ -71,7 +72,9 @@ def _start_sweep(model_path: str) -> None:
             key, values = parse_grid_arg(f"{name}={ss[K + name]}")
             grid[key] = values
         space = SearchSpace.from_mapping(grid)
+        rates = parse_levels(ss[K + "rates"], what="rates") if ss[K + "rates"].strip() else ()
         spec = SweepSpec(model_path=model_path, space=space.to_dict(), users=parse_levels(ss[K + "users"]),
+                         rates=rates,
                          slos=tuple(_lines(ss[K + "slos"])), objective=ss[K + "objective"],
                          strategy=ss[K + "strategy"], step_s=float(ss[K + "step_s"]))
     except ValueError as exc:
@@ -105,6 +108,9 @@ with st.expander("New serving sweep", expanded=not registry.list_runs(kind="swee
         c3.text_input("Users ladder", key=K + "users",
                       help="users: rising concurrency levels; one short Locust step each, stopping early when the "
                            "SLO breaks or throughput grows less than 5%")
+        c3.text_input("Open-loop rates (optional)", key=K + "rates",
+                      help="rates: rising offered requests/s, e.g. 500,1000,2000; replaces the users ladder with "
+                           "Locust's open-loop rate shape, so overload shows as shed requests and latency")
         c1.text_area("SLO (one per line)", key=K + "slos", height=80,
                      help="slos: e.g. p95<=50ms, p99<=100ms, fail_ratio<=0.01, rps>=500")
         c2.selectbox("Objective", OBJECTIVES, key=K + "objective", format_func=lambda o: f"{o}: {OBJECTIVE_HELP[o]}",
@@ -136,8 +142,8 @@ def _progress(run: Run) -> None:
     p = run.progress or {}
     done, total = int(p.get("configs_done") or 0), int(p.get("configs_total") or 0)
     text = f"{p.get('phase', 'starting')}: {p.get('config', '')}"
-    if p.get("users"):
-        text += f" at {p['users']} users"
+    if p.get("load"):
+        text += f" at {p['load']}"
     text += f" — {done}/{total} configs, {p.get('points', 0)} points"
     if p.get("resumed_points"):
         text += f" ({p['resumed_points']} kept from before a restart)"
@@ -161,7 +167,7 @@ def _curves(points: list[Point], constraints: Constraints, best_id: str | None, 
 
 
 def _table(points: list[Point], constraints: Constraints) -> None:
-    rows = [{"config": p.label, "users": p.users, "req/s": round(p.rps, 1), "p50 ms": p.p50_ms, "p95 ms": p.p95_ms,
+    rows = [{"config": p.label, "load": p.load_text, "req/s": round(p.rps, 1), "p50 ms": p.p50_ms, "p95 ms": p.p95_ms,
              "p99 ms": p.p99_ms, "fail": p.fail_ratio, "queue ms": p.queue_ms, "batch": p.batch_size,
              "CPU µs/req": None if p.cpu_ms_per_request is None else round(p.cpu_ms_per_request * 1000),
              "within SLO": constraints.meets(p), "Locust saturated": p.saturated} for p in points]
@@ -214,9 +220,10 @@ def _recommendation(run: Run, points: list[Point]) -> None:
     objective = c2.selectbox("Objective", OBJECTIVES, key=obj_key, help="objective: what 'best' means")
     at_users = None
     if objective == "latency":
-        levels = sorted({p.users for p in points})
-        at_users = c3.selectbox("At users", levels, index=len(levels) - 1, key=K + f"at.{run.id}",
-                                help="at_users: the load level latencies are compared at")
+        levels = sorted({p.level for p in points})
+        at_users = c3.selectbox("At load level", levels, index=len(levels) - 1, key=K + f"at.{run.id}",
+                                help="at_users: the load level latencies are compared at (users, or offered req/s "
+                                     "for an open-loop sweep)")
     try:
         constraints = Constraints.parse(_lines(slo_text))
         rec = recommend(points, constraints, objective, at_users=at_users)
