@@ -42,7 +42,7 @@ def test_config_defaults_round_trip(tmp_path: Path) -> None:
         ({"max_batch_size": 8, "allowed_batch_sizes": (2, 4)}, "must end with max_batch_size (8)"),
         ({"max_batch_size": 8, "allowed_batch_sizes": (4, 2, 8)}, "strictly increasing"),
         ({"max_batch_size": 8, "allowed_batch_sizes": (4, 16)}, "allowed_batch_sizes entry must be in [1, 8]"),
-        ({"num_batch_threads": 0}, "num_batch_threads"),
+        ({"num_batch_threads": -1}, "num_batch_threads must be in [0, 64]"),
         ({"max_enqueued_batches": 0}, "max_enqueued_batches"),
         ({"workers": 0}, "workers must be in [1, 32]"),
         ({"intra_op_threads": -1}, "intra_op_threads"),
@@ -202,6 +202,31 @@ def test_batcher_splits_results_back_per_request() -> None:
     assert set(model.shapes) <= {4, 8}
     assert len(rec.waits) == 5  # one queue wait per request
     assert len(rec.batches) < 5  # rows of several requests shared batches
+
+
+def test_batcher_inline_mode_runs_batches_on_the_loop() -> None:
+    model = RecordingModel()
+    cfg = ServingConfig(max_batch_size=4, batch_timeout_ms=5, num_batch_threads=0)
+    seen_threads = set()
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        seen_threads.add(threading.get_ident())
+        return model(x)
+
+    async def main() -> None:
+        b = Batcher(predict, cfg, None)
+        await b.start()
+        try:
+            xs = [_rows(n, 10 * i) for i, n in enumerate([1, 2, 3, 6])]
+            outs = await asyncio.gather(*(b.submit(x) for x in xs))
+            for x, y in zip(xs, outs, strict=True):
+                np.testing.assert_allclose(y, x @ model.w)
+        finally:
+            await b.close()
+
+    asyncio.run(main())
+    assert seen_threads == {threading.get_ident()}  # no batch thread: ran on the loop's thread
+    assert sum(model.shapes) == 12 and max(model.shapes) <= 4
 
 
 def test_batcher_no_batching_baseline() -> None:

@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                    f"(default: {d.batch_timeout_ms:g}; 0 runs at once)")
     g.add_argument("--allowed-batch-sizes", type=_positive_sizes, metavar="N,N,...",
                    help="pad batches up to these sizes; the last must equal --max-batch-size (default: no padding)")
-    g.add_argument("--num-batch-threads", type=int, help="model executions in parallel "
+    g.add_argument("--num-batch-threads", type=int, help="model executions in parallel; 0 runs batches on the "
+                   "event loop (no threads) "
                    f"(default: {d.num_batch_threads})")
     g.add_argument("--max-enqueued-batches", type=int, help="queue bound in batches; beyond it requests get 503 "
                    f"at once (default: {d.max_enqueued_batches})")

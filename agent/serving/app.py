@@ -183,7 +183,7 @@ class ServingApp:
                 content_type = value
             elif key == b"content-length":
                 length = int(value) if value.isdigit() else -1
-        if content_type and not _is_json_type(content_type):
+        if content_type and content_type != b"application/json" and not _is_json_type(content_type):
             return await _error(send, 415, f"content-type {content_type.decode('latin-1')!r} is not JSON; "
                                 "send application/json")
         if length > self._max_body:
@@ -196,7 +196,7 @@ class ServingApp:
             return await _error(send, 503, "model is loading; retry when /readyz is 200", retry_after=b"1")
         try:
             req = decode_predict(body, self.n_features, self.config.max_instances)
-            y = await batcher.submit(req.x, self._timeout_s)
+            y = await batcher.enqueue(req.x, self._timeout_s)
         except RequestError as exc:
             return await _error(send, exc.status, exc.message)
         except QueueFullError as exc:
@@ -370,7 +370,9 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
 
 
 async def _send(send: Send, code: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    await send({"type": "http.response.start", "status": code, "headers": headers or JSON_HEADERS})
+    # An explicit length keeps the response in one piece (no chunked framing).
+    hdrs = [*(headers or JSON_HEADERS), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": code, "headers": hdrs})
     await send({"type": "http.response.body", "body": body})
 
 

@@ -77,7 +77,7 @@ class _NullObserver:
 class _Pending:
     """One submitted request while its rows wait and run."""
 
-    __slots__ = ("dead", "deadline_handle", "enqueued", "future", "n", "offset", "out", "remaining", "x")
+    __slots__ = ("dead", "enqueued", "future", "n", "offset", "out", "remaining", "x")
 
     def __init__(self, x: np.ndarray, future: asyncio.Future[np.ndarray], enqueued: float) -> None:
         self.x = x
@@ -88,7 +88,6 @@ class _Pending:
         self.remaining = self.n  # rows whose outputs are not back yet
         self.out: np.ndarray | None = None  # assembled output when split across batches
         self.dead = False  # deadline passed: drop rows still queued, ignore late outputs
-        self.deadline_handle: asyncio.TimerHandle | None = None
 
 
 @dataclass(frozen=True)
@@ -116,7 +115,9 @@ class Batcher:
         self._timeout_s = config.batch_timeout_ms / 1000.0
         self._allowed = config.allowed_batch_sizes
         self._capacity = config.queue_capacity_rows
-        self._threads = config.num_batch_threads
+        # 0 batch threads: run each batch on the event loop itself (no thread hand-off).
+        self._inline = config.num_batch_threads == 0
+        self._threads = max(1, config.num_batch_threads)
         self.observer: BatchObserver = observer or _NullObserver()
         self._queue: collections.deque[_Pending] = collections.deque()
         self._queued_rows = 0
@@ -146,7 +147,8 @@ class Batcher:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._executor = ThreadPoolExecutor(self._threads, thread_name_prefix="batch")
+        if not self._inline:
+            self._executor = ThreadPoolExecutor(self._threads, thread_name_prefix="batch")
         self._slots = asyncio.Semaphore(self._threads)
         self._wakeup = asyncio.Event()
         self._dispatcher = asyncio.create_task(self._dispatch(), name="batcher")
@@ -179,6 +181,15 @@ class Batcher:
 
     async def submit(self, x: np.ndarray, timeout_s: float | None = None) -> np.ndarray:
         """Outputs for the rows of ``x``; raises QueueFullError or DeadlineExceededError."""
+        return await self.enqueue(x, timeout_s)
+
+    def enqueue(self, x: np.ndarray, timeout_s: float | None = None) -> asyncio.Future[np.ndarray]:
+        """Queue the rows of ``x`` at once and return the future of their outputs.
+
+        Raises QueueFullError right here when the queue bound would be exceeded
+        (the caller answers 503 without waiting). The future fails with
+        DeadlineExceededError when ``timeout_s`` passes first.
+        """
         if self._closing or self._dispatcher is None:
             raise BatcherClosedError("the server is shutting down; not accepting requests")
         n = len(x)
@@ -192,17 +203,14 @@ class Batcher:
         assert loop is not None and self._wakeup is not None
         item = _Pending(x, loop.create_future(), time.perf_counter())
         if timeout_s:
-            item.deadline_handle = loop.call_later(timeout_s, self._expire, item, timeout_s)
+            handle = loop.call_later(timeout_s, self._expire, item, timeout_s)
+            item.future.add_done_callback(lambda _f: handle.cancel())
         was_empty = not self._queue
         self._queue.append(item)
         self._queued_rows += n
         if was_empty or self._queued_rows >= self._max_batch:
             self._wakeup.set()
-        try:
-            return await item.future
-        finally:
-            if item.deadline_handle is not None:
-                item.deadline_handle.cancel()
+        return item.future
 
     def _expire(self, item: _Pending, timeout_s: float) -> None:
         if item.future.done():
@@ -242,6 +250,15 @@ class Batcher:
                 self._slots.release()
                 continue
             self._in_flight_batches += 1
+            if self._inline:
+                done: asyncio.Future[tuple[np.ndarray, float, int]] = loop.create_future()
+                try:
+                    done.set_result(self._execute(slices, rows))
+                except Exception as exc:
+                    done.set_exception(exc)
+                self._finish(slices, done)
+                await asyncio.sleep(0)  # let the loop read and parse new requests between batches
+                continue
             fut = loop.run_in_executor(self._executor, self._execute, slices, rows)
             fut.add_done_callback(lambda f, s=slices: self._finish(s, f))
 

@@ -40,7 +40,9 @@ class ServingConfig:
     batch_timeout_ms     how long a partial batch waits for more rows (0 = run at once)
     allowed_batch_sizes  batch sizes to pad up to (empty = no padding); the last must
                          equal max_batch_size so every batch fits one of them
-    num_batch_threads    model executions that may run in parallel
+    num_batch_threads    model executions that may run in parallel, each in its own thread;
+                         0 runs every batch on the event loop itself (no thread hand-off:
+                         cheapest for tiny models, but the loop waits while the model runs)
     max_enqueued_batches queue bound, in batches of max_batch_size rows; a request that
                          would overflow it is refused at once with 503
     workers              server processes sharing the port, each with its own batcher
@@ -83,7 +85,7 @@ class ServingConfig:
                     f"allowed_batch_sizes must end with max_batch_size ({self.max_batch_size}) so every batch "
                     f"fits one of them; got {list(sizes)}"
                 )
-        _check_int("num_batch_threads", self.num_batch_threads, 1, MAX_BATCH_THREADS)
+        _check_int("num_batch_threads", self.num_batch_threads, 0, MAX_BATCH_THREADS)
         _check_int("max_enqueued_batches", self.max_enqueued_batches, 1, MAX_ENQUEUED_BATCHES_LIMIT)
         _check_int("workers", self.workers, 1, MAX_WORKERS)
         _check_int("intra_op_threads", self.intra_op_threads, 0, MAX_TF_THREADS)

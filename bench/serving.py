@@ -1,0 +1,361 @@
+"""Endpoint cost benchmark: server CPU per request against the HTTP stack's ceiling.
+
+    .venv/bin/python -m bench.serving [--model PATH.keras] [--seconds 6] [--clients 32]
+
+In one run, with the server pinned to one core and the load generator on the
+other, at 32 concurrent keep-alive clients, for the trained digits model:
+
+  (a) ceiling   a minimal handler on the same stack (uvicorn + uvloop + httptools,
+                raw ASGI) that reads the body and returns a fixed predict-shaped answer
+  (b) no-batch  the endpoint with batching off (max_batch_size 1, timeout 0), per runtime
+  (c) batched   the endpoint with the default batching config, per runtime
+
+it prints server CPU microseconds per request (from the server process's own
+CPU accounting, so it does not depend on how fast the load generator is), the
+capacity of one core that follows (1 s / CPU per request), achieved requests/s,
+p50/p99 latency seen by the clients, the mean realised batch size, and the
+ratios c_best/a and c_best/b. Targets: c_best <= 1.25 x a, and <= 1/4 of b.
+If ``wrk`` is installed it also reports wrk's requests/s for (a) and c_best.
+
+Exit code 0 when both targets are met, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from agent.serving.config import DEFAULT_CONFIG, NO_BATCHING, RUNTIMES, ServingConfig
+from agent.serving.metrics import parse_metrics, server_cpu_seconds, snapshot_delta
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVER_CORE = 0
+CLIENT_CORE = 1
+READY_TIMEOUT_S = 180.0
+WARMUP_S = 1.5
+CEILING_TARGET = 1.25  # c_best CPU/request <= 1.25 x ceiling
+NO_BATCH_TARGET = 0.25  # c_best CPU/request <= 1/4 of batching off
+MODEL_NAME = "digits"
+
+
+@dataclass(frozen=True)
+class Result:
+    label: str
+    runtime: str
+    requests: int
+    seconds: float
+    cpu_s: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    mean_batch: float | None
+
+    @property
+    def cpu_us_per_request(self) -> float:
+        return 1e6 * self.cpu_s / self.requests if self.requests else float("inf")
+
+    @property
+    def capacity_one_core(self) -> float:
+        return 1e6 / self.cpu_us_per_request if self.requests else 0.0
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+
+# -- the load generator: keep-alive connections driven by asyncio protocols -------------------------
+
+
+class _Client(asyncio.Protocol):
+    """One keep-alive connection sending the same request back to back (closed loop)."""
+
+    def __init__(self, request: bytes, stats: _Stats) -> None:
+        self.request = request
+        self.stats = stats
+        self.buf = b""
+        self.need = -1
+        self.sent_at = 0.0
+        self.transport: asyncio.Transport | None = None
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self._send()
+
+    def _send(self) -> None:
+        if self.stats.stop:
+            assert self.transport is not None
+            self.transport.close()
+            return
+        self.sent_at = time.perf_counter()
+        assert self.transport is not None
+        self.transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while True:
+            if self.need < 0:
+                end = self.buf.find(b"\r\n\r\n")
+                if end < 0:
+                    return
+                head = self.buf[:end]
+                self.ok = head.startswith(b"HTTP/1.1 200")
+                i = head.lower().find(b"content-length:")
+                length = int(head[i + 15 : head.find(b"\r\n", i) if head.find(b"\r\n", i) > 0 else None])
+                self.need = end + 4 + length
+            if len(self.buf) < self.need:
+                return
+            self.buf = self.buf[self.need :]
+            self.need = -1
+            self.stats.record(time.perf_counter() - self.sent_at, self.ok)
+            self._send()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+class _Stats:
+    def __init__(self) -> None:
+        self.stop = False
+        self.measuring = False
+        self.latencies: list[float] = []
+        self.errors = 0
+
+    def record(self, seconds: float, ok: bool) -> None:
+        if self.measuring:
+            self.latencies.append(seconds)
+            if not ok:
+                self.errors += 1
+
+
+async def drive(port: int, bodies: Sequence[bytes], clients: int, seconds: float, pid: int,
+                path: str) -> tuple[list[float], int, float, float]:
+    """Run ``clients`` connections; returns (latencies, errors, measured seconds, server CPU seconds)."""
+    loop = asyncio.get_running_loop()
+    stats = _Stats()
+    protos = []
+    for i in range(clients):
+        body = bodies[i % len(bodies)]
+        req = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+        _, proto = await loop.create_connection(lambda r=req: _Client(r, stats), "127.0.0.1", port)
+        protos.append(proto)
+    await asyncio.sleep(WARMUP_S)
+    stats.measuring = True
+    cpu0, t0 = server_cpu_seconds(pid), time.perf_counter()
+    await asyncio.sleep(seconds)
+    cpu1, t1 = server_cpu_seconds(pid), time.perf_counter()
+    stats.measuring = False
+    stats.stop = True
+    await asyncio.wait([p.closed for p in protos], timeout=10)
+    return stats.latencies, stats.errors, t1 - t0, cpu1 - cpu0
+
+
+# -- servers ------------------------------------------------------------------------------------------
+
+
+def start_server(model: Path | None, config: ServingConfig) -> tuple[subprocess.Popen[str], int]:
+    args = [sys.executable, "-m", "agent.serving", "--port", "0", "--name", MODEL_NAME, "--log-level", "warning"]
+    if model is None:
+        args.append("--ceiling")
+    else:
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as cfg:
+            json.dump(config.to_dict(), cfg)
+        args += ["--model", str(model), "--config", cfg.name]
+
+    def pin() -> None:  # every thread the server ever starts inherits this affinity
+        os.sched_setaffinity(0, {SERVER_CORE})
+
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            preexec_fn=pin, start_new_session=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert proc.stdout is not None
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    line = ""
+    while time.monotonic() < deadline and not line.startswith("ready: "):
+        line = proc.stdout.readline()
+        if not line and proc.poll() is not None:
+            raise RuntimeError(f"server exited with code {proc.returncode} before it was ready")
+    if not line.startswith("ready: "):
+        stop_server(proc)
+        raise RuntimeError("server not ready in time")
+    return proc, int(line.strip().rsplit(":", 1)[1])
+
+
+def stop_server(proc: subprocess.Popen[str]) -> None:
+    import signal
+
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+def scrape(port: int) -> object:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        return parse_metrics(resp.read().decode(), at=time.monotonic())
+
+
+def measure(label: str, runtime: str, model: Path | None, config: ServingConfig, bodies: Sequence[bytes],
+            clients: int, seconds: float, use_wrk: bool) -> tuple[Result, float | None]:
+    proc, port = start_server(model, config)
+    try:
+        before = scrape(port) if model is not None else None
+        path = f"/v1/models/{MODEL_NAME}:predict"
+        lat, errors, secs, cpu = asyncio.run(drive(port, bodies, clients, seconds, proc.pid, path))
+        mean_batch = None
+        if before is not None:
+            mean_batch = snapshot_delta(before, scrape(port)).mean_batch_size  # type: ignore[arg-type]
+        wrk_rps = run_wrk(port, path, bodies[0], clients, seconds) if use_wrk else None
+    finally:
+        stop_server(proc)
+    arr = np.asarray(lat) * 1000.0
+    res = Result(label, runtime, len(lat), secs, cpu, float(np.percentile(arr, 50)) if len(arr) else float("nan"),
+                 float(np.percentile(arr, 99)) if len(arr) else float("nan"), errors, mean_batch)
+    return res, wrk_rps
+
+
+def run_wrk(port: int, path: str, body: bytes, clients: int, seconds: float) -> float | None:
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        return None
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(body.decode())}\n'
+                'wrk.headers["Content-Type"] = "application/json"\n')
+    out = subprocess.run(["taskset", "-c", str(CLIENT_CORE), wrk, "-t1", f"-c{clients}", f"-d{int(seconds)}s",
+                          "-s", f.name, f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True,
+                         timeout=seconds + 30)
+    for line in out.stdout.splitlines():
+        if line.startswith("Requests/sec:"):
+            return float(line.split(":")[1])
+    return None
+
+
+# -- model and payloads -------------------------------------------------------------------------------
+
+
+def train_digits(state: Path) -> Path:
+    from agent.data import DataSource
+    from agent.model import ModelConfig
+    from agent.training import train
+    from runs.registry import Registry
+
+    reg = Registry(state)
+    try:
+        result = train(ModelConfig(hidden=(128, 128), epochs=5, batch_size=64, seed=1), DataSource("digits"), reg)
+    finally:
+        reg.close()
+    if result.status != "completed" or result.model_path is None:
+        raise RuntimeError(f"training failed: {result.status}")
+    return Path(result.model_path)
+
+
+def request_bodies(model: Path, n: int = 32) -> list[bytes]:
+    from agent.export import load_samples
+
+    rows = load_samples(model) or [[0.0] * 64]
+    return [json.dumps({"instances": [rows[i % len(rows)]]}).encode() for i in range(n)]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.serving", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path, help="a trained .keras model (default: train digits 128x128 now)")
+    p.add_argument("--seconds", type=float, default=6.0, help="measured seconds per scenario (default: 6)")
+    p.add_argument("--clients", type=int, default=32, help="concurrent keep-alive clients (default: 32)")
+    p.add_argument("--runtimes", default=",".join(RUNTIMES), help="comma-separated runtimes (default: all)")
+    p.add_argument("--no-baseline-runtimes", action="store_true",
+                   help="measure (b) batching off with tflite only instead of every runtime")
+    args = p.parse_args(argv)
+    runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()]
+    bad = [r for r in runtimes if r not in RUNTIMES]
+    if bad:
+        p.error(f"unknown runtime(s) {', '.join(bad)}; choose from {', '.join(RUNTIMES)}")
+    if len(os.sched_getaffinity(0)) < 2:
+        p.error("needs two cores (one for the server, one for the load generator)")
+    os.sched_setaffinity(0, {CLIENT_CORE})
+    use_wrk = shutil.which("wrk") is not None
+    with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
+        model = args.model or train_digits(Path(tmp) / "state")
+        bodies = request_bodies(model)
+        print(f"model {model}  clients {args.clients}  {args.seconds:g}s per scenario  "
+              f"server on core {SERVER_CORE}, load generator on core {CLIENT_CORE}"
+              f"{'  (wrk found)' if use_wrk else '  (wrk not installed)'}", flush=True)
+        results: list[Result] = []
+        wrk: dict[str, float | None] = {}
+        r, wrk["ceiling"] = measure("(a) ceiling", "-", None, DEFAULT_CONFIG, bodies, args.clients, args.seconds,
+                                    use_wrk)
+        results.append(r)
+        _print_row(r)
+        base_runtimes = ["tflite"] if args.no_baseline_runtimes else runtimes
+        for rt in base_runtimes:
+            r, _ = measure("(b) no batching", rt, model, NO_BATCHING.with_changes(runtime=rt), bodies, args.clients,
+                           args.seconds, False)
+            results.append(r)
+            _print_row(r)
+        for rt in runtimes:
+            r, _ = measure("(c) default batching", rt, model, DEFAULT_CONFIG.with_changes(runtime=rt), bodies,
+                           args.clients, args.seconds, False)
+            results.append(r)
+            _print_row(r)
+    return report(results, wrk)
+
+
+HEADER = (f"{'scenario':<22}{'runtime':<13}{'CPU us/req':>11}{'1-core cap/s':>13}{'achieved/s':>11}"
+          f"{'p50 ms':>8}{'p99 ms':>8}{'batch':>7}{'errors':>7}")
+
+
+def _print_row(r: Result) -> None:
+    if not getattr(_print_row, "header_done", False):
+        print(HEADER)
+        _print_row.header_done = True  # type: ignore[attr-defined]
+    batch = f"{r.mean_batch:.1f}" if r.mean_batch else "-"
+    print(f"{r.label:<22}{r.runtime:<13}{r.cpu_us_per_request:>11.1f}{r.capacity_one_core:>13,.0f}{r.rps:>11,.0f}"
+          f"{r.p50_ms:>8.2f}{r.p99_ms:>8.2f}{batch:>7}{r.errors:>7}", flush=True)
+
+
+def report(results: list[Result], wrk: dict[str, float | None]) -> int:
+    ceiling = next(r for r in results if r.label.startswith("(a)"))
+    batched = [r for r in results if r.label.startswith("(c)")]
+    nobatch = {r.runtime: r for r in results if r.label.startswith("(b)")}
+    best = min(batched, key=lambda r: r.cpu_us_per_request)
+    base_same = nobatch.get(best.runtime)
+    base_best = min(nobatch.values(), key=lambda r: r.cpu_us_per_request)
+    vs_ceiling = best.cpu_us_per_request / ceiling.cpu_us_per_request
+    print()
+    print(f"best batched runtime: {best.runtime} ({best.cpu_us_per_request:.1f} us/request)")
+    print(f"c_best / a (ceiling)                = {vs_ceiling:.2f}   target <= {CEILING_TARGET:.2f}  "
+          f"{'OK' if vs_ceiling <= CEILING_TARGET else 'MISSED'}")
+    ok = vs_ceiling <= CEILING_TARGET
+    if base_same is not None:
+        vs_same = best.cpu_us_per_request / base_same.cpu_us_per_request
+        ok = ok and vs_same <= NO_BATCH_TARGET
+        print(f"c_best / b (no batching, {best.runtime:<10}) = {vs_same:.2f}   target <= {NO_BATCH_TARGET:.2f}  "
+              f"{'OK' if vs_same <= NO_BATCH_TARGET else 'MISSED'}")
+    vs_best = best.cpu_us_per_request / base_best.cpu_us_per_request
+    print(f"c_best / b_best (no batching, {base_best.runtime}) = {vs_best:.2f}")
+    if wrk.get("ceiling") is not None:
+        print(f"wrk requests/s on the ceiling: {wrk['ceiling']:,.0f}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
