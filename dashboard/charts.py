@@ -133,15 +133,21 @@ def loss_figure(series: Series, *, log_y: bool = False) -> go.Figure:
     return curves_figure(series, ("loss", "val_loss"), "Loss", "loss", log_y=log_y)
 
 
-def quality_metric_names(series: Series) -> tuple[str, str]:
-    """The training-quality pair present: accuracy (classification) or MAE (regression)."""
-    if series.get("accuracy") or series.get("val_accuracy"):
+def quality_metric_names(series: Series, task: str | None = None) -> tuple[str, str]:
+    """The training-quality pair: accuracy (classification) or MAE (regression).
+
+    Decided by ``task`` when known (so a classifier's empty chart before its first
+    epoch is titled right), else by which series are present.
+    """
+    if task == "classification" or series.get("accuracy") or series.get("val_accuracy"):
         return ("accuracy", "val_accuracy")
-    return ("mae", "val_mae")
+    if task == "regression" or series.get("mae") or series.get("val_mae"):
+        return ("mae", "val_mae")
+    return ("accuracy", "val_accuracy")
 
 
-def accuracy_figure(series: Series) -> go.Figure:
-    names = quality_metric_names(series)
+def accuracy_figure(series: Series, task: str | None = None) -> go.Figure:
+    names = quality_metric_names(series, task)
     title = "Accuracy" if names[0] == "accuracy" else "Mean absolute error"
     fig = curves_figure(series, names, title, LABELS[names[0]])
     if names[0] == "accuracy" and _has_points(series, names):

@@ -11,6 +11,7 @@ Needs Debian's Chromium: ``apt-get install chromium`` (CI's .ci/run installs it)
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -77,6 +78,18 @@ def _set_number(page, label: str, value: int) -> None:
     page.wait_for_timeout(600)  # the rerun that takes the value
 
 
+def _wait_for(read, ok, timeout_s: float):
+    """Poll ``read()`` until ``ok(value)`` (bounded); returns the value."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = read()
+        if ok(value):
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"condition not met within {timeout_s:.0f}s; last value {value!r}")
+        time.sleep(0.3)
+
+
 def _wait_runs(registry: Registry, kind: str, n: int, timeout_s: float) -> list:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -105,6 +118,9 @@ def test_train_serve_swarm_and_compare_in_the_browser(app: tuple[str, Registry])
             _set_number(page, "Epochs", 4)
             page.get_by_role("button", name="Train", exact=True).click()
             expect(page.get_by_role("button", name="Stop")).to_be_visible(timeout=UI_TIMEOUT_MS)
+            expect(page.get_by_text(re.compile(r"epoch [2-9]/4")).first).to_be_visible(timeout=TRAIN_TIMEOUT_MS)
+            page.get_by_role("heading", name="Runs").first.scroll_into_view_if_needed()
+            _shot(page, "train_live")
             _set_number(page, "Epochs", 3)
             _set_number(page, "Seed", 1)
             page.get_by_role("button", name="Train", exact=True).click()  # a second run, to compare later
@@ -138,6 +154,9 @@ def test_train_serve_swarm_and_compare_in_the_browser(app: tuple[str, Registry])
             page.get_by_role("button", name="Start swarm").click()
             expect(page.get_by_text("Locust CPU")).to_be_visible(timeout=UI_TIMEOUT_MS)
             expect(page.get_by_text("Latency (client)")).to_be_visible(timeout=UI_TIMEOUT_MS)
+            page.wait_for_timeout(4000)
+            page.get_by_role("heading", name="Runs").first.scroll_into_view_if_needed()
+            _shot(page, "load_test_live")
             expect(page.get_by_text("Failures by reason")).to_be_visible(timeout=SWARM_TIMEOUT_MS)
             swarm = registry.list_runs(kind="loadtest")[0]
             assert swarm.status == "completed", swarm.error
@@ -163,6 +182,20 @@ def test_train_serve_swarm_and_compare_in_the_browser(app: tuple[str, Registry])
             expect(diff).to_contain_text("model.epochs")  # the config diff names what differs
             expect(diff).to_contain_text("model.seed")
             _shot(page, "runs")
+
+            # -- Serve again: restart the endpoint with another runtime ------------------------------
+            _nav(page, "Serve")
+            page.get_by_role("combobox", name="Runtime").click()
+            page.get_by_role("option", name="keras", exact=True).click()
+            page.wait_for_timeout(600)
+            page.get_by_role("button", name="Restart with new settings").click()
+            serves = _wait_for(lambda: [r for r in registry.list_runs(kind="serve") if r.summary.get("ready_at")],
+                               lambda rs: len(rs) == 2 and rs[0].active, SERVE_TIMEOUT_MS / 1000)
+            # the old endpoint ended (a graceful SIGTERM exit records itself as completed)
+            assert serves[0].status == "running" and serves[1].status in ("stopped", "completed")
+            assert serves[0].summary["runtime"] == "keras"
+            expect(page.locator('[data-testid="stMetric"]', has_text="runtime")).to_contain_text(
+                "keras", timeout=UI_TIMEOUT_MS)
 
             # -- Tune (when installed) ------------------------------------------------------------
             if page.locator('[data-testid="stSidebarNav"] a', has_text="Tune").count():

@@ -49,6 +49,9 @@ def test_quality_figure_is_accuracy_for_classifiers_and_mae_for_regressors() -> 
     mae = charts.accuracy_figure({"mae": [(1, 0.3)], "val_mae": [(1, 0.4)]})
     assert mae.layout.title.text == "Mean absolute error"
     assert [t.name for t in mae.data] == ["MAE", "val MAE"]
+    # before the first epoch the task decides the title
+    assert charts.accuracy_figure({}, "classification").layout.title.text == "Accuracy"
+    assert charts.accuracy_figure({}, "regression").layout.title.text == "Mean absolute error"
 
 
 def test_confusion_matrix_heatmap_keeps_counts_and_labels() -> None:

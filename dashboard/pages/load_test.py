@@ -192,6 +192,7 @@ def _live(run_id: str) -> None:
     run = registry.get_run(run_id)
     if not run.active:
         st.rerun()
+    ui.status_line(run)
     rows = _frames(registry, run)
     last = rows[-1] if rows else {}
     total = float(run.config.get("run_time_s") or 0)
@@ -281,8 +282,8 @@ view = ui.run_picker("Load-test run", load_runs, key=K + "view",
 if view is None:
     st.info("No load tests yet. Pick a target and press **Start swarm**.")
 else:
-    ui.status_line(view)
     if view.active:
-        st.fragment(run_every=LIVE_REFRESH_S)(_live)(view.id)
+        st.fragment(run_every=LIVE_REFRESH_S)(_live)(view.id)  # its status line updates live too
     else:
+        ui.status_line(view)
         _results(registry, view)

@@ -20,6 +20,9 @@ MAX_DOWNLOAD_BYTES = 200 * 1024 * 1024
 LEARNING_RATES = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 BATCH_SIZES = (8, 16, 32, 64, 128, 256, 512)
 K = "train."  # widget key prefix for this page
+# Task of each built-in dataset (a CSV's is known once the job has loaded it).
+BUILTIN_TASKS = {"diabetes": "regression", "synthetic": "regression", "digits": "classification",
+                       "iris": "classification", "wine": "classification", "breast_cancer": "classification"}
 
 D = widgets.TrainForm()
 init_defaults({
@@ -230,6 +233,7 @@ def _live(run_id: str) -> None:
     run = registry.get_run(run_id)
     if not run.active:
         st.rerun()  # switch the whole page to the results view (and this timer off)
+    ui.status_line(run)
     _progress(run)
     _curves(registry, run)
     ui.stop_button(registry, run, key=K + "stop")
@@ -247,7 +251,7 @@ def _progress(run: Run) -> None:
 def _curves(registry: Registry, run: Run) -> None:
     series = registry.metric_series(run.id)
     last = {name: pts[-1][1] for name, pts in series.items() if pts}
-    quality = charts.quality_metric_names(series)
+    quality = charts.quality_metric_names(series, _task(run))
     m = st.columns(4)
     m[0].metric("loss", _num(last.get("loss")), help="training loss of the last finished epoch")
     m[1].metric("val loss", _num(last.get("val_loss")), help="validation loss of the last finished epoch")
@@ -255,7 +259,16 @@ def _curves(registry: Registry, run: Run) -> None:
     m[3].metric("samples/s", _num(last.get("samples_per_s"), ".0f"), help="training throughput of the last epoch")
     c1, c2 = st.columns(2)
     c1.plotly_chart(charts.loss_figure(series), key=K + "loss_chart", config={"displaylogo": False})
-    c2.plotly_chart(charts.accuracy_figure(series), key=K + "acc_chart", config={"displaylogo": False})
+    c2.plotly_chart(charts.accuracy_figure(series, _task(run)), key=K + "acc_chart", config={"displaylogo": False})
+
+
+def _task(run: Run) -> str | None:
+    """The run's task, known before its first epoch (the job records it once the data is loaded)."""
+    task = (run.summary.get("data") or {}).get("task")
+    if task:
+        return task
+    dataset = (run.config.get("data") or {}).get("dataset")
+    return BUILTIN_TASKS.get(dataset) if dataset else None
 
 
 def _num(value: float | None, spec: str = ".4f") -> str:
@@ -296,10 +309,10 @@ view = ui.run_picker("Training run", train_runs, key=K + "view",
 if view is None:
     st.info("No training runs yet. Set the knobs above and press **Train**.")
 else:
-    ui.status_line(view)
     if view.active:
-        st.fragment(run_every=LIVE_REFRESH_S)(_live)(view.id)
+        st.fragment(run_every=LIVE_REFRESH_S)(_live)(view.id)  # its status line updates live too
     else:
+        ui.status_line(view)
         _results(registry, view)
     with st.expander("Config and log"):
         st.json(view.config, expanded=False)
