@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import re
@@ -244,6 +245,10 @@ class ServingApp:
             y = await batcher.submit(np.zeros((size, self.n_features), dtype=np.float32))
             self.output_dim = int(np.prod(y.shape[1:])) if y.ndim > 1 else 1
         batcher.observer = self.metrics  # warm-up batches are not traffic
+        # The model, TensorFlow and the imports are long-lived: move them out of the
+        # garbage collector's view so its collections only scan per-request garbage.
+        gc.collect()
+        gc.freeze()
         self.metrics.watch_queue(lambda: batcher.queued_rows, lambda: batcher.queued_requests,
                                  lambda: batcher.in_flight_batches)
         self.ready = True
