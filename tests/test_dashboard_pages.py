@@ -177,7 +177,33 @@ def test_train_csv_upload_preview_target_and_missing_values(home: Path) -> None:
     assert not at.button(key="train.start").disabled
 
 
-def test_train_button_starts_a_job_with_the_widget_config(home: Path, registry: Registry) -> None:
+def test_train_on_an_uploaded_csv_saves_it_with_the_run_and_trains(home: Path, registry: Registry) -> None:
+    at = _page("train")
+    at.selectbox(key="train.dataset").set_value("csv").run()
+    rows = "\n".join(f"{i % 7},{(i * 3) % 5},{'yes' if (i % 7) > 3 else 'no'}" for i in range(120))
+    data = f"a,b,label\n{rows}\n".encode()
+    at.file_uploader(key="train.upload").set_value(("pets.csv", data, "text/csv")).run()
+    at.slider(key="train.layers").set_value(1)
+    at.number_input(key="train.epochs").set_value(2)
+    at.select_slider(key="train.batch_size").set_value(16)
+    at.run()
+    at.button(key="train.start").click().run()
+    assert not at.exception
+    run = registry.list_runs(kind="train")[0]
+    try:
+        saved = Path(run.config["data"]["csv_path"])
+        assert saved.parent == registry.artifacts_dir(run.id)  # the upload lives with its run
+        assert saved.read_bytes() == data
+        assert run.config["data"]["target"] == "label" and run.name == "train pets"
+        finished = wait_job(registry, run.id, timeout_s=120)
+        assert finished.status == "completed", finished.error
+        assert finished.summary["data"]["task"] == "classification"
+        assert finished.summary["data"]["classes"] == ["no", "yes"]
+    finally:
+        stop_job(registry, run.id, grace_s=5)
+
+
+def test_train_button_starts_a_job_that_stop_ends(home: Path, registry: Registry) -> None:
     at = _page("train")
     at.selectbox(key="train.dataset").set_value("iris")
     at.slider(key="train.layers").set_value(1)
@@ -193,9 +219,12 @@ def test_train_button_starts_a_job_with_the_widget_config(home: Path, registry: 
         assert run.config["data"]["dataset"] == "iris"
         assert run.pid is not None
         assert at.selectbox(key="train.view").value == run.id  # the page follows the new run
-        finished = wait_job(registry, run.id, timeout_s=120)
-        assert finished.status == "completed", finished.error
-        assert finished.summary["epochs_run"] == 2
+        at.button(key="train.stop").click().run()
+        assert not at.exception
+        stopped = registry.get_run(run.id)
+        assert stopped.status == "stopped"
+        with pytest.raises(ProcessLookupError):
+            os.killpg(run.pid, 0)  # the job's whole process group is gone
     finally:
         stop_job(registry, run.id, grace_s=5)
 
