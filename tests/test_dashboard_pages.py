@@ -480,6 +480,17 @@ def test_loadtest_page_defaults_and_external_url_config(home: Path) -> None:
     assert not at.button(key="load.start").disabled
 
 
+def test_loadtest_page_url_target_can_send_a_trained_models_rows(home: Path, registry: Registry) -> None:
+    run_id = _train_run(registry)
+    at = _page("load_test")
+    at.radio(key="load.target_kind").set_value("URL").run()
+    at.selectbox(key="load.payload").set_value(run_id).run()
+    assert not at.exception
+    cfg = _json(at)
+    assert cfg["samples_path"] == str(registry.artifacts_dir(run_id) / "samples.json")
+    assert cfg["n_features"] == 0
+
+
 def test_loadtest_page_validation_messages(home: Path) -> None:
     at = _page("load_test")
     at.radio(key="load.target_kind").set_value("URL").run()

@@ -8,6 +8,7 @@ from typing import Any
 import streamlit as st
 
 from dashboard import charts, ui, widgets
+from dashboard import format as fmt
 from dashboard.state import get_registry, init_defaults
 from runs.jobs import reap
 from runs.registry import Registry, Run
@@ -18,11 +19,13 @@ MAX_REPORT_BYTES = 50 * 1024 * 1024
 K = "load."
 TARGET_ENDPOINT = "running endpoint"
 TARGET_URL = "URL"
+ZEROS = "zeros"
 
 D = widgets.LoadForm()
 init_defaults({
     K + "target_kind": TARGET_ENDPOINT, K + "url": "http://127.0.0.1:8600", K + "url_model": "model",
-    K + "n_features": 64, K + "users": D.users, K + "spawn_rate": D.spawn_rate, K + "run_time_s": D.run_time_s,
+    K + "n_features": 64, K + "payload": ZEROS,
+    K + "users": D.users, K + "spawn_rate": D.spawn_rate, K + "run_time_s": D.run_time_s,
     K + "shape": D.shape, K + "step_users": D.step_users, K + "step_time_s": D.step_time_s,
     K + "max_users": D.max_users, K + "spike_users": D.spike_users, K + "spike_at_s": D.spike_at_s,
     K + "spike_duration_s": D.spike_duration_s, K + "target_rps": D.target_rps,
@@ -41,7 +44,7 @@ def samples_for_model(model_path: str | None) -> Path | None:
     return path if path.is_file() else None
 
 
-def serve_model_path(registry: Registry, serve: Run) -> str | None:
+def serve_model_path(serve: Run) -> str | None:
     cfg = serve.config
     return cfg.get("model_path") or cfg.get("model") or serve.summary.get("model_path")
 
@@ -69,7 +72,7 @@ if target_kind == TARGET_ENDPOINT:
         if serve_run is not None:
             host = str(serve_run.summary.get("url", ""))
             model_name = str(serve_run.summary.get("name") or serve_run.config.get("name") or "model")
-            samples_path = samples_for_model(serve_model_path(registry, serve_run))
+            samples_path = samples_for_model(serve_model_path(serve_run))
             st.caption(f"POST {host}/v1/models/{model_name}:predict"
                        + (f" · payload rows from {samples_path.parent.name}" if samples_path else ""))
 else:
@@ -79,9 +82,23 @@ else:
                               "e.g. http://127.0.0.1:8600")
     model_name = c2.text_input("Model name", key=K + "url_model",
                                help="model_name: the {name} in /v1/models/{name}:predict")
-    n_features = int(c3.number_input("Features", 1, 100_000, step=1, key=K + "n_features",
-                                     help="n_features: width of the all-zeros rows sent when no model "
-                                          "samples are known for this target"))
+    trained = [r for r in registry.list_runs(kind="train", status=("completed", "stopped"))
+               if samples_for_model(r.summary.get("model_path"))]
+    by_id = {r.id: r for r in trained}
+    if ss[K + "payload"] not in by_id:
+        ss[K + "payload"] = ZEROS  # the chosen run was deleted
+    payload = st.selectbox(
+        "Payload rows", [ZEROS, *by_id], key=K + "payload",
+        format_func=lambda i: "rows of zeros" if i == ZEROS else f"test rows of {fmt.run_label(by_id[i])}",
+        help="samples: real held-out rows of a trained model (use the model this URL serves), "
+             "or rows of zeros of the given width",
+    )
+    if payload in by_id:
+        samples_path = samples_for_model(by_id[payload].summary.get("model_path"))
+    else:
+        n_features = int(c3.number_input("Features", 1, 100_000, step=1, key=K + "n_features",
+                                         help="n_features: width of the all-zeros rows sent when no model "
+                                              "samples are given"))
 
 # -- swarm knobs -----------------------------------------------------------------------------
 

@@ -74,6 +74,8 @@ def _overlay(registry: Registry, chosen: list[Run]) -> None:
         if not present:
             st.caption(f"{kind} runs: no metric series recorded")
             continue
+        if st.session_state.get(K + f"metric.{kind}") not in present:
+            st.session_state.pop(K + f"metric.{kind}", None)  # chosen for runs no longer selected
         metric = st.selectbox(f"{kind} metric", present, key=K + f"metric.{kind}",
                               format_func=lambda m: charts.LABELS.get(m, m),
                               help=f"the metric drawn for each selected {kind} run")
