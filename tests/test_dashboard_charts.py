@@ -160,6 +160,12 @@ def test_train_problems_are_one_line_each(changes, message, blocking) -> None:
     assert (hit[0] in widgets.blocking(problems)) is blocking
 
 
+def test_every_builtin_dataset_is_described() -> None:
+    from agent.data import BUILTIN_DATASETS
+
+    assert set(widgets.BUILTIN_INFO) == set(BUILTIN_DATASETS)
+
+
 def test_default_train_form_has_no_problems() -> None:
     assert widgets.train_problems(widgets.TrainForm()) == []
     assert widgets.train_problems(widgets.DEFAULT_TRAIN) == []

@@ -121,6 +121,8 @@ with data_col:
              "diabetes and synthetic are regression) or your own CSV file",
     )
     target = None
+    if dataset in widgets.BUILTIN_INFO:
+        st.caption(widgets.BUILTIN_INFO[dataset])
     if dataset == "csv":
         upload = st.file_uploader(
             "CSV file", type=["csv"], key=K + "upload", max_upload_size=MAX_CSV_BYTES // (1024 * 1024),
