@@ -288,3 +288,28 @@ def test_open_loop_points_are_ranked_and_explained_by_offered_rate() -> None:
     assert plan(open_loop[:1], spec) == (BASE, [500, 1000])
     with pytest.raises(ValueError, match="rates"):
         SweepSpec(model_path="m.keras", space={"max_batch_size": [1]}, rates=(500, 250))
+
+
+def test_finalists_are_re_measured_and_the_recommendation_comes_from_that_pass(registry, tmp_path) -> None:
+    from tuning.sweep import SweepSpec, create_sweep, finalists, finalize, plan_verify
+
+    spec = SweepSpec(model_path=str(tmp_path / "model.keras"),
+                     space={"max_batch_size": [1, 8, 32], "batch_timeout_ms": [0.0, 2.0]},
+                     users=(1, 16, 64), slos=("p95<=50ms", "fail_ratio<=0.01"), verify_top=2)
+    assert finalists(RECORDED, spec) == [B32, B8, BASE]  # the top two, then batching off
+    assert plan_verify(RECORDED, [], spec) == (B32, [1, 16, 64])
+    # B32's search numbers were a lucky quiet moment: re-measured back to back, B8 wins
+    verified = [pt(B32, 1, 240, 5.5), pt(B32, 16, 700, 30.0), pt(B32, 64, 720, 80.0),
+                pt(B8, 1, 250, 5.0), pt(B8, 16, 900, 20.0), pt(B8, 64, 1000, 45.0),
+                pt(BASE, 1, 300, 4.0), pt(BASE, 16, 420, 45.0), pt(BASE, 64, 430, 160.0)]
+    assert plan_verify(RECORDED, verified[:4], spec) == (B8, [16, 64])
+    assert plan_verify(RECORDED, verified, spec) == (None, [])
+    run_id = create_sweep(registry, spec)
+    out = finalize(registry, run_id, spec, RECORDED, verified)
+    rec = registry.get_run(run_id).summary["recommendation"]
+    assert rec["best"]["params"] == B8 and rec["best"]["capacity_rps"] == 1000
+    assert out["search_recommendation"]["best"]["params"] == B32
+    assert rec["explanation"][0].startswith("The 3 finalists of the search were re-measured back to back")
+    assert "ranked b32 t2ms first at 1500 req/s" in rec["explanation"][0]
+    assert ServingConfig.from_json_file(out["exports"]["serving_config"]).max_batch_size == 8
+    assert finalists(RECORDED, SweepSpec(model_path="m.keras", space={"max_batch_size": [1]}, verify_top=0)) == []

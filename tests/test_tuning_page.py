@@ -96,3 +96,17 @@ def test_bad_sweep_form_input_is_a_one_line_error(home: Path, registry: Registry
     assert not at.exception
     assert at.error and len(at.error[0].value.splitlines()) == 1
     assert not registry.list_runs(kind="sweep")
+
+
+def test_page_ranks_on_the_finalists_re_measurement(home: Path, registry: Registry, tmp_path: Path) -> None:
+    from tests.test_tuning_logic import B8, B32, BASE, pt
+
+    run_id = _sweep(registry, tmp_path)
+    verified = [pt(B32, 16, 700, 30.0), pt(B32, 64, 720, 80.0), pt(B8, 16, 900, 20.0), pt(B8, 64, 1000, 45.0),
+                pt(BASE, 16, 420, 45.0), pt(BASE, 64, 430, 160.0)]
+    registry.update_summary(run_id, {"verify_points": [p.to_dict() for p in verified]})
+    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT_S).run()
+    assert not at.exception
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Recommended"] == "b8 t2ms" and metrics["Capacity within SLO"] == "1000 req/s"
+    assert "re-measurement of the search's 3 finalists" in _texts(at)

@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-gain", type=float, default=MIN_THROUGHPUT_GAIN,
                    help=f"stop climbing when a step adds less than this throughput fraction "
                         f"(default: {MIN_THROUGHPUT_GAIN:g}, Model Analyzer's 5%%)")
+    p.add_argument("--verify-top", type=int, default=2,
+                   help="after the search, re-measure this many best configs and batching off back to back and "
+                        "recommend from that pass (0: off) (default: 2)")
     p.add_argument("--patience", type=int, default=1, help="low-gain steps in a row before stopping (default: 1)")
     p.add_argument("--instances-per-request", type=int, default=1, help="feature rows per request (default: 1)")
     p.add_argument("--processes", type=int, default=0,
@@ -126,7 +129,8 @@ def _common(args: argparse.Namespace) -> dict:
         raise UsageError(str(exc)) from None
     return {"users": users, "rates": rates, "slos": tuple(args.slo or DEFAULT_SLOS), "objective": args.objective,
             "step_s": args.step_s, "min_gain": args.min_gain, "patience": args.patience, "at_users": args.at_users,
-            "instances_per_request": args.instances_per_request, "processes": args.processes}
+            "instances_per_request": args.instances_per_request, "processes": args.processes,
+            "verify_top": args.verify_top}
 
 
 def _serving(registry, args: argparse.Namespace) -> int:
@@ -215,6 +219,7 @@ def _models(registry, args: argparse.Namespace) -> int:
         common = _common(args)
         if common["rates"]:
             raise UsageError("--rates is for serving sweeps; a model sweep uses one --users level")
+        common.pop("verify_top")
         spec = ModelSweepSpec(dataset=args.dataset, grid=grid_values, epochs=args.epochs,
                               users=common["users"][-1], step_s=common["step_s"], slos=common["slos"])
     except ValueError as exc:

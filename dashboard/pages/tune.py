@@ -166,11 +166,13 @@ def _curves(points: list[Point], constraints: Constraints, best_id: str | None, 
         mime="text/html", key=K + "dl_curve", help="the latency-vs-throughput chart as a standalone HTML file")
 
 
-def _table(points: list[Point], constraints: Constraints) -> None:
-    rows = [{"config": p.label, "load": p.load_text, "req/s": round(p.rps, 1), "p50 ms": p.p50_ms, "p95 ms": p.p95_ms,
-             "p99 ms": p.p99_ms, "fail": p.fail_ratio, "queue ms": p.queue_ms, "batch": p.batch_size,
+def _table(points: list[Point], constraints: Constraints, verified: list[Point] | None = None) -> None:
+    tagged = [("search", p) for p in points] + [("re-measured", p) for p in verified or []]
+    rows = [{"pass": tag, "config": p.label, "load": p.load_text, "req/s": round(p.rps, 1), "p50 ms": p.p50_ms,
+             "p95 ms": p.p95_ms, "p99 ms": p.p99_ms, "fail": p.fail_ratio, "queue ms": p.queue_ms,
+             "batch": p.batch_size,
              "CPU µs/req": None if p.cpu_ms_per_request is None else round(p.cpu_ms_per_request * 1000),
-             "within SLO": constraints.meets(p), "Locust saturated": p.saturated} for p in points]
+             "within SLO": constraints.meets(p), "Locust saturated": p.saturated} for tag, p in tagged]
     st.dataframe(rows, hide_index=True, key=K + "points")
 
 
@@ -206,7 +208,7 @@ def _apply(run: Run, params: dict[str, Any]) -> None:
     st.session_state[K + "applied"] = f"endpoint {handle.url} serving {MODEL_NAME} with {config.to_dict()}"
 
 
-def _recommendation(run: Run, points: list[Point]) -> None:
+def _recommendation(run: Run, points: list[Point], verified: list[Point]) -> None:
     from tuning.exports import serving_config_json, tf_serving_batching_text
     from tuning.sweep import SweepSpec
 
@@ -226,14 +228,17 @@ def _recommendation(run: Run, points: list[Point]) -> None:
                                      "for an open-loop sweep)")
     try:
         constraints = Constraints.parse(_lines(slo_text))
-        rec = recommend(points, constraints, objective, at_users=at_users)
+        rec = recommend(verified or points, constraints, objective, at_users=at_users)
     except ValueError as exc:
         st.error(str(exc).splitlines()[0])
         return
+    if verified:
+        st.caption(f"Ranked on the re-measurement of the search's {len({p.config_id for p in verified})} finalists "
+                   "(measured back to back, under the same background load); the curves show the search pass.")
     if rec.best is None:
         st.error(" ".join(rec.explanation), icon=":material/error:")
         _curves(points, constraints, None, constraints.latency_key)
-        _table(points, constraints)
+        _table(points, constraints, verified)
         return
     best = rec.best
     m = st.columns(4)
@@ -264,7 +269,7 @@ def _recommendation(run: Run, points: list[Point]) -> None:
     with st.expander("Recommended config", expanded=False):
         st.json(config.to_dict())
     _curves(points, constraints, best.config_id, constraints.latency_key)
-    _table(points, constraints)
+    _table(points, constraints, verified)
 
 
 if run is not None:
@@ -276,7 +281,7 @@ if run is not None:
         if not pts:
             st.info("This sweep recorded no points" + (f": {run.error}" if run.error else "."))
         else:
-            _recommendation(run, pts)
+            _recommendation(run, pts, [Point.from_dict(d) for d in run.summary.get("verify_points", [])])
 
 # -- model sweep -------------------------------------------------------------------------
 
