@@ -37,19 +37,20 @@ registry = get_registry()
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def _preview(digest: str, data: bytes):
+def _preview(digest: str, _data: bytes):
+    """Cached by the content digest (a leading underscore keeps the bytes themselves out of the cache key)."""
     from agent.data import preview_csv
 
-    return preview_csv(data)
+    return preview_csv(_data)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def _csv_check(digest: str, data: bytes, target: str, missing: str, task: str | None) -> tuple[str | None, str]:
+def _csv_check(digest: str, _data: bytes, target: str, missing: str, task: str | None) -> tuple[str | None, str]:
     """Load the CSV the way training will; (error, description)."""
     from agent.data import load_csv
 
     try:
-        ds = load_csv(data, target, missing=missing, task=task)
+        ds = load_csv(_data, target, missing=missing, task=task)
     except (CsvError, ValueError) as exc:
         return str(exc).splitlines()[0], ""
     notes = "; ".join(ds.notes)
@@ -98,11 +99,12 @@ if not registry.list_runs(limit=1):
         st.subheader(":material/rocket_launch: First run")
         st.markdown(
             "The registry is empty. Start with the default model: a 64-unit MLP on the **digits** dataset "
-            f"(8×8 images, 10 classes), {widgets.DEFAULT_TRAIN.epochs} epochs with early stopping — about "
-            "half a minute here. Then serve it and swarm it from the other pages."
+            f"(8×8 images, 10 classes), up to {widgets.DEFAULT_TRAIN.epochs} epochs with early stopping — "
+            "well under a minute here. Then serve it and swarm it from the other pages."
         )
         if st.button("Train the default model", key=K + "first_run", type="primary", icon=":material/rocket_launch:",
-                     help="Starts training the default digits model with the settings above"):
+                     help="Starts training the default model: digits, one hidden layer of 64 relu units, adam, "
+                          "early stopping on val_loss"):
             _launch(widgets.DEFAULT_TRAIN)
 
 # -- the form ---------------------------------------------------------------------------
