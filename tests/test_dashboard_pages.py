@@ -23,6 +23,7 @@ from streamlit.testing.v1 import AppTest
 from agent.data import DataSpec
 from agent.export import ModelMetadata
 from agent.serving.metrics import ServingMetrics
+from dashboard import widgets
 from runs.jobs import stop_job, wait_job
 from runs.registry import Registry
 
@@ -128,6 +129,19 @@ def test_train_first_run_shows_the_one_click_path_and_defaults(home: Path) -> No
     assert at.number_input(key="train.epochs").value == 20
     assert "No training runs yet" in _text(at)
     _assert_widgets_have_help(at)
+
+
+def test_train_the_default_model_in_one_click(home: Path, registry: Registry) -> None:
+    at = _page("train")
+    at.button(key="train.first_run").click().run()
+    assert not at.exception
+    run = registry.list_runs(kind="train")[0]
+    try:
+        assert run.config["model"] == widgets.model_config(widgets.DEFAULT_TRAIN).to_dict()
+        assert run.config["data"]["dataset"] == "digits" and run.pid is not None
+        assert "train.first_run" not in [b.key for b in at.button]  # the first-run box is gone
+    finally:
+        stop_job(registry, run.id, grace_s=5)
 
 
 def test_train_config_follows_the_widgets(home: Path) -> None:
