@@ -5,13 +5,15 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PORT ?= 8501
 
-.PHONY: run test lint bench clean
+.PHONY: setup run test lint bench clean
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install -r requirements.txt
 	@touch $(STAMP)
+
+setup: $(STAMP)  ## create .venv and install requirements (only when requirements.txt changed)
 
 run: $(STAMP)  ## set up, then start the dashboard on http://localhost:8501
 	$(PY) -m streamlit run app.py --server.port $(PORT) --server.address 127.0.0.1
