@@ -28,6 +28,12 @@ def test_config_defaults_round_trip(tmp_path: Path) -> None:
     path.write_text(json.dumps(cfg.to_dict()))
     assert ServingConfig.from_json_file(path) == cfg
     assert NO_BATCHING.max_batch_size == 1 and NO_BATCHING.batch_timeout_ms == 0
+    # Padding: explicit sizes win; XLA pads to powers of two by itself; others do not pad.
+    assert ServingConfig(max_batch_size=8, allowed_batch_sizes=(3, 8)).padding_sizes == (3, 8)
+    assert ServingConfig(runtime="xla", max_batch_size=24).padding_sizes == (1, 2, 4, 8, 16, 24)
+    assert ServingConfig(runtime="xla", max_batch_size=1).padding_sizes == (1,)
+    assert ServingConfig(runtime="tflite", max_batch_size=24).padding_sizes == ()
+    assert ServingConfig(runtime="tflite", max_batch_size=24).warmup_batch_sizes == (1, 24)
     assert set(RUNTIMES) == {"keras", "tf-function", "xla", "tflite", "tflite-int8"}
 
 

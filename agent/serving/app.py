@@ -84,6 +84,7 @@ class ServingApp:
         self.startup_error: str | None = None
         self.n_features = 0
         self.output_dim = 0
+        self.output_name = "predictions"
         self.on_ready = on_ready
         self.batcher: Batcher | None = None
         self._timeout_s = config.request_timeout_ms / 1000.0 or None
@@ -171,7 +172,7 @@ class ServingApp:
     def _metadata(self) -> tuple[int, bytes]:
         if not self.ready:
             return 503, encode_error("model is loading; metadata is available once /readyz is 200")
-        return 200, encode_json(metadata_document(self.name, self.n_features, self.output_dim))
+        return 200, encode_json(metadata_document(self.name, self.n_features, self.output_dim, self.output_name))
 
     async def _predict(self, scope: Scope, receive: Receive, send: Send) -> int:
         if scope["method"] != "POST":
@@ -236,6 +237,12 @@ class ServingApp:
                 raise ValueError("no model path and no runtime given")
             self.runtime = await asyncio.to_thread(make_runtime, self.config.runtime, self.model_path, self.config)
         self.n_features = int(self.runtime.n_features)
+        if self.model_path is not None:
+            from agent.export import load_metadata
+
+            meta = load_metadata(self.model_path)
+            if meta is not None:
+                self.output_name = meta.output_name
         batcher = Batcher(self.runtime.predict, self.config)
         await batcher.start()
         self.batcher = batcher
@@ -261,7 +268,7 @@ class ServingApp:
             await self.batcher.close(SHUTDOWN_BATCH_WAIT_S)
 
 
-def metadata_document(name: str, n_features: int, output_dim: int) -> dict[str, Any]:
+def metadata_document(name: str, n_features: int, output_dim: int, output_name: str = "predictions") -> dict[str, Any]:
     """GetModelMetadataResponse as TF Serving renders it in JSON."""
 
     def tensor(tensor_name: str, dims: list[int]) -> dict[str, Any]:
@@ -278,7 +285,7 @@ def metadata_document(name: str, n_features: int, output_dim: int) -> dict[str, 
                 "signature_def": {
                     SIGNATURE_NAME: {
                         "inputs": {"features": tensor("serving_default_features:0", [-1, n_features])},
-                        "outputs": {"predictions": tensor("StatefulPartitionedCall:0", [-1, output_dim])},
+                        "outputs": {output_name: tensor("StatefulPartitionedCall:0", [-1, output_dim])},
                         "method_name": "tensorflow/serving/predict",
                     }
                 }

@@ -113,7 +113,7 @@ class Batcher:
         self._predict = predict
         self._max_batch = config.max_batch_size
         self._timeout_s = config.batch_timeout_ms / 1000.0
-        self._allowed = config.allowed_batch_sizes
+        self._allowed = config.padding_sizes
         self._capacity = config.queue_capacity_rows
         # 0 batch threads: run each batch on the event loop itself (no thread hand-off).
         self._inline = config.num_batch_threads == 0

@@ -100,11 +100,25 @@ class ServingConfig:
         return self.max_enqueued_batches * self.max_batch_size
 
     @property
-    def warmup_batch_sizes(self) -> tuple[int, ...]:
-        """Batch sizes run once before the endpoint reports ready."""
+    def padding_sizes(self) -> tuple[int, ...]:
+        """Batch sizes batches are padded up to (empty = no padding).
+
+        ``allowed_batch_sizes`` when given. Without them, XLA still gets padding to
+        powers of two (and max_batch_size): it compiles once per distinct batch
+        shape, and unpadded batches of every size from 1 to max_batch_size would
+        each trigger a compilation while serving.
+        """
         if self.allowed_batch_sizes:
             return self.allowed_batch_sizes
-        return tuple(sorted({1, self.max_batch_size}))
+        if self.runtime == "xla":
+            powers = [1 << i for i in range(self.max_batch_size.bit_length()) if (1 << i) < self.max_batch_size]
+            return (*powers, self.max_batch_size)
+        return ()
+
+    @property
+    def warmup_batch_sizes(self) -> tuple[int, ...]:
+        """Batch sizes run once before the endpoint reports ready."""
+        return self.padding_sizes or tuple(sorted({1, self.max_batch_size}))
 
     def with_changes(self, **changes: Any) -> ServingConfig:
         """A validated copy with some fields replaced."""
