@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-timeout-ms", type=float, help="how long a partial batch waits for more rows, ms "
                    f"(default: {d.batch_timeout_ms:g}; 0 runs at once)")
     g.add_argument("--allowed-batch-sizes", type=_positive_sizes, metavar="N,N,...",
-                   help="pad batches up to these sizes; the last must equal --max-batch-size (default: no padding)")
+                   help="pad batches up to these sizes; the last must equal --max-batch-size (default: no padding, "
+                   "except xla: powers of two)")
     g.add_argument("--num-batch-threads", type=int, help="model executions in parallel; 0 runs batches on the "
                    "event loop (no threads) "
                    f"(default: {d.num_batch_threads})")
