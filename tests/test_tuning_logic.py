@@ -155,6 +155,11 @@ def test_throughput_objective_picks_highest_capacity_within_slo() -> None:
     assert "140.0 ms, 70% of p99 (200.0 ms)" in text  # queue wait with batching off at 64 users
     assert "max_batch_size 1 -> 32" in text and "cut it to 9.0 ms" in text
     assert "top of the load ladder" in text  # B32 never broke the SLO, so its capacity may be higher
+    assert "Locust itself saturated" not in text
+    from dataclasses import replace
+
+    saturated = [*RECORDED[:-1], replace(RECORDED[-1], saturated=True)]
+    assert "Locust itself saturated" in " ".join(recommend(saturated, SLO).explanation)
 
 
 def test_tighter_slo_changes_the_answer_and_says_why() -> None:

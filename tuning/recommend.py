@@ -342,6 +342,11 @@ def explain(rec: Recommendation, results: Sequence[ConfigResult], constraints: C
     why = _why_ceiling(best, constraints)
     if why:
         lines.append(f"Capacity stops at {cap.rps:.0f} req/s because {why}.")
+    if cap.saturated:
+        lines.append(
+            "Locust itself saturated at that level (the load generator, not the server, was the limit), so the "
+            "endpoint's real capacity is at least this; give Locust more cores (--processes) to find it."
+        )
     if cap.batch_size is not None:
         lines.append(f"The batcher formed batches of {cap.batch_size:.1f} rows on average at that load.")
     if rec.runner_up is not None and rec.runner_up.capacity_rps:
