@@ -116,7 +116,8 @@ def parallel_coordinates_figure(rows: Sequence[Mapping[str, Any]], *, colour: st
         line={"color": colours, "colorscale": "Viridis", "showscale": True, "colorbar": {"title": colour}},
         dimensions=dims,
     ))
-    fig.update_layout(title=title)
+    # Axis titles sit above the outer axes and are clipped without side margins.
+    fig.update_layout(title=title, margin={"l": 80, "r": 80, "t": 90, "b": 40})
     return fig
 
 
