@@ -45,7 +45,7 @@ def _print_point(p: Point) -> None:
     p95 = "n/a" if p.p95_ms is None else f"{p.p95_ms:6.1f} ms"
     cpu = "n/a" if p.cpu_ms_per_request is None else f"{p.cpu_ms_per_request * 1000:5.0f} µs"
     flag = "  (Locust saturated)" if p.saturated else ""
-    print(f"  {p.label:<12} {p.users:>3} users {p.rps:8.1f} req/s  p95 {p95}  CPU/req {cpu}{flag}", flush=True)
+    print(f"  {p.label:<12} {p.load_text:>10} {p.rps:8.1f} req/s  p95 {p95}  CPU/req {cpu}{flag}", flush=True)
 
 
 def main() -> int:
@@ -55,6 +55,8 @@ def main() -> int:
     parser.add_argument("--slo", action="append", default=None,
                         help="constraint(s) (default: p95<=50ms and fail_ratio<=0.01)")
     parser.add_argument("--epochs", type=int, default=10, help="training epochs (default: 10)")
+    parser.add_argument("--processes", type=int, default=0,
+                        help="Locust processes per step (0: one; 2: one per core) (default: 0)")
     parser.add_argument("--rounds", type=int, default=2,
                         help="confirmation rounds; the two configs take turns, each keeps its best round (default: 2)")
     args = parser.parse_args()
@@ -74,7 +76,7 @@ def main() -> int:
               f"{trained.metrics.get('accuracy', float('nan')):.3f}, {trained.param_count} params", flush=True)
 
         spec = SweepSpec(model_path=str(trained.model_path), space=GRID, users=users, slos=slos,
-                         step_s=args.step_s, base=NO_BATCHING.to_dict())
+                         step_s=args.step_s, base=NO_BATCHING.to_dict(), processes=args.processes)
         run_id = create_sweep(registry, spec, name="bench sweep")
         print(f"\nsweep: {len(GRID['max_batch_size']) * len(GRID['batch_timeout_ms'])} configs x up to "
               f"{len(users)} load levels {list(users)}, {args.step_s:g}s steps, SLO {' and '.join(slos)}", flush=True)
