@@ -329,7 +329,10 @@ if mrun is not None:
                     text=f"{p.get('phase', 'starting')}: {p.get('model', '')}")
         ui.stop_button(registry, mrun, key=K + "m_stop")
     if rows:
-        st.plotly_chart(ct.pareto_figure(rows, MODEL_OBJECTIVES), key=K + "pareto", config=PLOT_CONFIG)
+        pareto = ct.pareto_figure(rows, MODEL_OBJECTIVES)
+        st.plotly_chart(pareto, key=K + "pareto", config=PLOT_CONFIG)
+        st.download_button("Download Pareto chart (HTML)", ct.figure_html(pareto), file_name="pareto.html",
+                           mime="text/html", key=K + "dl_pareto", help="the Pareto scatter as a standalone HTML file")
         st.dataframe([{k: r.get(k) for k in ("label", "param_count", "val_accuracy", "val_loss", "p99_ms", "rps",
                                              "capacity_rps", "on_front")} for r in with_front(rows)],
                      hide_index=True, key=K + "models")
