@@ -301,8 +301,9 @@ def timeline_figure(rows: Sequence[Mapping[str, Any]], names: Sequence[str], tit
         xs, ys = _column(rows, name, x_key)
         if xs:
             plotted = True
+            # connectgaps: an idle interval (no batch ran) leaves no queue/compute figure; bridge it.
             fig.add_trace(go.Scatter(x=xs, y=ys, name=LABELS.get(name, name), mode="lines+markers",
-                                     line={"color": COLORS.get(name)}, marker={"size": 4}))
+                                     line={"color": COLORS.get(name)}, marker={"size": 4}, connectgaps=True))
     if not plotted:
         return _empty(fig, "no samples yet")
     fig.update_xaxes(title_text="seconds")
