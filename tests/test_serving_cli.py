@@ -148,7 +148,7 @@ def test_start_endpoint_records_the_run(registry: Registry, trained_model: Path)
         assert r.status == 200 and len(r.json["predictions"]) == 4
     finally:
         status = stop_endpoint(registry, handle.run_id)
-    assert status == "completed"
+    assert status == "stopped" and registry.get_run(handle.run_id).error == "stopped by request"
     assert not is_alive(registry.get_run(handle.run_id))
 
 
@@ -162,7 +162,7 @@ def test_two_workers_share_the_port(registry: Registry) -> None:
         for _ in range(6):  # fresh connections: the kernel hands them to either worker
             assert request(handle.port, "POST", "/v1/models/m:predict", {"instances": [[1.0]]}).status == 200
     finally:
-        assert stop_endpoint(registry, handle.run_id) == "completed"
+        assert stop_endpoint(registry, handle.run_id) == "stopped"
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
@@ -187,4 +187,4 @@ def test_ceiling_endpoint(registry: Registry) -> None:
         assert r.status == 200 and len(r.json["predictions"][0]) == 10
         assert registry.get_run(handle.run_id).summary["runtime"] == "ceiling"
     finally:
-        assert stop_endpoint(registry, handle.run_id) == "completed"
+        assert stop_endpoint(registry, handle.run_id) == "stopped"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import socket
 import sys
 import time
@@ -190,8 +191,6 @@ class _RunRecorder:
             self._registry.set_status(run_id, "running")
 
     def ready(self, pids: Any = None) -> None:
-        import os
-
         self.was_ready = True
         if self._registry is None or self.run_id is None:
             return
@@ -204,7 +203,11 @@ class _RunRecorder:
         if self._registry is None or self.run_id is None:
             return
         if error is None:
-            self._registry.finish_if_active(self.run_id, "completed")
+            # A shutdown that the supervisor asked for is a stop, not the end of the work.
+            if self._registry.stop_requested(self.run_id):
+                self._registry.finish_if_active(self.run_id, "stopped", "stopped by request")
+            else:
+                self._registry.finish_if_active(self.run_id, "completed")
         else:
             self._registry.finish_if_active(self.run_id, "failed", error)
         self._registry.close()

@@ -57,6 +57,8 @@ MODEL_PATH_RE = re.compile(
     r"(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
     r"(?P<tail>:[A-Za-z]+|/metadata)?$"
 )
+# Probes and scrapes are not traffic: counting them would show an idle endpoint as busy.
+UNCOUNTED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 PATHS_HELP = "/v1/models/{name}[/versions/{v}][:predict|/metadata], /healthz, /readyz or /metrics"
 
 Scope = dict[str, Any]
@@ -105,7 +107,8 @@ class ServingApp:
                 # The response may have started already or the client be gone.
                 with contextlib.suppress(Exception):
                     await _send(send, 500, encode_error("internal server error; see the server log"))
-            self.metrics.request_done(code, time.perf_counter() - t0)
+            if scope["path"] not in UNCOUNTED_PATHS:
+                self.metrics.request_done(code, time.perf_counter() - t0)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
 
