@@ -1,41 +1,78 @@
 """Widget values -> validated configs, as pure functions (no Streamlit here).
 
-Each page collects its slider values into a small frozen ``*Form`` dataclass;
-the functions below turn a form into the config objects the jobs take, and list
-what is wrong with it as one-line problems the page shows inline (instead of a
-traceback from a constructor). Tests drive these without a UI.
+Each page collects its widget values into a small frozen ``*Form`` dataclass;
+the functions below turn a form into the config objects the jobs take, and check
+it first. The real configs (``ModelConfig``/``DataSource``, ``ServingConfig``,
+``LoadTestConfig``, ``loadtest.slo``) are the only judges of ranges and choices:
+a check builds them and reports their own one-line ``ValueError`` message, so the
+UI accepts exactly what a job would. A check adds only what a config cannot know
+(no file uploaded yet, only local targets) and non-blocking advice (settings that
+are valid but pointless or unwise). Tests drive these without a UI.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
-import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from agent.data import BUILTIN_DATASETS, DataSource
-from agent.model import MAX_LAYERS, MAX_UNITS, ModelConfig
+from agent.data import DataSource
+from agent.model import ModelConfig
+from agent.serving.config import ServingConfig
+from loadtest.payload import predict_path
+from loadtest.runner import LoadTestConfig
+from loadtest.slo import parse_slo
 
-# Mirrors of the endpoint's and Locust runner's choices, so this module stays
-# importable (and fast) without importing their packages.
-RUNTIMES = ("keras", "tf-function", "xla", "tflite", "tflite-int8")
-SHAPES = ("constant", "steps", "spike", "rate")
 SHAPE_HELP = {
     "constant": "a fixed number of users for the whole run (closed loop)",
     "steps": "a ladder: start at the user count, add users every step duration, up to the top",
     "spike": "baseline users, then a short spike to the spike user count, then back",
     "rate": "open loop: a fixed offered request rate whatever the latency (shows overload honestly)",
 }
+# Extents of the Load test page's number inputs: narrower than what LoadTestConfig accepts, on purpose
+# (a swarm from this 2-core dashboard beyond them measures the load generator, not the server).
 MAX_USERS = 5000
 MAX_RUN_TIME_S = 3600
 MAX_PROCESSES = 16
 MAX_INSTANCES_PER_REQUEST = 1024
 DEFAULT_SLOS = "p95<=100ms\nfail_ratio<=0.01"
-_URL_RE = re.compile(r"^https?://[^\s/:]+(:\d{1,5})?(/\S*)?$")
-_LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+# Swarms may only be aimed at this machine (LoadTestConfig itself takes any http(s) URL).
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+# A batch timeout above this is flagged: every lone request waits that long for company.
+SLOW_BATCH_TIMEOUT_MS = 100.0
+# An SGD learning rate above this diverges on these data sets.
+SGD_MAX_SANE_LR = 1.0
+# Where the Train page will save an upload; stands in for it while checking a CSV form (nothing reads it).
+CSV_PLACEHOLDER = "upload.csv"
+# Stands in for a missing target while checking the rest of a Load test form.
+HOST_PLACEHOLDER = "http://127.0.0.1"
+
+
+@dataclass(frozen=True)
+class Check:
+    """What a form check found: ``errors`` keep Start disabled, ``advice`` is shown but does not block."""
+
+    errors: tuple[str, ...] = ()
+    advice: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _config_error(build: Callable[[], Any]) -> list[str]:
+    """The one-line reason ``build()`` (a config constructor) refuses its values; empty if it accepts them."""
+    try:
+        build()
+    except ValueError as exc:
+        return [_first_line(exc)]
+    return []
 
 
 # -- training ---------------------------------------------------------------------------
@@ -81,51 +118,31 @@ BUILTIN_INFO = {
 DEFAULT_TRAIN = TrainForm(dataset="digits", layers=1, units=64, epochs=15, patience=3)
 
 
-def train_problems(form: TrainForm, *, n_rows: int | None = None, has_csv: bool = False) -> list[str]:
-    """One line per thing wrong with ``form``; empty when training may start."""
-    problems: list[str] = []
-    if form.dataset == "csv":
-        if not has_csv:
-            problems.append("upload a CSV file, or pick a built-in dataset")
-        elif not form.csv_target:
-            problems.append("choose the target column of the CSV file")
-    elif form.dataset not in BUILTIN_DATASETS:
-        problems.append(f"dataset must be one of {', '.join(BUILTIN_DATASETS)} or csv; got {form.dataset!r}")
-    if not 0 <= form.layers <= MAX_LAYERS:
-        problems.append(f"hidden layers must be 0..{MAX_LAYERS}; got {form.layers}")
-    if form.layers and not 1 <= form.units <= MAX_UNITS:
-        problems.append(f"units per layer must be 1..{MAX_UNITS}; got {form.units}")
-    if not 0.0 <= form.dropout <= 0.9:
-        problems.append(f"dropout must be in [0, 0.9]; got {form.dropout}")
+def train_check(form: TrainForm, *, n_rows: int | None = None, has_csv: bool = False) -> Check:
+    """Errors from building ``ModelConfig`` and ``DataSource`` (plus a missing upload or target), and advice.
+
+    ``n_rows`` is the dataset's row count when known (an uploaded CSV); ``has_csv``
+    says whether a file has been uploaded.
+    """
+    errors = _config_error(lambda: model_config(form))
+    if form.dataset == "csv" and not has_csv:
+        errors.append("upload a CSV file, or pick a built-in dataset")
+    elif form.dataset == "csv" and not form.csv_target:
+        errors.append("choose the target column of the CSV file")
+    else:
+        errors += _config_error(lambda: data_source(form, CSV_PLACEHOLDER))
+    advice: list[str] = []
     if form.dropout > 0 and form.layers == 0:
-        problems.append("dropout has no effect without hidden layers")
-    if not (math.isfinite(form.learning_rate) and 1e-6 <= form.learning_rate <= 10):
-        problems.append(f"learning rate must be in [1e-6, 10]; got {form.learning_rate:g}")
-    if form.batch_size < 1:
-        problems.append(f"batch size must be >= 1; got {form.batch_size}")
-    elif n_rows is not None and form.batch_size > n_rows:
-        problems.append(
-            f"batch size {form.batch_size} is larger than the {n_rows} rows of the dataset: "
-            "every epoch is a single step"
-        )
-    if form.epochs < 1:
-        problems.append(f"epochs must be >= 1; got {form.epochs}")
-    if form.patience < 0:
-        problems.append(f"early-stopping patience must be >= 0; got {form.patience}")
-    elif form.patience >= form.epochs and form.patience > 0:
-        problems.append(
-            f"early-stopping patience {form.patience} >= epochs {form.epochs}: it can never stop training early"
-        )
-    if form.optimizer == "sgd" and form.learning_rate > 1:
-        problems.append(f"learning rate {form.learning_rate:g} with SGD diverges almost surely; try 0.01-0.1")
-    return problems
-
-
-def blocking(problems: Sequence[str]) -> list[str]:
-    """The problems that make a config impossible (the rest are advice)."""
-    advisory = ("has no effect", "can never stop", "diverges almost surely", "every epoch is a single step",
-                "adds that much latency")
-    return [p for p in problems if not any(a in p for a in advisory)]
+        advice.append("dropout has no effect without hidden layers; add a layer or set dropout to 0")
+    if n_rows is not None and form.batch_size > n_rows:
+        advice.append(f"batch size {form.batch_size} is larger than the {n_rows} rows of the dataset: "
+                      "every epoch is a single step")
+    if 0 < form.epochs <= form.patience:
+        advice.append(f"early-stopping patience {form.patience} >= epochs {form.epochs}: "
+                      "it can never stop training early")
+    if form.optimizer == "sgd" and form.learning_rate > SGD_MAX_SANE_LR:
+        advice.append(f"learning rate {form.learning_rate:g} with SGD diverges almost surely; try 0.01-0.1")
+    return Check(tuple(errors), tuple(advice))
 
 
 def model_config(form: TrainForm) -> ModelConfig:
@@ -185,49 +202,35 @@ class ServeForm:
     max_enqueued_batches: int = 64
     num_batch_threads: int = 1
     workers: int = 1
+    model_name: str = "model"  # the {name} in /v1/models/{name}:predict (not part of ServingConfig)
 
 
-def serve_problems(form: ServeForm) -> list[str]:
-    problems: list[str] = []
-    if form.runtime not in RUNTIMES:
-        problems.append(f"runtime must be one of {', '.join(RUNTIMES)}; got {form.runtime!r}")
-    if form.max_batch_size < 1:
-        problems.append(f"max batch size must be >= 1; got {form.max_batch_size}")
-    if form.batch_timeout_ms < 0 or not math.isfinite(form.batch_timeout_ms):
-        problems.append(f"batch timeout must be >= 0 ms; got {form.batch_timeout_ms}")
-    elif form.max_batch_size == 1 and form.batch_timeout_ms > 0:
-        problems.append(
-            "batch timeout has no effect with max batch size 1 (every batch is full at once); set it to 0"
-        )
-    if form.max_enqueued_batches < 1:
-        problems.append(f"queue bound (max enqueued batches) must be >= 1; got {form.max_enqueued_batches}")
-    if form.num_batch_threads < 1:
-        problems.append(f"batch threads must be >= 1; got {form.num_batch_threads}")
-    if form.workers < 1:
-        problems.append(f"workers must be >= 1; got {form.workers}")
-    if form.batch_timeout_ms > 100:
-        problems.append(f"batch timeout {form.batch_timeout_ms:g} ms adds that much latency to a lone request")
-    return problems
+def serve_check(form: ServeForm) -> Check:
+    """Errors from building ``ServingConfig`` and from the model name's URL rule, and advice.
+
+    The name is not part of ``ServingConfig``; ``predict_path`` holds the TF Serving
+    URL rule (non-empty, no '/' or ':') that the endpoint applies to it as well.
+    """
+    errors = _config_error(lambda: serving_config(form))
+    errors += _config_error(lambda: predict_path(form.model_name.strip()))
+    advice: list[str] = []
+    if form.max_batch_size == 1 and form.batch_timeout_ms > 0:
+        advice.append("batch timeout has no effect with max batch size 1 (every batch is full at once); set it to 0")
+    if form.batch_timeout_ms > SLOW_BATCH_TIMEOUT_MS:
+        advice.append(f"batch timeout {form.batch_timeout_ms:g} ms adds that much latency to a lone request")
+    return Check(tuple(errors), tuple(advice))
 
 
-def _construct(cls: type, values: dict[str, Any]) -> Any:
-    """Build a dataclass from the values it knows (tolerates a field we do not set)."""
-    names = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set(values)
-    return cls(**{k: v for k, v in values.items() if k in names})
-
-
-def serving_config(form: ServeForm) -> Any:
-    """The endpoint's ``ServingConfig`` for ``form`` (imported here: it is not needed at page load)."""
-    from agent.serving.config import ServingConfig
-
-    return _construct(ServingConfig, {
-        "runtime": form.runtime,
-        "max_batch_size": int(form.max_batch_size),
-        "batch_timeout_ms": float(form.batch_timeout_ms),
-        "max_enqueued_batches": int(form.max_enqueued_batches),
-        "num_batch_threads": int(form.num_batch_threads),
-        "workers": int(form.workers),
-    })
+def serving_config(form: ServeForm) -> ServingConfig:
+    """The endpoint's ``ServingConfig`` for ``form`` (raises ValueError with its one-line reason)."""
+    return ServingConfig(
+        runtime=form.runtime,
+        max_batch_size=int(form.max_batch_size),
+        batch_timeout_ms=float(form.batch_timeout_ms),
+        max_enqueued_batches=int(form.max_enqueued_batches),
+        num_batch_threads=int(form.num_batch_threads),
+        workers=int(form.workers),
+    )
 
 
 # -- load tests -------------------------------------------------------------------------
@@ -256,24 +259,27 @@ class LoadForm:
     slos: str = ""
 
 
-def parse_slo_lines(text: str) -> tuple[list[str], list[str]]:
-    """Split the SLO box (one per line or comma-separated) into expressions and one-line problems."""
-    from loadtest.slo import parse_slo
+def slo_exprs(text: str) -> list[str]:
+    """The expressions in the SLO box (one per line, or comma-separated)."""
+    return [line.strip() for line in text.replace(",", "\n").splitlines() if line.strip()]
 
-    exprs = [line.strip() for line in text.replace(",", "\n").splitlines() if line.strip()]
-    problems: list[str] = []
-    for expr in exprs:
+
+def parse_slo_lines(text: str) -> tuple[list[str], list[str]]:
+    """The SLO box's expressions that ``parse_slo`` accepts, and its one-line error for each one it refuses."""
+    good: list[str] = []
+    errors: list[str] = []
+    for expr in slo_exprs(text):
         try:
             parse_slo(expr)
         except ValueError as exc:
-            problems.append(str(exc).splitlines()[0])
-    return exprs, problems
+            errors.append(_first_line(exc))
+        else:
+            good.append(expr)
+    return good, errors
 
 
 def slo_limits_ms(exprs: Sequence[str]) -> dict[str, float]:
     """Latency SLO limits by frame metric (``p95_ms``: 50.0), for drawing them on the latency chart."""
-    from loadtest.slo import parse_slo
-
     limits: dict[str, float] = {}
     for expr in exprs:
         try:
@@ -285,84 +291,64 @@ def slo_limits_ms(exprs: Sequence[str]) -> dict[str, float]:
     return limits
 
 
-def load_problems(form: LoadForm) -> list[str]:
-    problems: list[str] = []
+def load_check(form: LoadForm, *, samples_path: str | Path | None = None, n_features: int = 0) -> Check:
+    """Errors from building ``LoadTestConfig`` and parsing each SLO line, the local-only rule, and advice.
+
+    Every bad SLO line is reported (``parse_slo`` on each); the config is then
+    built from the lines that parse, so its own message is about another field
+    and never repeats an SLO error. An empty target is reported as such, and the
+    rest of the form is still checked against a stand-in local host.
+    """
     host = form.host.strip()
+    errors: list[str] = []
     if not host:
-        problems.append("choose a target: start an endpoint on the Serve page, or type a URL")
-    elif not _URL_RE.match(host):
-        problems.append(f"target URL must look like http://127.0.0.1:8600; got {host!r}")
+        errors.append("choose a target: start an endpoint on the Serve page, or type a URL")
     else:
-        netloc = host.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[0]
-        if netloc not in _LOCAL_HOSTS:
-            problems.append(f"only local targets (127.0.0.1, localhost) may be load-tested here; got {netloc}")
-    if not form.model_name.strip():
-        problems.append("model name must not be empty (it is the {name} in /v1/models/{name}:predict)")
-    if not 1 <= form.users <= MAX_USERS:
-        problems.append(f"users must be 1..{MAX_USERS}; got {form.users}")
-    if not form.spawn_rate > 0:
-        problems.append(f"spawn rate must be > 0 users/s; got {form.spawn_rate:g}")
-    if not 1 <= form.run_time_s <= MAX_RUN_TIME_S:
-        problems.append(f"duration must be 1..{MAX_RUN_TIME_S} s; got {form.run_time_s}")
-    if form.shape not in SHAPES:
-        problems.append(f"shape must be one of {', '.join(SHAPES)}; got {form.shape!r}")
-    if form.shape == "steps":
-        if form.step_users < 1:
-            problems.append(f"users per step must be >= 1; got {form.step_users}")
-        if form.max_users < form.users:
-            problems.append(f"the ladder's top ({form.max_users} users) is below its start ({form.users} users)")
-        if form.step_time_s <= 0:
-            problems.append(f"step duration must be > 0 s; got {form.step_time_s:g}")
-        elif form.step_time_s >= form.run_time_s:
-            problems.append("step duration is not shorter than the run: the ladder never climbs")
-    if form.shape == "spike":
-        if form.spike_users < 1:
-            problems.append(f"spike users must be >= 1; got {form.spike_users}")
-        if form.spike_duration_s <= 0:
-            problems.append(f"spike duration must be > 0 s; got {form.spike_duration_s:g}")
-        if form.spike_at_s + form.spike_duration_s > form.run_time_s:
-            problems.append("the spike ends after the run does; lengthen the run or move the spike earlier")
-    if form.shape == "rate" and not form.target_rps > 0:
-        problems.append(f"target rate must be > 0 requests/s; got {form.target_rps:g}")
-    if not 1 <= form.instances_per_request <= MAX_INSTANCES_PER_REQUEST:
-        problems.append(
-            f"instances per request must be 1..{MAX_INSTANCES_PER_REQUEST}; got {form.instances_per_request}"
-        )
-    if not 1 <= form.processes <= MAX_PROCESSES:
-        problems.append(f"Locust processes must be 1..{MAX_PROCESSES}; got {form.processes}")
-    if form.timeout_s <= 0:
-        problems.append(f"request timeout must be > 0 s; got {form.timeout_s:g}")
-    if form.spawn_rate > 0 and form.shape == "constant" and form.users / form.spawn_rate > form.run_time_s:
-        problems.append(
-            f"spawning {form.users} users at {form.spawn_rate:g}/s takes longer than the {form.run_time_s} s run"
-        )
-    problems += parse_slo_lines(form.slos)[1]
-    return problems
+        parts = urlsplit(host)
+        if parts.scheme in ("http", "https") and parts.hostname and parts.hostname not in LOCAL_HOSTS:
+            errors.append(f"only local targets ({', '.join(LOCAL_HOSTS)}) may be load-tested here; "
+                          f"got {parts.hostname}")
+    good, slo_errors = parse_slo_lines(form.slos)
+    checked = replace(form, host=host or HOST_PLACEHOLDER, slos="\n".join(good))
+    errors += _config_error(lambda: loadtest_config(checked, samples_path=samples_path, n_features=n_features))
+    errors += slo_errors
+    advice: list[str] = []
+    if form.shape == "constant" and form.spawn_rate > 0 and form.users / form.spawn_rate > form.run_time_s:
+        advice.append(f"spawning {form.users} users at {form.spawn_rate:g}/s takes longer than the "
+                      f"{form.run_time_s} s run; raise the spawn rate or lengthen the run")
+    if form.shape == "steps" and form.step_time_s >= form.run_time_s:
+        advice.append(f"step duration {form.step_time_s:g} s is not shorter than the {form.run_time_s} s run: "
+                      "the ladder never climbs")
+    if form.shape == "spike" and form.spike_at_s + form.spike_duration_s > form.run_time_s:
+        advice.append("the spike ends after the run does; lengthen the run or move the spike earlier")
+    return Check(tuple(errors), tuple(advice))
 
 
-def loadtest_config(form: LoadForm, *, samples_path: str | Path | None = None, n_features: int = 0) -> Any:
+def loadtest_config(form: LoadForm, *, samples_path: str | Path | None = None,
+                    n_features: int = 0) -> LoadTestConfig:
     """The runner's ``LoadTestConfig`` (raises ValueError with its one-line reason)."""
-    from loadtest.runner import LoadTestConfig
-
-    return _construct(LoadTestConfig, {
-        "host": form.host.strip().rstrip("/"),
-        "model_name": form.model_name.strip(),
-        "users": int(form.users),
-        "spawn_rate": float(form.spawn_rate),
-        "run_time_s": float(form.run_time_s),
-        "shape": form.shape,
-        "step_users": int(form.step_users),
-        "step_time_s": float(form.step_time_s),
-        "max_users": max(int(form.max_users), int(form.users)),
-        "spike_users": int(form.spike_users),
-        "spike_at_s": float(form.spike_at_s),
-        "spike_duration_s": float(form.spike_duration_s),
-        "target_rps": float(form.target_rps) if form.shape == "rate" else 0.0,
-        "instances_per_request": int(form.instances_per_request),
-        # The runner's 0 means "one Locust process"; N > 1 asks Locust for N worker processes.
-        "processes": 0 if form.processes <= 1 else int(form.processes),
-        "timeout_s": float(form.timeout_s),
-        "samples_path": str(samples_path) if samples_path else "",
-        "n_features": 0 if samples_path else int(n_features),
-        "slos": tuple(parse_slo_lines(form.slos)[0]),
-    })
+    return LoadTestConfig(
+        host=form.host.strip().rstrip("/"),
+        model_name=form.model_name.strip(),
+        users=int(form.users),
+        spawn_rate=float(form.spawn_rate),
+        run_time_s=float(form.run_time_s),
+        shape=form.shape,
+        step_users=int(form.step_users),
+        step_time_s=float(form.step_time_s),
+        # Only the steps shape reads max_users (and LoadTestConfig checks it against users there);
+        # the other shapes record it raised to the user count so the stored config stays consistent.
+        max_users=int(form.max_users) if form.shape == "steps" else max(int(form.max_users), int(form.users)),
+        spike_users=int(form.spike_users),
+        spike_at_s=float(form.spike_at_s),
+        spike_duration_s=float(form.spike_duration_s),
+        target_rps=float(form.target_rps) if form.shape == "rate" else 0.0,
+        instances_per_request=int(form.instances_per_request),
+        # The form counts Locust processes (1 = one); the runner's 0 means one process and N > 1 asks
+        # Locust for N worker processes, so only 1 is translated and every other value is the runner's to judge.
+        processes=0 if form.processes == 1 else int(form.processes),
+        timeout_s=float(form.timeout_s),
+        samples_path=str(samples_path) if samples_path else "",
+        n_features=0 if samples_path else int(n_features),
+        slos=tuple(slo_exprs(form.slos)),
+    )

@@ -144,20 +144,45 @@ def test_csv_form_points_training_at_the_saved_upload(tmp_path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("changes", "message", "blocking"),
+    ("changes", "message", "is_error"),
     [
         ({"dataset": "csv"}, "upload a CSV file", True),
-        ({"epochs": 0}, "epochs must be >= 1", True),
+        ({"dataset": "nope"}, "dataset must be one of digits", True),  # DataSource's own message
+        ({"epochs": 0}, "epochs must be an integer in [1, 10000]; got 0", True),  # ModelConfig's own message
         ({"patience": 5, "epochs": 5}, "can never stop training early", False),
         ({"layers": 0, "dropout": 0.2}, "dropout has no effect without hidden layers", False),
-        ({"learning_rate": 50.0}, "learning rate must be in", True),
+        ({"learning_rate": 50.0}, "learning_rate must be a number in [1e-06, 10]; got 50.0", True),
+        ({"optimizer": "sgd", "learning_rate": 5.0}, "with SGD diverges almost surely", False),
     ],
 )
-def test_train_problems_are_one_line_each(changes, message, blocking) -> None:
-    problems = widgets.train_problems(widgets.TrainForm(**changes))
-    hit = [p for p in problems if message in p]
-    assert hit and all("\n" not in p for p in problems)
-    assert (hit[0] in widgets.blocking(problems)) is blocking
+def test_train_check_sorts_errors_from_advice_in_one_line_each(changes, message, is_error) -> None:
+    check = widgets.train_check(widgets.TrainForm(**changes))
+    hits_in_errors = [m for m in check.errors if message in m]
+    hits_in_advice = [m for m in check.advice if message in m]
+    assert (hits_in_errors if is_error else hits_in_advice), check
+    assert not (hits_in_advice if is_error else hits_in_errors), check
+    assert check.ok is not is_error
+    assert all("\n" not in m for m in (*check.errors, *check.advice))
+
+
+def test_train_check_errors_are_modelconfigs_own() -> None:
+    """Whatever ModelConfig refuses, the form refuses with the same message (and nothing it accepts)."""
+    for changes in ({"units": 0}, {"layers": 9}, {"dropout": 0.95}, {"batch_size": 0}, {"patience": -1},
+                    {"seed": -1}, {"activation": "softplus"}, {"optimizer": "adagrad"}):
+        form = widgets.TrainForm(**changes)
+        with pytest.raises(ValueError) as raised:
+            widgets.model_config(form)
+        assert widgets.train_check(form).errors == (str(raised.value),)
+    for changes in ({"dropout": 0.9}, {"learning_rate": 10.0}, {"learning_rate": 1e-6}, {"layers": 8},
+                    {"units": 4096, "layers": 1}, {"patience": 0, "epochs": 1}):
+        assert widgets.train_check(widgets.TrainForm(**changes)).ok
+
+
+def test_train_check_of_a_csv_form_asks_for_the_file_then_the_target() -> None:
+    form = widgets.TrainForm(dataset="csv")
+    assert widgets.train_check(form).errors == ("upload a CSV file, or pick a built-in dataset",)
+    assert widgets.train_check(form, has_csv=True).errors == ("choose the target column of the CSV file",)
+    assert widgets.train_check(widgets.TrainForm(dataset="csv", csv_target="y"), has_csv=True).ok
 
 
 def test_every_builtin_dataset_is_described() -> None:
@@ -166,42 +191,112 @@ def test_every_builtin_dataset_is_described() -> None:
     assert set(widgets.BUILTIN_INFO) == set(BUILTIN_DATASETS)
 
 
+def test_every_load_shape_is_described() -> None:
+    from loadtest.shapes import SHAPES
+
+    assert set(widgets.SHAPE_HELP) == set(SHAPES)
+
+
 def test_default_train_form_has_no_problems() -> None:
-    assert widgets.train_problems(widgets.TrainForm()) == []
-    assert widgets.train_problems(widgets.DEFAULT_TRAIN) == []
-    assert "larger than the 100 rows" in " ".join(widgets.train_problems(widgets.TrainForm(batch_size=128),
-                                                                          n_rows=100))
+    assert widgets.train_check(widgets.TrainForm()) == widgets.Check()
+    assert widgets.train_check(widgets.DEFAULT_TRAIN) == widgets.Check()
+    small = widgets.train_check(widgets.TrainForm(batch_size=128), n_rows=100)
+    assert small.ok and "larger than the 100 rows" in " ".join(small.advice)
 
 
 def test_serve_form_builds_the_endpoint_config_and_flags_useless_combinations() -> None:
     form = widgets.ServeForm(runtime="keras", max_batch_size=8, batch_timeout_ms=1.5, max_enqueued_batches=10,
                              num_batch_threads=2, workers=1)
-    assert widgets.serve_problems(form) == []
+    assert widgets.serve_check(form) == widgets.Check()
     cfg = widgets.serving_config(form)
     assert isinstance(cfg, ServingConfig)
     assert (cfg.runtime, cfg.max_batch_size, cfg.batch_timeout_ms, cfg.max_enqueued_batches,
             cfg.num_batch_threads) == ("keras", 8, 1.5, 10, 2)
-    problems = widgets.serve_problems(widgets.ServeForm(max_batch_size=1, batch_timeout_ms=2.0))
-    assert problems == ["batch timeout has no effect with max batch size 1 (every batch is full at once); set it to 0"]
-    assert widgets.serve_problems(widgets.ServeForm(max_batch_size=1, batch_timeout_ms=0.0)) == []
-    assert "workers must be >= 1" in widgets.serve_problems(widgets.ServeForm(workers=0))[0]
+    useless = widgets.serve_check(widgets.ServeForm(max_batch_size=1, batch_timeout_ms=2.0))
+    assert useless == widgets.Check(advice=(
+        "batch timeout has no effect with max batch size 1 (every batch is full at once); set it to 0",))
+    assert widgets.serve_check(widgets.ServeForm(max_batch_size=1, batch_timeout_ms=0.0)) == widgets.Check()
+    slow = widgets.serve_check(widgets.ServeForm(batch_timeout_ms=250.0))
+    assert slow.ok and "adds that much latency" in slow.advice[0]
+    assert widgets.serve_check(widgets.ServeForm(workers=0)).errors == ("workers must be in [1, 32]; got 0",)
+    assert "model name must be a non-empty name" in widgets.serve_check(widgets.ServeForm(model_name="")).errors[0]
+    assert not widgets.serve_check(widgets.ServeForm(model_name="a/b")).ok
+
+
+@pytest.mark.parametrize(
+    ("changes", "accepted"),
+    [
+        ({"num_batch_threads": 0}, True),  # batches on the event loop: ServingConfig takes it, so the UI does
+        ({"num_batch_threads": -1}, False),
+        ({"num_batch_threads": 65}, False),
+        ({"batch_timeout_ms": 0.0}, True),
+        ({"batch_timeout_ms": 10_000.0}, True),
+        ({"batch_timeout_ms": 10_000.5}, False),
+        ({"max_batch_size": 8192}, True),
+        ({"max_batch_size": 8193}, False),
+        ({"max_enqueued_batches": 0}, False),
+        ({"runtime": "onnx"}, False),
+    ],
+)
+def test_serve_check_accepts_exactly_what_servingconfig_accepts(changes, accepted) -> None:
+    form = widgets.ServeForm(**changes)
+    check = widgets.serve_check(form)
+    values = {k: v for k, v in form.__dict__.items() if k != "model_name"}
+    if accepted:
+        assert ServingConfig(**values) and check.errors == ()
+    else:
+        with pytest.raises(ValueError) as raised:
+            ServingConfig(**values)
+        assert check.errors == (str(raised.value),)  # ServingConfig's own message, shown as is
 
 
 def test_load_form_validation_messages() -> None:
     ok = widgets.LoadForm(host="http://127.0.0.1:8600", slos="p95<=50ms")
-    assert widgets.load_problems(ok) == []
+    assert widgets.load_check(ok, n_features=8) == widgets.Check()
 
-    def problems(**changes):
-        return " | ".join(widgets.load_problems(widgets.LoadForm(**{**ok.__dict__, **changes})))
+    def check(**changes):
+        return widgets.load_check(widgets.LoadForm(**{**ok.__dict__, **changes}), n_features=8)
 
-    assert "spawn rate must be > 0" in problems(spawn_rate=0.0)
-    assert "choose a target" in problems(host="")
-    assert "only local targets" in problems(host="http://example.com:80")
-    assert "must look like" in problems(host="127.0.0.1:8600")
-    assert "malformed SLO" in problems(slos="p95 under 50")
-    assert "spike ends after the run" in problems(shape="spike", spike_at_s=15.0, spike_duration_s=10.0)
-    assert "ladder's top" in problems(shape="steps", users=10, max_users=5)
-    assert "target rate must be > 0" in problems(shape="rate", target_rps=0.0)
+    def errors(**changes):
+        return " | ".join(check(**changes).errors)
+
+    def advice(**changes):
+        found = check(**changes)
+        assert found.ok, found.errors
+        return " | ".join(found.advice)
+
+    assert "spawn_rate must be > 0 users/s" in errors(spawn_rate=0.0)
+    assert "choose a target" in errors(host="")
+    assert "choose a target" in errors(host="   ") and "host must be" not in errors(host="")
+    assert "spawn_rate must be > 0" in errors(host="", spawn_rate=0.0)  # the rest is still checked
+    assert "only local targets" in errors(host="http://example.com:80")
+    assert widgets.load_check(widgets.LoadForm(host="http://[::1]:8600"), n_features=8).ok
+    assert "host must be an http(s) URL like http://127.0.0.1:8600" in errors(host="127.0.0.1:8600")
+    assert "malformed SLO 'p95 under 50'" in errors(slos="p95 under 50")
+    two_bad = check(slos="p95 under 50\np99<=1s\nlatency<5ms").errors
+    assert len(two_bad) == 2 and "p95 under 50" in two_bad[0] and "latency" in two_bad[1]  # every bad line, once
+    assert "max_users must be >= users (10) for the steps shape, got 5" in errors(shape="steps", users=10,
+                                                                                  max_users=5)
+    assert "target_rps must be > 0 requests/s for the rate shape" in errors(shape="rate", target_rps=0.0)
+    assert "model_name: model name must be a non-empty name" in errors(model_name=" ")
+    assert "samples_path must name a samples.json" in " | ".join(widgets.load_check(ok).errors)
+    assert "spike ends after the run" in advice(shape="spike", spike_at_s=15.0, spike_duration_s=10.0)
+    assert "the ladder never climbs" in advice(shape="steps", step_time_s=30.0)
+    assert "takes longer than the 20 s run" in advice(users=100, spawn_rate=2.0)
+
+
+def test_load_check_accepts_exactly_what_loadtestconfig_accepts() -> None:
+    """Boundary values: the form's verdict is LoadTestConfig's, with its own message."""
+    base = widgets.LoadForm(host="http://127.0.0.1:8600")
+    for changes in ({"processes": 0}, {"processes": 64}, {"instances_per_request": 4096},
+                    {"shape": "steps", "users": 0, "max_users": 1}):
+        assert widgets.load_check(widgets.LoadForm(**{**base.__dict__, **changes}), n_features=8).ok, changes
+    for changes in ({"processes": 65}, {"instances_per_request": 4097}, {"timeout_s": 0.0},
+                    {"shape": "constant", "users": 0}, {"shape": "burst"}):
+        form = widgets.LoadForm(**{**base.__dict__, **changes})
+        with pytest.raises(ValueError) as raised:
+            widgets.loadtest_config(form, n_features=8)
+        assert widgets.load_check(form, n_features=8).errors == (str(raised.value),), changes
 
 
 def test_load_form_builds_the_runner_config(tmp_path) -> None:

@@ -375,8 +375,24 @@ def test_serve_page_defaults_config_and_validation(home: Path, registry: Registr
 
     at.select_slider(key="serve.max_batch_size").set_value(1).run()
     assert any("batch timeout has no effect with max batch size 1" in w.value for w in at.warning)
+    assert not at.error and not at.button(key="serve.start").disabled  # advice, not a blocker
     at.text_input(key="serve.model_name").set_value("  ").run()
-    assert any("model name must not be empty" in e.value for e in at.error)
+    assert any("model name must be a non-empty name" in e.value for e in at.error)
+    assert at.button(key="serve.start").disabled
+
+
+def test_serve_page_accepts_zero_batch_threads_like_the_serving_config(home: Path, registry: Registry) -> None:
+    """ServingConfig runs batches on the event loop with num_batch_threads=0; the page offers and accepts it."""
+    _train_run(registry)
+    at = _page("serve")
+    slider = at.slider(key="serve.num_batch_threads")
+    assert slider.min == 0 and "event loop" in slider.proto.help
+    slider.set_value(0).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert _json(at)["num_batch_threads"] == 0
+    assert not at.button(key="serve.start").disabled
+    at.text_input(key="serve.model_name").set_value("a/b").run()  # the endpoint's URL rule, with its message
+    assert [e.value for e in at.error] == ["model name must be a non-empty name without '/' or ':', got 'a/b'"]
     assert at.button(key="serve.start").disabled
 
 
@@ -514,9 +530,24 @@ def test_loadtest_page_validation_messages(home: Path) -> None:
     at.run()
     assert not at.exception
     errors = " | ".join(e.value for e in at.error)
-    assert "spawn rate must be > 0" in errors
+    assert "spawn_rate must be > 0 users/s, got 0.0" in errors  # LoadTestConfig's own message
     assert "malformed SLO 'p95 fast'" in errors
     assert "only local targets" in errors
+    assert at.button(key="load.start").disabled
+
+
+def test_loadtest_page_shows_advice_without_blocking_the_start(home: Path) -> None:
+    at = _page("load_test")
+    at.radio(key="load.target_kind").set_value("URL").run()
+    at.number_input(key="load.users").set_value(100)
+    at.number_input(key="load.spawn_rate").set_value(2.0)
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert any("spawning 100 users at 2/s takes longer than the 20 s run" in w.value for w in at.warning)
+    assert not at.button(key="load.start").disabled
+    at.selectbox(key="load.shape").set_value("steps").run()
+    at.number_input(key="load.max_users").set_value(50).run()  # below the 100-user start: LoadTestConfig refuses
+    assert [e.value for e in at.error] == ["max_users must be >= users (100) for the steps shape, got 50"]
     assert at.button(key="load.start").disabled
 
 

@@ -10,6 +10,7 @@ import streamlit as st
 from dashboard import charts, ui, widgets
 from dashboard import format as fmt
 from dashboard.state import get_registry, init_defaults
+from loadtest.shapes import SHAPES
 from runs.jobs import reap
 from runs.registry import Registry, Run
 
@@ -111,7 +112,7 @@ c2.number_input("Spawn rate (users/s)", 0.0, 1000.0, step=1.0, key=K + "spawn_ra
                 help="spawn_rate: users started per second at the beginning of the run; must be > 0")
 c3.number_input("Duration (s)", 1, widgets.MAX_RUN_TIME_S, step=5, key=K + "run_time_s",
                 help="run_time: how long the swarm runs; reports keep whatever was measured if stopped early")
-c4.selectbox("Shape", widgets.SHAPES, key=K + "shape", format_func=lambda s: s if s != "rate" else "rate (open loop)",
+c4.selectbox("Shape", SHAPES, key=K + "shape", format_func=lambda s: s if s != "rate" else "rate (open loop)",
              help="shape: " + "; ".join(f"{k}: {v}" for k, v in widgets.SHAPE_HELP.items()))
 shape = ss[K + "shape"]
 st.caption(widgets.SHAPE_HELP[shape])
@@ -156,14 +157,17 @@ form = widgets.LoadForm(
     instances_per_request=int(ss[K + "instances_per_request"]), processes=int(ss[K + "processes"]),
     timeout_s=float(ss[K + "timeout_s"]), slos=ss[K + "slos"],
 )
-problems = widgets.load_problems(form)
+check = widgets.load_check(form, samples_path=samples_path, n_features=n_features)
+for message in check.errors:
+    st.error(message, icon=":material/block:")
+for message in check.advice:
+    st.warning(message, icon=":material/warning:")
 config: Any = None
-if not problems:
-    try:
+if check.ok:
+    try:  # checked just above; only a samples.json deleted in between could fail here
         config = widgets.loadtest_config(form, samples_path=samples_path, n_features=n_features)
     except ValueError as exc:
-        problems.append(str(exc).splitlines()[0])
-ui.show_problems(problems, problems)
+        st.error(str(exc).splitlines()[0], icon=":material/block:")
 if config is not None:
     with st.expander("Config to run"):
         st.json(config.to_dict())

@@ -9,6 +9,7 @@ from typing import Any
 
 import streamlit as st
 
+from agent.serving.config import RUNTIMES
 from dashboard import charts, serving_view, ui, widgets
 from dashboard import format as fmt
 from dashboard.state import get_registry, init_defaults
@@ -88,7 +89,7 @@ with left:
 with right:
     st.subheader("Serving knobs")
     c1, c2 = st.columns(2)
-    c1.selectbox("Runtime", widgets.RUNTIMES, key=K + "runtime",
+    c1.selectbox("Runtime", RUNTIMES, key=K + "runtime",
                  help="runtime: keras (eager model call), tf-function (traced graph), xla (jit-compiled), "
                       "tflite (TFLite interpreter, float32), tflite-int8 (dynamic-range quantized)")
     c2.select_slider("Max batch size", BATCH_SIZES, key=K + "max_batch_size",
@@ -99,8 +100,10 @@ with right:
     c2.number_input("Queue bound (batches)", 1, 100_000, step=8, key=K + "max_enqueued_batches",
                     help="max_enqueued_batches: queued batches before new requests are shed with 503 at once "
                          "(bounded latency instead of an unbounded queue)")
-    c1.slider("Batch threads", 1, 8, key=K + "num_batch_threads",
-              help="num_batch_threads: model executions that may run in parallel")
+    c1.slider("Batch threads", 0, 8, key=K + "num_batch_threads",
+              help="num_batch_threads: 0 runs each batch on the event loop itself (no thread hand-off; "
+                   "cheapest for tiny models, but requests wait while the model runs); 1 or more = model "
+                   "executions that may run in parallel, each in its own thread")
     c2.slider("Workers", 1, 4, key=K + "workers",
               help="workers: server processes sharing the port, each with its own batcher and model copy")
 
@@ -108,37 +111,27 @@ form = widgets.ServeForm(
     runtime=ss[K + "runtime"], max_batch_size=int(ss[K + "max_batch_size"]),
     batch_timeout_ms=float(ss[K + "batch_timeout_ms"]), max_enqueued_batches=int(ss[K + "max_enqueued_batches"]),
     num_batch_threads=int(ss[K + "num_batch_threads"]), workers=int(ss[K + "workers"]),
+    model_name=ss[K + "model_name"].strip(),
 )
-problems = widgets.serve_problems(form)
-blocking = widgets.blocking(problems)
-if not ss[K + "model_name"].strip():
-    blocking.append("model name must not be empty")
-    problems.append(blocking[-1])
-ui.show_problems(problems, blocking)
-serving_cfg: Any = None
-if not blocking:
-    try:
-        serving_cfg = widgets.serving_config(form)
-    except ImportError:
-        blocking.append("the endpoint package (agent.serving) is not available in this installation")
-        st.error(blocking[-1])
-    except ValueError as exc:
-        blocking.append(str(exc).splitlines()[0])
-        st.error(blocking[-1])
-    else:
-        with st.expander("Config to start"):
-            st.json(serving_cfg.to_dict())
+check = widgets.serve_check(form)
+for message in check.errors:
+    st.error(message, icon=":material/block:")
+for message in check.advice:
+    st.warning(message, icon=":material/warning:")
+if check.ok:
+    with st.expander("Config to start"):
+        st.json(widgets.serving_config(form).to_dict())
 
 # -- endpoints ---------------------------------------------------------------------------------
 
 endpoints = registry.list_runs(kind="serve", status=("pending", "running"))
 b1, b2 = st.columns([1, 4])
 if b1.button("Start endpoint", key=K + "start", type="primary", icon=":material/play_arrow:",
-             disabled=bool(blocking),
+             disabled=not check.ok,
              help="Start the endpoint on a free local port with these knobs (returns once the model is warm)"):
     with st.spinner("Starting the endpoint: loading TensorFlow, the model and warming it up…"):
         try:
-            run_id = start(registry, model_run.summary["model_path"], form, ss[K + "model_name"].strip())
+            run_id = start(registry, model_run.summary["model_path"], form, form.model_name)
         except (ValueError, OSError, TimeoutError, RuntimeError, ImportError) as exc:
             st.error(f"The endpoint did not start: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
         else:
@@ -311,7 +304,7 @@ else:
         with a1:
             ui.stop_button(registry, endpoint, key=K + "stop", label="Stop endpoint", stopper=stop)
         if a2.button("Restart with new settings", key=K + "restart", icon=":material/restart_alt:",
-                     disabled=bool(blocking),
+                     disabled=not check.ok,
                      help="Stop this endpoint and start the same model with the knobs above"):
             mp = model_path_of(endpoint) or model_run.summary["model_path"]
             with st.spinner("Restarting the endpoint…"):

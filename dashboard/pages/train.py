@@ -206,19 +206,16 @@ form = widgets.TrainForm(
     batch_size=int(ss[K + "batch_size"]), epochs=int(ss[K + "epochs"]), patience=int(ss[K + "patience"]),
     seed=int(ss[K + "seed"]),
 )
-problems = widgets.train_problems(form, n_rows=n_rows, has_csv=csv_bytes is not None)
-blocking = widgets.blocking(problems) + ([csv_error] if csv_error else [])
-ui.show_problems(problems, blocking)
-config_ok = not blocking
+check = widgets.train_check(form, n_rows=n_rows, has_csv=csv_bytes is not None)
+for message in check.errors:
+    st.error(message, icon=":material/block:")
+for message in check.advice:
+    st.warning(message, icon=":material/warning:")
+config_ok = check.ok and not csv_error  # the CSV's own error is already shown above, under the upload
 if config_ok:
-    try:
-        cfg = widgets.model_config(form)
-    except ValueError as exc:
-        st.error(str(exc))
-        config_ok = False
-    else:
-        with st.expander("Config to train", expanded=False):
-            st.json({"model": cfg.to_dict(), "data": {"dataset": form.dataset, "target": form.csv_target}})
+    with st.expander("Config to train", expanded=False):
+        st.json({"model": widgets.model_config(form).to_dict(),
+                 "data": {"dataset": form.dataset, "target": form.csv_target}})
 
 active_train = [r for r in train_runs if r.active]
 if st.button("Train", key=K + "start", type="primary", icon=":material/play_arrow:", disabled=not config_ok,
