@@ -7,16 +7,16 @@ from collections.abc import Callable, Sequence
 import streamlit as st
 
 from dashboard import format as fmt
+from dashboard.widgets import Check
 from runs.registry import Registry, Run
 
 
-def show_problems(problems: Sequence[str], blocking: Sequence[str]) -> None:
-    """Blocking problems as errors, the rest as warnings, one line each."""
-    for problem in problems:
-        if problem in blocking:
-            st.error(problem, icon=":material/block:")
-        else:
-            st.warning(problem, icon=":material/warning:")
+def show_check(check: Check) -> None:
+    """A form's errors (which block its Start button) and advice, one line each, inline."""
+    for message in check.errors:
+        st.error(message, icon=":material/block:")
+    for message in check.advice:
+        st.warning(message, icon=":material/warning:")
 
 
 def status_line(run: Run) -> None:

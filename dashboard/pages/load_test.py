@@ -158,10 +158,7 @@ form = widgets.LoadForm(
     timeout_s=float(ss[K + "timeout_s"]), slos=ss[K + "slos"],
 )
 check = widgets.load_check(form, samples_path=samples_path, n_features=n_features)
-for message in check.errors:
-    st.error(message, icon=":material/block:")
-for message in check.advice:
-    st.warning(message, icon=":material/warning:")
+ui.show_check(check)
 config: Any = None
 if check.ok:
     try:  # checked just above; only a samples.json deleted in between could fail here

@@ -114,10 +114,7 @@ form = widgets.ServeForm(
     model_name=ss[K + "model_name"].strip(),
 )
 check = widgets.serve_check(form)
-for message in check.errors:
-    st.error(message, icon=":material/block:")
-for message in check.advice:
-    st.warning(message, icon=":material/warning:")
+ui.show_check(check)
 if check.ok:
     with st.expander("Config to start"):
         st.json(widgets.serving_config(form).to_dict())

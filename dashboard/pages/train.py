@@ -207,10 +207,7 @@ form = widgets.TrainForm(
     seed=int(ss[K + "seed"]),
 )
 check = widgets.train_check(form, n_rows=n_rows, has_csv=csv_bytes is not None)
-for message in check.errors:
-    st.error(message, icon=":material/block:")
-for message in check.advice:
-    st.warning(message, icon=":material/warning:")
+ui.show_check(check)
 config_ok = check.ok and not csv_error  # the CSV's own error is already shown above, under the upload
 if config_ok:
     with st.expander("Config to train", expanded=False):
