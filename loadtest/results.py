@@ -18,7 +18,7 @@ import csv
 import io
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,16 +99,43 @@ def _num(value: str) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def _columns(header: Sequence[str], required: Iterable[str]) -> dict[str, int] | None:
+    """Column index by name, or None when a required column is missing (not the file we expected)."""
+    columns = {name: i for i, name in enumerate(header)}
+    return columns if all(name in columns for name in required) else None
+
+
+def _whole_rows(rows: Iterable[list[str]], width: int) -> Iterator[list[str]]:
+    """Rows as wide as the header: a row torn by a concurrent write (or a foreign one) is skipped."""
+    return (cells for cells in rows if len(cells) == width)
+
+
+def _cell(columns: Mapping[str, int], cells: Sequence[str], name: str) -> float | None:
+    """The number in column ``name`` of a row; None for an absent column or an empty/non-numeric cell."""
+    i = columns.get(name)
+    return None if i is None else _num(cells[i])
+
+
+def _csv_table(text: str, required: Iterable[str]) -> tuple[dict[str, int], Iterator[list[str]]] | None:
+    """``(columns, whole rows)`` of a CSV file's text; None when it is empty or lacks a required column."""
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader, None)
+    if header is None:
+        return None
+    columns = _columns(header, required)
+    if columns is None:
+        return None
+    return columns, _whole_rows(reader, len(header))
+
+
 def parse_history_lines(header: Sequence[str], lines: Iterable[str]) -> list[HistoryRow]:
     """Rows from complete history lines; lines that do not parse (torn, foreign) are skipped."""
-    columns = {name: i for i, name in enumerate(header)}
     needed = ("Timestamp", "User Count", "Name", "Requests/s", "Failures/s", "Total Request Count")
-    if any(c not in columns for c in needed):
+    columns = _columns(header, needed)
+    if columns is None:
         raise ValueError(f"not a Locust stats history header: {list(header)!r}")
     rows: list[HistoryRow] = []
-    for cells in csv.reader(lines):
-        if len(cells) != len(header):
-            continue
+    for cells in _whole_rows(csv.reader(lines), len(header)):
         ts = _num(cells[columns["Timestamp"]])
         users = _num(cells[columns["User Count"]])
         total = _num(cells[columns["Total Request Count"]])
@@ -116,8 +143,7 @@ def parse_history_lines(header: Sequence[str], lines: Iterable[str]) -> list[His
             continue
 
         def cell(name: str, cells: list[str] = cells) -> float | None:
-            i = columns.get(name)
-            return None if i is None else _num(cells[i])
+            return _cell(columns, cells, name)
 
         rows.append(
             HistoryRow(
@@ -224,22 +250,15 @@ def _window_mean(prev: HistoryRow | None, row: HistoryRow) -> float | None:
 
 def parse_stats_csv(text: str) -> dict[str, StatsRow]:
     """``_stats.csv`` rows by endpoint name (``Aggregated`` for the total); torn rows skipped."""
-    reader = csv.reader(io.StringIO(text))
-    try:
-        header = next(reader)
-    except StopIteration:
+    table = _csv_table(text, ("Request Count", "Name"))
+    if table is None:
         return {}
-    columns = {name: i for i, name in enumerate(header)}
-    if "Request Count" not in columns or "Name" not in columns:
-        return {}
+    columns, rows = table
     out: dict[str, StatsRow] = {}
-    for cells in reader:
-        if len(cells) != len(header):
-            continue
+    for cells in rows:
 
         def cell(name: str, cells: list[str] = cells) -> float | None:
-            i = columns.get(name)
-            return None if i is None else _num(cells[i])
+            return _cell(columns, cells, name)
 
         requests = cell("Request Count")
         if requests is None:
@@ -270,18 +289,12 @@ def failure_reason(error: str) -> str:
 
 def parse_failures_csv(text: str) -> dict[str, int]:
     """``{reason: occurrences}`` from ``_failures.csv`` (summed over endpoints)."""
-    reader = csv.reader(io.StringIO(text))
-    try:
-        header = next(reader)
-    except StopIteration:
+    table = _csv_table(text, ("Error", "Occurrences"))
+    if table is None:
         return {}
-    columns = {name: i for i, name in enumerate(header)}
-    if "Error" not in columns or "Occurrences" not in columns:
-        return {}
+    columns, rows = table
     out: dict[str, int] = {}
-    for cells in reader:
-        if len(cells) != len(header):
-            continue
+    for cells in rows:
         count = _num(cells[columns["Occurrences"]])
         if count is None:
             continue
