@@ -77,14 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("-u", "--users", type=int, default=10, help="concurrent users (base users for steps/spike)")
     load.add_argument("-r", "--spawn-rate", type=float, default=10.0, help="users started per second (default: 10)")
     load.add_argument("-t", "--run-time", default="20s", help="run time like 20s, 1m30s (default: 20s)")
-    load.add_argument("--shape", choices=shapes.SHAPES, default="constant", help="load shape (default: constant)")
-    load.add_argument("--step-users", type=int, default=5, help="steps: users added per step")
-    load.add_argument("--step-time", type=float, default=5.0, help="steps: seconds per step")
-    load.add_argument("--max-users", type=int, default=50, help="steps: users at the top of the ladder")
-    load.add_argument("--spike-users", type=int, default=50, help="spike: users during the spike")
-    load.add_argument("--spike-at", type=float, default=5.0, help="spike: seconds into the run it starts")
-    load.add_argument("--spike-duration", type=float, default=5.0, help="spike: seconds it lasts")
-    load.add_argument("--target-rps", type=float, default=0.0, help="rate: offered requests/s (open loop)")
+    shapes.add_shape_arguments(load)
     load.add_argument("--instances-per-request", type=int, default=1, help="feature rows per request (default: 1)")
     load.add_argument(
         "--processes",

@@ -7,9 +7,13 @@ Run it with Locust itself (this is the only module that imports locust)::
 
 or through ``python -m loadtest`` / ``loadtest.runner``, which add reports,
 live stats in the run registry and SLO gates. Every option below is declared
-through ``events.init_command_line_parser``, so it also shows in Locust's web
-UI and reaches workers in distributed runs (``--master`` / ``--worker``;
-each worker needs the samples file at the same path).
+through ``events.init_command_line_parser``, so Locust parses it like its own
+and the master hands it to workers in distributed runs (``--master`` /
+``--worker``; each worker needs the samples file at the same path). The
+options sit in their own argument group, which Locust's web UI does not list,
+and ``locust --help`` prints before any locustfile is imported, so it does
+not list them either: they are documented here (the load-shape ones come from
+``shapes.SHAPE_ARGUMENTS`` and also show in ``python -m loadtest --help``).
 """
 
 from __future__ import annotations
@@ -64,24 +68,7 @@ def _add_options(parser: Any) -> None:
         default=DEFAULT_TIMEOUT_S,
         help=f"client timeout per request in seconds; slower answers count as 'timeout' (default: {DEFAULT_TIMEOUT_S})",
     )
-    group.add_argument(
-        "--shape",
-        choices=shapes.SHAPES,
-        default="constant",
-        help="load shape: constant users (-u), steps (ladder), spike, or rate (open loop at --target-rps)",
-    )
-    group.add_argument("--step-users", type=int, default=5, help="steps: users added per step (default: 5)")
-    group.add_argument("--step-time", type=float, default=5.0, help="steps: seconds per step (default: 5)")
-    group.add_argument("--max-users", type=int, default=50, help="steps: users at the top of the ladder (default: 50)")
-    group.add_argument("--spike-users", type=int, default=50, help="spike: users during the spike (default: 50)")
-    group.add_argument("--spike-at", type=float, default=5.0, help="spike: seconds into the run it starts (default: 5)")
-    group.add_argument("--spike-duration", type=float, default=5.0, help="spike: how long it lasts in s (default: 5)")
-    group.add_argument(
-        "--target-rps",
-        type=float,
-        default=0.0,
-        help="rate: offered requests/s, split evenly over -u users paced with constant_throughput",
-    )
+    shapes.add_shape_arguments(group)
 
 
 def spec_from_options(options: Any) -> shapes.ShapeSpec:

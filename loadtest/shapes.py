@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, Protocol
 
 SHAPES = ("constant", "steps", "spike", "rate")
 MAX_USERS = 100_000
@@ -111,6 +111,95 @@ class ShapeSpec:
                 f"unknown shape parameter(s) {', '.join(unknown)}; expected some of {', '.join(sorted(known))}"
             )
         return cls(**d)
+
+
+_DEFAULT = ShapeSpec()
+# The load-shape command-line options as (flag, add_argument kwargs). ``python -m loadtest`` and the locustfile
+# (on Locust's own parser) both declare them from here, so the two spell, default and explain them alike; the
+# defaults are ShapeSpec's. Destinations (``step_time``, ``spike_at`` ...) are the flags', not ShapeSpec's fields.
+SHAPE_ARGUMENTS: tuple[tuple[str, dict[str, Any]], ...] = (
+    (
+        "--shape",
+        {
+            "choices": SHAPES,
+            "default": _DEFAULT.kind,
+            "help": "load shape: constant users (-u), steps (ladder), spike, or rate (open loop at --target-rps) "
+            f"(default: {_DEFAULT.kind})",
+        },
+    ),
+    (
+        "--step-users",
+        {
+            "type": int,
+            "default": _DEFAULT.step_users,
+            "help": f"steps: users added per step (default: {_DEFAULT.step_users})",
+        },
+    ),
+    (
+        "--step-time",
+        {
+            "type": float,
+            "default": _DEFAULT.step_time_s,
+            "help": f"steps: seconds per step (default: {_DEFAULT.step_time_s:g})",
+        },
+    ),
+    (
+        "--max-users",
+        {
+            "type": int,
+            "default": _DEFAULT.max_users,
+            "help": f"steps: users at the top of the ladder (default: {_DEFAULT.max_users})",
+        },
+    ),
+    (
+        "--spike-users",
+        {
+            "type": int,
+            "default": _DEFAULT.spike_users,
+            "help": f"spike: users during the spike (default: {_DEFAULT.spike_users})",
+        },
+    ),
+    (
+        "--spike-at",
+        {
+            "type": float,
+            "default": _DEFAULT.spike_at_s,
+            "help": f"spike: seconds into the run it starts (default: {_DEFAULT.spike_at_s:g})",
+        },
+    ),
+    (
+        "--spike-duration",
+        {
+            "type": float,
+            "default": _DEFAULT.spike_duration_s,
+            "help": f"spike: how long it lasts in s (default: {_DEFAULT.spike_duration_s:g})",
+        },
+    ),
+    (
+        "--target-rps",
+        {
+            "type": float,
+            "default": _DEFAULT.target_rps,
+            "help": "rate: offered requests/s, split evenly over -u users paced with constant_throughput",
+        },
+    ),
+)
+
+
+class _ArgumentContainer(Protocol):
+    """An argparse parser or argument group (Locust's parser is an argparse parser)."""
+
+    def add_argument(self, *flags: str, **kwargs: Any) -> Any: ...
+
+
+def add_shape_arguments(parser: _ArgumentContainer, **extra: Any) -> None:
+    """Declare :data:`SHAPE_ARGUMENTS` on ``parser``; ``extra`` is passed to every ``add_argument``.
+
+    ``extra`` carries a parser's own keywords, e.g. Locust's ``include_in_web_ui=False``. Only Locust's
+    parser itself accepts those: an argument group's ``add_argument`` is plain argparse and refuses them.
+    """
+    for flag, kwargs in SHAPE_ARGUMENTS:
+        parser.add_argument(flag, **kwargs, **extra)
 
 
 def target_users(spec: ShapeSpec, t: float) -> int | None:
