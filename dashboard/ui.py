@@ -53,6 +53,26 @@ def run_picker(label: str, runs: Sequence[Run], key: str, help: str) -> Run | No
     return by_id.get(chosen)
 
 
+def run_view(title: str, runs: Sequence[Run], key: str, help: str, empty_text: str,
+             live: Callable[[str], None], results: Callable[[Run], None], refresh_s: float) -> Run | None:
+    """A page's "Runs" block: a picker over ``runs``, then the chosen run live or finished; returns it.
+
+    An active run is drawn by ``live(run_id)`` in a fragment re-run every ``refresh_s`` (only it reruns, and
+    it draws its own status line so that updates too); a finished one gets its status line and ``results(run)``.
+    With no runs, ``empty_text`` says how to make one.
+    """
+    st.subheader("Runs")
+    view = run_picker(title, runs, key=key, help=help)
+    if view is None:
+        st.info(empty_text)
+    elif view.active:
+        st.fragment(run_every=refresh_s)(live)(view.id)
+    else:
+        status_line(view)
+        results(view)
+    return view
+
+
 def stop_button(registry: Registry, run: Run, key: str, label: str = "Stop",
                 stopper: Callable[[Registry, str], object] | None = None) -> None:
     """A Stop button for an active run (ends the job's whole process group)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -294,14 +295,6 @@ def _results(registry: Registry, run: Run) -> None:
 
 
 load_runs = registry.list_runs(kind="loadtest")
-st.subheader("Runs")
-view = ui.run_picker("Load-test run", load_runs, key=K + "view",
-                     help="which swarm to show; a running one updates live") if load_runs else None
-if view is None:
-    st.info("No load tests yet. Pick a target and press **Start swarm**.")
-else:
-    if view.active:
-        st.fragment(run_every=LIVE_REFRESH_S)(_live)(view.id)  # its status line updates live too
-    else:
-        ui.status_line(view)
-        _results(registry, view)
+ui.run_view("Load-test run", load_runs, key=K + "view", help="which swarm to show; a running one updates live",
+            empty_text="No load tests yet. Pick a target and press **Start swarm**.",
+            live=_live, results=functools.partial(_results, registry), refresh_s=LIVE_REFRESH_S)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 
@@ -301,17 +302,11 @@ def _results(registry: Registry, run: Run) -> None:
         st.caption("Data: " + "; ".join(notes))
 
 
-st.subheader("Runs")
-view = ui.run_picker("Training run", train_runs, key=K + "view",
-                     help="Which training run to show; running jobs update live") if train_runs else None
-if view is None:
-    st.info("No training runs yet. Set the knobs above and press **Train**.")
-else:
-    if view.active:
-        st.fragment(run_every=LIVE_REFRESH_S)(_live)(view.id)  # its status line updates live too
-    else:
-        ui.status_line(view)
-        _results(registry, view)
+view = ui.run_view("Training run", train_runs, key=K + "view",
+                   help="Which training run to show; running jobs update live",
+                   empty_text="No training runs yet. Set the knobs above and press **Train**.",
+                   live=_live, results=functools.partial(_results, registry), refresh_s=LIVE_REFRESH_S)
+if view is not None:
     with st.expander("Config and log"):
         st.json(view.config, expanded=False)
         log = registry.artifacts_dir(view.id) / "job.log"
