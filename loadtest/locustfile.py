@@ -9,11 +9,11 @@ or through ``python -m loadtest`` / ``loadtest.runner``, which add reports,
 live stats in the run registry and SLO gates. Every option below is declared
 through ``events.init_command_line_parser``, so Locust parses it like its own
 and the master hands it to workers in distributed runs (``--master`` /
-``--worker``; each worker needs the samples file at the same path). The
-options sit in their own argument group, which Locust's web UI does not list,
-and ``locust --help`` prints before any locustfile is imported, so it does
-not list them either: they are documented here (the load-shape ones come from
-``shapes.SHAPE_ARGUMENTS`` and also show in ``python -m loadtest --help``).
+``--worker``; each worker needs the samples file at the same path), and
+Locust's web UI shows them as editable fields. ``locust --help`` prints before
+any locustfile is imported, so it does not list them: they are documented
+here (the load-shape ones come from ``shapes.SHAPE_ARGUMENTS`` and also show
+in ``python -m loadtest --help``).
 """
 
 from __future__ import annotations
@@ -45,30 +45,31 @@ DEFAULT_N_FEATURES = 0
 
 @events.init_command_line_parser.add_listener
 def _add_options(parser: Any) -> None:
-    group = parser.add_argument_group("TuneSwarm", "TF Serving :predict swarm options")
-    group.add_argument("--model-name", default="model", help="model name in /v1/models/NAME:predict (default: model)")
-    group.add_argument(
+    # Declared on Locust's parser itself (not a group): only there are they shown, and
+    # editable, in Locust's web UI, and sent from a master to its workers.
+    parser.add_argument("--model-name", default="model", help="model name in /v1/models/NAME:predict (default: model)")
+    parser.add_argument(
         "--samples",
         default="",
         help="samples.json with {'instances': [[...], ...]} (or a model.keras with one beside it): "
         "real feature rows used as request payloads",
     )
-    group.add_argument(
+    parser.add_argument(
         "--n-features",
         type=int,
         default=DEFAULT_N_FEATURES,
         help="without --samples: send rows of this many zeros (for targets without a samples file)",
     )
-    group.add_argument(
+    parser.add_argument(
         "--instances-per-request", type=int, default=1, help="feature rows per request body (default: 1)"
     )
-    group.add_argument(
+    parser.add_argument(
         "--request-timeout",
         type=float,
         default=DEFAULT_TIMEOUT_S,
         help=f"client timeout per request in seconds; slower answers count as 'timeout' (default: {DEFAULT_TIMEOUT_S})",
     )
-    shapes.add_shape_arguments(group)
+    shapes.add_shape_arguments(parser)
 
 
 def spec_from_options(options: Any) -> shapes.ShapeSpec:
