@@ -50,7 +50,8 @@ ACCEPTED_CONTENT_TYPES = (
     # curl -d (TF Serving's documented examples) sends this type with a JSON body.
     b"application/x-www-form-urlencoded",
 )
-JSON_HEADERS = [(b"content-type", b"application/json")]
+JSON_CONTENT_TYPE = (b"content-type", b"application/json")
+JSON_HEADERS = [JSON_CONTENT_TYPE]
 METRICS_CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 MODEL_PATH_RE = re.compile(
     r"^/v1/models/(?P<name>[^/:]+)"
@@ -100,7 +101,10 @@ class ServingApp:
         if kind == "http":
             t0 = time.perf_counter()
             try:
-                code = await self._http(scope, receive, send)
+                if scope["path"] in self._fast_predict:  # the hot path skips routing
+                    code = await self._predict(scope, receive, send)
+                else:
+                    code = await self._http(scope, receive, send)
             except Exception:
                 log.exception("unexpected error serving %s %s", scope.get("method"), scope.get("path"))
                 code = 500
@@ -114,8 +118,6 @@ class ServingApp:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> int:
         path: str = scope["path"]
-        if path in self._fast_predict:
-            return await self._predict(scope, receive, send)
         if path == "/healthz":
             return await self._get_only(scope, send, lambda: (200, encode_json({"status": "ok"})))
         if path == "/readyz":
@@ -209,7 +211,10 @@ class ServingApp:
             return await _error(send, 503, str(exc), retry_after=str(exc.retry_after_s).encode())
         except DeadlineExceededError as exc:
             return await _error(send, 504, str(exc))
-        await _send(send, 200, encode_predict(y, req.columnar))
+        body = encode_predict(y, req.columnar)
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [JSON_CONTENT_TYPE, (b"content-length", b"%d" % len(body))]})
+        await send({"type": "http.response.body", "body": body})
         return 200
 
     # -- life cycle ------------------------------------------------------------------------------

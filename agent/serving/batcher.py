@@ -30,7 +30,6 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -90,12 +89,10 @@ class _Pending:
         self.dead = False  # deadline passed: drop rows still queued, ignore late outputs
 
 
-@dataclass(frozen=True)
-class _Slice:
-    item: _Pending
-    start: int  # row range within the request
-    stop: int
-    batch_start: int  # where those rows sit in the batch
+# One request's share of a batch: (request, start, stop, batch_start) = its rows
+# start:stop sit at batch_start in the batch. A plain tuple: one is built per
+# request per batch, on the hot path.
+_Slice = tuple[_Pending, int, int, int]
 
 
 PredictFn = Callable[[np.ndarray], np.ndarray]
@@ -271,19 +268,25 @@ class Batcher:
         now = time.perf_counter()
         slices: list[_Slice] = []
         rows = 0
+        max_batch = self._max_batch
+        queue_wait = self.observer.queue_wait
         q = self._queue
-        while q and rows < self._max_batch:
+        while q and rows < max_batch:
             item = q[0]
-            if item.offset >= item.n:  # dead or fully taken
+            offset = item.offset
+            n = item.n
+            if offset >= n:  # dead or fully taken
                 q.popleft()
                 continue
-            if item.offset == 0:
-                self.observer.queue_wait(now - item.enqueued)
-            take = min(item.n - item.offset, self._max_batch - rows)
-            slices.append(_Slice(item, item.offset, item.offset + take, rows))
-            item.offset += take
+            if offset == 0:
+                queue_wait(now - item.enqueued)
+            take = n - offset
+            if take > max_batch - rows:
+                take = max_batch - rows
+            slices.append((item, offset, offset + take, rows))
+            item.offset = offset + take
             rows += take
-            if item.offset >= item.n:
+            if offset + take >= n:
                 q.popleft()
         self._queued_rows -= rows
         return slices, rows
@@ -296,13 +299,15 @@ class Batcher:
     def _execute(self, slices: list[_Slice], rows: int) -> tuple[np.ndarray, float, int]:
         """Runs in a batch thread: assemble, pad, predict."""
         padded = self._padded_size(rows)
-        first = slices[0]
-        if len(slices) == 1 and padded == rows and first.start == 0 and first.stop == first.item.n:
-            x = first.item.x  # one whole request: no copy
+        item, start, stop, _ = slices[0]
+        if len(slices) == 1 and padded == rows and start == 0 and stop == item.n:
+            x = item.x  # one whole request: no copy
+        elif padded == rows and all(s[1] == 0 and s[2] == s[0].n for s in slices):
+            x = np.concatenate([s[0].x for s in slices])  # whole requests, no padding: one C call
         else:
-            x = np.zeros((padded, first.item.x.shape[1]), dtype=np.float32)
-            for s in slices:
-                x[s.batch_start : s.batch_start + (s.stop - s.start)] = s.item.x[s.start : s.stop]
+            x = np.zeros((padded, item.x.shape[1]), dtype=np.float32)
+            for it, a, b, at in slices:
+                x[at : at + (b - a)] = it.x[a:b]
         t0 = time.perf_counter()
         y = np.asarray(self._predict(x))
         compute = time.perf_counter() - t0
@@ -317,23 +322,21 @@ class Batcher:
         if exc is not None:
             log.error("batch of %d request(s) failed: %r", len(slices), exc)
             for s in slices:
-                if not s.item.future.done():
-                    s.item.future.set_exception(exc)
+                if not s[0].future.done():
+                    s[0].future.set_exception(exc)
             return
         y, compute, padded = fut.result()
-        rows = sum(s.stop - s.start for s in slices)
-        self.observer.batch_done(rows, padded, compute)
-        for s in slices:
-            item = s.item
-            if item.future.done():
+        self.observer.batch_done(sum(b - a for _, a, b, _ in slices), padded, compute)
+        for item, start, stop, at in slices:
+            future = item.future
+            if future.done():
                 continue  # deadline passed while it ran
-            part = y[s.batch_start : s.batch_start + (s.stop - s.start)]
-            if s.start == 0 and s.stop == item.n:
-                item.future.set_result(part)
+            if start == 0 and stop == item.n:
+                future.set_result(y[at : at + stop])  # a view: the request's own rows
                 continue
             if item.out is None:
                 item.out = np.empty((item.n, *y.shape[1:]), dtype=y.dtype)
-            item.out[s.start : s.stop] = part
-            item.remaining -= s.stop - s.start
+            item.out[start:stop] = y[at : at + (stop - start)]
+            item.remaining -= stop - start
             if item.remaining == 0:
-                item.future.set_result(item.out)
+                future.set_result(item.out)

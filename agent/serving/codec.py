@@ -60,6 +60,11 @@ def decode_predict(body: bytes, n_features: int, max_instances: int, input_name:
     except orjson.JSONDecodeError as exc:
         raise RequestError(400, f"invalid JSON ({exc}); expected a JSON object with 'instances' or 'inputs' "
                            "(NaN and Infinity are not JSON)") from None
+    if type(doc) is dict and len(doc) == 1:
+        # The common body, {"instances": [[...], ...]}: no signature, no named inputs to unwrap.
+        value = doc.get("instances")
+        if type(value) is list and value and type(value[0]) is list:
+            return PredictRequest(to_matrix(value, n_features, max_instances, "instances"), False)
     if not isinstance(doc, dict):
         raise RequestError(400, f"request body is a JSON {_json_type(doc)}; expected an object with "
                            "'instances' or 'inputs'")
