@@ -27,9 +27,10 @@ import asyncio
 import bisect
 import collections
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 import numpy as np
@@ -119,7 +120,9 @@ class Batcher:
         self._queue: collections.deque[_Pending] = collections.deque()
         self._queued_rows = 0
         self._in_flight_batches = 0
-        self._executor: ThreadPoolExecutor | None = None
+        # Batch threads take (slices, rows) jobs from here; None tells one to exit.
+        self._jobs: queue.SimpleQueue[tuple[list[_Slice], int] | None] = queue.SimpleQueue()
+        self._workers: list[threading.Thread] = []
         self._slots: asyncio.Semaphore | None = None
         self._wakeup: asyncio.Event | None = None
         self._dispatcher: asyncio.Task[None] | None = None
@@ -145,7 +148,10 @@ class Batcher:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         if not self._inline:
-            self._executor = ThreadPoolExecutor(self._threads, thread_name_prefix="batch")
+            self._workers = [threading.Thread(target=self._work, name=f"batch-{i}", daemon=True)
+                             for i in range(self._threads)]
+            for t in self._workers:
+                t.start()
         self._slots = asyncio.Semaphore(self._threads)
         self._wakeup = asyncio.Event()
         self._dispatcher = asyncio.create_task(self._dispatch(), name="batcher")
@@ -170,8 +176,9 @@ class Batcher:
                 item.future.set_exception(BatcherClosedError("the server is shutting down"))
         self._queue.clear()
         self._queued_rows = 0
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+        for _ in self._workers:
+            self._jobs.put(None)  # a thread still inside a batch exits once it returns
+        self._workers = []
         self._dispatcher = None
 
     # -- requests -------------------------------------------------------------------------------
@@ -248,16 +255,40 @@ class Batcher:
                 continue
             self._in_flight_batches += 1
             if self._inline:
-                done: asyncio.Future[tuple[np.ndarray, float, int]] = loop.create_future()
                 try:
-                    done.set_result(self._execute(slices, rows))
+                    result = self._execute(slices, rows)
                 except Exception as exc:
-                    done.set_exception(exc)
-                self._finish(slices, done)
+                    self._finish(slices, None, exc)
+                else:
+                    self._finish(slices, result, None)
                 await asyncio.sleep(0)  # let the loop read and parse new requests between batches
                 continue
-            fut = loop.run_in_executor(self._executor, self._execute, slices, rows)
-            fut.add_done_callback(lambda f, s=slices: self._finish(s, f))
+            self._jobs.put((slices, rows))
+
+    def _work(self) -> None:
+        """A batch thread: run jobs, hand each result back with one call into the loop.
+
+        A plain queue and ``call_soon_threadsafe`` rather than an executor: a
+        concurrent future, its lock and an asyncio future chained to it per batch
+        are work the event loop's core pays for on every batch.
+        """
+        loop = self._loop
+        assert loop is not None
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            slices, rows = job
+            try:
+                result = self._execute(slices, rows)
+            except Exception as exc:
+                args: tuple[object, ...] = (slices, None, exc)
+            else:
+                args = (slices, result, None)
+            try:
+                loop.call_soon_threadsafe(self._finish, *args)
+            except RuntimeError:
+                return  # the loop is closed: the server is gone
 
     def _drop_dead_head(self) -> None:
         q = self._queue
@@ -313,19 +344,20 @@ class Batcher:
         compute = time.perf_counter() - t0
         return y, compute, padded
 
-    def _finish(self, slices: list[_Slice], fut: asyncio.Future[tuple[np.ndarray, float, int]]) -> None:
-        """Back on the event loop: hand each request its rows."""
+    def _finish(self, slices: list[_Slice], result: tuple[np.ndarray, float, int] | None,
+                exc: BaseException | None) -> None:
+        """Back on the event loop: hand each request its rows (or the batch's error)."""
         assert self._slots is not None
         self._in_flight_batches -= 1
         self._slots.release()
-        exc = fut.exception()
         if exc is not None:
             log.error("batch of %d request(s) failed: %r", len(slices), exc)
             for s in slices:
                 if not s[0].future.done():
                     s[0].future.set_exception(exc)
             return
-        y, compute, padded = fut.result()
+        assert result is not None
+        y, compute, padded = result
         self.observer.batch_done(sum(b - a for _, a, b, _ in slices), padded, compute)
         for item, start, stop, at in slices:
             future = item.future
