@@ -3,14 +3,16 @@
 As a user would: train a small model (twice, to compare), watch the loss chart and
 read the final metrics, start the endpoint and send one request, run a 10-second
 swarm and read its latency chart and summary, then overlay the two training runs
-on the Runs page. Screenshots of each page go to docs/screenshots/ (the README
-shows them).
+on the Runs page. Screenshots of each page go to test-artifacts/screenshots/;
+``TUNESWARM_SCREENSHOTS=docs/screenshots pytest tests/test_browser.py`` refreshes
+the ones the README shows.
 
 Needs Debian's Chromium: ``apt-get install chromium`` (CI's .ci/run installs it).
 """
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -31,7 +33,12 @@ from runs.registry import Registry
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.timeout(300)]
 
-SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+# Screenshots land in test-artifacts/ (git-ignored) so a test run leaves the tree clean;
+# TUNESWARM_SCREENSHOTS=docs/screenshots refreshes the README's copies.
+SCREENSHOTS = Path(
+    os.environ.get("TUNESWARM_SCREENSHOTS")
+    or Path(__file__).resolve().parent.parent / "test-artifacts" / "screenshots"
+)
 VIEWPORT = {"width": 1400, "height": 1800}
 TRAIN_TIMEOUT_MS = 150_000
 SERVE_TIMEOUT_MS = 150_000
