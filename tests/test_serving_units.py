@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -208,6 +209,36 @@ def test_batcher_splits_results_back_per_request() -> None:
     assert set(model.shapes) <= {4, 8}
     assert len(rec.waits) == 5  # one queue wait per request
     assert len(rec.batches) < 5  # rows of several requests shared batches
+
+
+def test_batcher_threads_run_whole_requests_together_and_exit_on_close() -> None:
+    model = RecordingModel()
+    cfg = ServingConfig(max_batch_size=16, batch_timeout_ms=50, num_batch_threads=2)
+    seen_threads: set[str] = set()
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        seen_threads.add(threading.current_thread().name)
+        return model(x)
+
+    async def main() -> None:
+        b = Batcher(predict, cfg, None)
+        await b.start()
+        try:
+            xs = [_rows(n, 100 * i) for i, n in enumerate([1, 2, 3, 4, 6])]  # 16 rows, no padding
+            outs = await asyncio.gather(*(b.submit(x) for x in xs))
+            for x, y in zip(xs, outs, strict=True):
+                np.testing.assert_allclose(y, x @ model.w)
+        finally:
+            await b.close()
+
+    assert not any(t.name.startswith("batch-") for t in threading.enumerate())
+    asyncio.run(main())
+    assert model.shapes == [16]  # five whole requests assembled into one batch
+    assert seen_threads and all(name.startswith("batch-") for name in seen_threads)
+    deadline = time.monotonic() + 5
+    while any(t.name.startswith("batch-") for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not any(t.name.startswith("batch-") for t in threading.enumerate()), "batch threads outlived close()"
 
 
 def test_batcher_inline_mode_runs_batches_on_the_loop() -> None:
