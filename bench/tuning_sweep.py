@@ -2,12 +2,13 @@
 
     .venv/bin/python bench/tuning_sweep.py [--users 1,16,64] [--step-s 8] [--slo 'p95<=50ms']
 
-1. Trains the digits model (hidden layers from --hidden, default 1024,1024) in a
-   temporary state directory. The width matters on a 2-core machine: with
-   128x128 the endpoint's unbatched capacity (~4k req/s on one core) is already
-   above what one Locust core can offer, so both configs measure Locust's limit
-   and no tuning can show; with 1024x1024 each unbatched request streams the
-   4 MB weight matrix on its own, as a real model's would, and batching's gain
+1. Trains the digits model (hidden layers from --hidden, default 2048,2048) in a
+   temporary state directory. The width matters on a 2-core machine where
+   Locust shares the cores with the server: with 128x128 the endpoint's
+   unbatched capacity (~4k req/s per core) is above what one Locust core can
+   offer, so both configs measure Locust's limit and no tuning can show. With
+   2048x2048 (4.3M parameters, still small) each unbatched request streams the
+   16 MB weight matrix on its own, as a real model's would, and batching's gain
    is within the load generator's reach.
 2. Sweeps 6 serving configs (max_batch_size 1,8,32 x batch_timeout_ms 0,1; the
    tflite runtime) up a 3-level concurrency ladder with the early-stop rule, as
@@ -61,8 +62,8 @@ def main() -> int:
     parser.add_argument("--slo", action="append", default=None,
                         help="constraint(s) (default: p95<=50ms and fail_ratio<=0.01)")
     parser.add_argument("--epochs", type=int, default=10, help="training epochs (default: 10)")
-    parser.add_argument("--hidden", default="1024,1024",
-                        help="hidden layer sizes of the digits model (default: 1024,1024)")
+    parser.add_argument("--hidden", default="2048,2048",
+                        help="hidden layer sizes of the digits model (default: 2048,2048)")
     parser.add_argument("--processes", type=int, default=0,
                         help="Locust processes per step (0: one; 2: one per core) (default: 0)")
     parser.add_argument("--rounds", type=int, default=2,
