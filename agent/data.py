@@ -467,6 +467,16 @@ class DataSource:
             )
         if self.csv_path is not None and not self.target:
             raise ValueError("a CSV dataset needs a target column (--target)")
+        if self.task is not None and self.task not in TASKS:
+            raise ValueError(f"task must be one of {', '.join(TASKS)}; got {self.task!r}")
+        if self.missing not in MISSING_POLICIES:
+            raise ValueError(f"missing must be one of {', '.join(MISSING_POLICIES)}; got {self.missing!r}")
+        if self.categorical not in CATEGORICAL_POLICIES:
+            raise ValueError(
+                f"categorical must be one of {', '.join(CATEGORICAL_POLICIES)}; got {self.categorical!r}"
+            )
+        if not (math.isfinite(self.noise) and self.noise >= 0):
+            raise ValueError(f"noise must be a finite number >= 0; got {self.noise}")
         if self.synthetic_activation not in SYNTHETIC_ACTIVATIONS:
             raise ValueError(
                 f"synthetic_activation must be one of {', '.join(SYNTHETIC_ACTIVATIONS)};"

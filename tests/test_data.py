@@ -172,4 +172,10 @@ def test_data_source_validation() -> None:
         DataSource(csv_path="x.csv")
     with pytest.raises(ValueError, match="dataset must be one of"):
         DataSource(dataset="imagenet")
+    with pytest.raises(ValueError, match="missing must be one of reject, drop, fill_mean"):
+        DataSource(missing="guess")
+    with pytest.raises(ValueError, match="task must be one of"):
+        DataSource(task="ranking")
+    with pytest.raises(ValueError, match="noise must be a finite number"):
+        DataSource(dataset="synthetic", noise=float("nan"))
     assert DataSource("iris").load().n_classes == 3
