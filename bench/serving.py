@@ -56,6 +56,9 @@ from pathlib import Path
 
 import numpy as np
 
+# `make bench` runs this file as a script: make the repository importable.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from agent.serving.config import DEFAULT_CONFIG, NO_BATCHING, RUNTIMES, ServingConfig
 from agent.serving.metrics import parse_metrics, server_cpu_seconds, snapshot_delta
 
