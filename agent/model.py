@@ -50,7 +50,7 @@ class ModelConfig:
         _choice("activation", self.activation, ACTIVATIONS)
         _choice("output_activation", self.output_activation, ACTIVATIONS)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
-        _number("dropout", self.dropout, 0.0, 0.9, upper_open=False)
+        _number("dropout", self.dropout, 0.0, 0.9)
         _number("learning_rate", self.learning_rate, 1e-6, 10.0)
         _number("momentum", self.momentum, 0.0, 0.999)
         _integer("batch_size", self.batch_size, 1, 65536)
@@ -80,7 +80,7 @@ def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
         raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
 
 
-def _number(name: str, value: Any, lo: float, hi: float, upper_open: bool = False) -> None:
+def _number(name: str, value: Any, lo: float, hi: float) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or not lo <= value <= hi:
         raise ValueError(f"{name} must be a number in [{lo:g}, {hi:g}]; got {value!r}")

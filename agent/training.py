@@ -72,7 +72,7 @@ def make_streamer(registry: Registry, run_id: str, n_train: int) -> keras.callba
         def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
             self._epoch = epoch
             self._epoch_t0 = time.perf_counter()
-            self._write_progress(batch=0, force=True)
+            self._write_progress(batch=0)
 
         def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
             now = time.monotonic()
@@ -88,7 +88,7 @@ def make_streamer(registry: Registry, run_id: str, n_train: int) -> keras.callba
             self._last_stop_poll = now
             return registry.stop_requested(run_id)
 
-        def _write_progress(self, batch: int, force: bool = False) -> None:
+        def _write_progress(self, batch: int) -> None:
             self._last_progress = time.monotonic()
             registry.set_progress(
                 run_id,
@@ -105,10 +105,10 @@ def make_streamer(registry: Registry, run_id: str, n_train: int) -> keras.callba
             row["samples_per_s"] = n_train / elapsed if elapsed > 0 else 0.0
             registry.log_metrics(run_id, epoch + 1, row)
             self.history.append({"epoch": epoch + 1, **row})
-            self._write_progress(batch=self.steps, force=True)
+            self._write_progress(batch=self.steps)
 
         def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
-            self._write_progress(batch=self.steps, force=True)
+            self._write_progress(batch=self.steps)
 
     return RegistryStreamer()
 

@@ -40,8 +40,3 @@ def init_defaults(defaults: Mapping[str, Any]) -> None:
     for key, value in defaults.items():
         if key not in st.session_state:
             st.session_state[key] = value
-
-
-def refresh_jobs(registry: Registry) -> None:
-    """Reap finished children of this process (cheap; called by live fragments)."""
-    reap(registry)

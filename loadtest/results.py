@@ -25,7 +25,6 @@ from typing import Any
 AGGREGATED = "Aggregated"
 # Percentile columns we turn into registry metrics: Locust column -> metric name.
 PERCENTILES = {"50%": "p50_ms", "90%": "p90_ms", "95%": "p95_ms", "99%": "p99_ms"}
-FRAME_METRICS = ("users", "rps", "fail_per_s", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "avg_ms")
 SERVER_METRICS = ("server_rps", "server_queue_ms", "server_compute_ms", "server_batch_size", "server_shed_per_s")
 ENDPOINT_PREFIX = "endpoint:"
 # Locust's own warning when its process runs hot (locust/runners.py).

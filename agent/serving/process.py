@@ -8,13 +8,11 @@ run's ``job.log``, URL/port/pid in the run's summary once it is ready.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from agent.serving.config import ServingConfig
 from runs.jobs import python_module_argv, reap, start_job, stop_job
@@ -22,7 +20,6 @@ from runs.registry import Registry
 
 READY_TIMEOUT_S = 120.0
 POLL_S = 0.1
-PROBE_TIMEOUT_S = 2.0
 CONFIG_FILENAME = "serving_config.json"
 LOG_TAIL_LINES = 5
 
@@ -129,28 +126,6 @@ def start_endpoint(
 def stop_endpoint(registry: Registry, run_id: str, grace_s: float = 30.0) -> str:
     """SIGTERM the endpoint's process group (SIGKILL after ``grace_s``); returns the final status."""
     return stop_job(registry, run_id, grace_s=grace_s)
-
-
-def wait_ready(url: str, timeout_s: float = READY_TIMEOUT_S) -> None:
-    """Poll ``url``/readyz until it answers 200; TimeoutError after ``timeout_s``."""
-    parts = urlsplit(url)
-    deadline = time.monotonic() + timeout_s
-    last = "no answer"
-    while time.monotonic() < deadline:
-        conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80, timeout=PROBE_TIMEOUT_S)
-        try:
-            conn.request("GET", "/readyz")
-            resp = conn.getresponse()
-            resp.read()
-            if resp.status == 200:
-                return
-            last = f"HTTP {resp.status}"
-        except OSError as exc:
-            last = str(exc)
-        finally:
-            conn.close()
-        time.sleep(POLL_S)
-    raise TimeoutError(f"{url} not ready after {timeout_s:.0f}s ({last})")
 
 
 def _log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
