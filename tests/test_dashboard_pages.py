@@ -460,7 +460,7 @@ def test_serve_page_live_panel_and_try_it_on_a_running_endpoint(home: Path, regi
         at = _page("serve")  # first scrape
         for _ in range(40):  # then traffic: 40 requests in 5 batches of 8 rows, 2 shed
             metrics.request_done(200, 0.004)
-            metrics.queue_wait(0.002)
+            metrics.queue_waits([0.002])
         for _ in range(5):
             metrics.batch_done(8, 8, 0.001)
         metrics.request_done(503, 0.0001)

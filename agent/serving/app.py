@@ -33,10 +33,12 @@ from agent.serving.batcher import Batcher, DeadlineExceededError, QueueFullError
 from agent.serving.codec import (
     SIGNATURE_NAME,
     RequestError,
+    RowChecker,
     decode_predict,
     encode_error,
     encode_json,
     encode_predict,
+    json_rows,
 )
 from agent.serving.config import ServingConfig
 from agent.serving.metrics import ServingMetrics
@@ -203,7 +205,7 @@ class ServingApp:
             return await _error(send, 503, "model is loading; retry when /readyz is 200", retry_after=b"1")
         try:
             req = decode_predict(body, self.n_features, self.config.max_instances)
-            y = await batcher.enqueue(req.x, self._timeout_s)
+            rows = await batcher.enqueue(req.x, self._timeout_s)
         except RequestError as exc:
             return await _error(send, exc.status, exc.message)
         except QueueFullError as exc:
@@ -211,7 +213,7 @@ class ServingApp:
             return await _error(send, 503, str(exc), retry_after=str(exc.retry_after_s).encode())
         except DeadlineExceededError as exc:
             return await _error(send, 504, str(exc))
-        body = encode_predict(y, req.columnar)
+        body = encode_predict(rows, req.columnar)
         await send({"type": "http.response.start", "status": 200,
                     "headers": [JSON_CONTENT_TYPE, (b"content-length", b"%d" % len(body))]})
         await send({"type": "http.response.body", "body": body})
@@ -251,7 +253,8 @@ class ServingApp:
             meta = load_metadata(self.model_path)
             if meta is not None:
                 self.output_name = meta.output_name
-        batcher = Batcher(self.runtime.predict, self.config)
+        batcher = Batcher(self.runtime.predict, self.config,
+                          rows=RowChecker(self.n_features, self.config.max_instances))
         await batcher.start()
         self.batcher = batcher
         # Warm-up goes through the batcher so the batch threads build their
@@ -260,6 +263,7 @@ class ServingApp:
             y = await batcher.submit(np.zeros((size, self.n_features), dtype=np.float32))
             self.output_dim = int(np.prod(y.shape[1:])) if y.ndim > 1 else 1
         batcher.observer = self.metrics  # warm-up batches are not traffic
+        batcher.outputs = json_rows  # requests get their rows' JSON, encoded once per batch
         # The model, TensorFlow and the imports are long-lived: move them out of the
         # garbage collector's view so its collections only scan per-request garbage.
         gc.collect()
@@ -337,11 +341,15 @@ class CeilingApp:
         self.on_ready = on_ready
         self.runtime_name = "ceiling"
 
+    def answer(self, body: bytes) -> bytes:
+        """The response body for a POST (a subclass may do work here; bench/serving.py does)."""
+        return CEILING_BODY
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             if scope["method"] == "POST":
-                await _read_body(receive, 1 << 30)
-                await _send(send, 200, CEILING_BODY)
+                body = await _read_body(receive, 1 << 30)
+                await _send(send, 200, self.answer(body or b""))
             else:
                 await _send(send, 200, encode_json({"status": "ok"}))
         elif scope["type"] == "lifespan":

@@ -15,7 +15,11 @@ It lives on the server's event loop and is testable without HTTP
 - the queue holds at most ``max_enqueued_batches * max_batch_size`` waiting rows;
   a submit that would exceed it fails at once with ``QueueFullError`` (never waits);
 - a request whose deadline passes is failed with ``DeadlineExceededError``; its
-  rows still waiting are dropped from the queue.
+  rows still waiting are dropped from the queue;
+- a request may come as a float32 matrix or as parsed rows (nested lists) that a
+  ``RowConverter`` turns into one: a whole batch in one call when every row is
+  good, else request by request, so a bad request fails alone with its own error
+  and the rest of its batch runs.
 
 Model executions run in a thread pool (TensorFlow and TFLite release the GIL
 while computing), so the event loop keeps accepting and parsing requests.
@@ -30,8 +34,8 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
@@ -61,13 +65,27 @@ class BatcherClosedError(QueueFullError):
 class BatchObserver(Protocol):
     """Where the batcher reports what it did (the metrics module implements it)."""
 
-    def queue_wait(self, seconds: float) -> None: ...
+    def queue_waits(self, seconds: list[float]) -> None:
+        """How long each request that just went into a batch waited (one call per batch)."""
+        ...
 
     def batch_done(self, rows: int, padded_rows: int, compute_s: float) -> None: ...
 
 
+class RowConverter(Protocol):
+    """Turns parsed rows (nested lists) into the model's float32 input."""
+
+    def batch(self, rows: list) -> np.ndarray | None:
+        """Many requests' rows at once; None when any of them is bad."""
+        ...
+
+    def request(self, rows: list) -> np.ndarray:
+        """One request's rows; raises the exception that request is answered with."""
+        ...
+
+
 class _NullObserver:
-    def queue_wait(self, seconds: float) -> None:
+    def queue_waits(self, seconds: list[float]) -> None:
         pass
 
     def batch_done(self, rows: int, padded_rows: int, compute_s: float) -> None:
@@ -79,21 +97,31 @@ class _Pending:
 
     __slots__ = ("dead", "enqueued", "future", "n", "offset", "out", "remaining", "x")
 
-    def __init__(self, x: np.ndarray, future: asyncio.Future[np.ndarray], enqueued: float) -> None:
+    def __init__(self, x: np.ndarray | list, future: asyncio.Future[np.ndarray], enqueued: float) -> None:
         self.x = x
         self.n = len(x)
         self.future = future
         self.enqueued = enqueued
         self.offset = 0  # rows already taken into batches
         self.remaining = self.n  # rows whose outputs are not back yet
-        self.out: np.ndarray | None = None  # assembled output when split across batches
-        self.dead = False  # deadline passed: drop rows still queued, ignore late outputs
+        self.out: np.ndarray | list | None = None  # assembled output when split across batches
+        self.dead = False  # failed (deadline or bad rows): drop rows still queued, ignore late outputs
 
 
 # One request's share of a batch: (request, start, stop, batch_start) = its rows
 # start:stop sit at batch_start in the batch. A plain tuple: one is built per
 # request per batch, on the hot path.
 _Slice = tuple[_Pending, int, int, int]
+
+
+class _Outcome(NamedTuple):
+    """What a batch thread hands back to the event loop."""
+
+    slices: list[_Slice]  # the slices that ran (positions in the batch)
+    y: np.ndarray | Sequence | None  # outputs (as ``Batcher.outputs`` made them); None: no valid request
+    compute_s: float
+    padded: int  # rows computed, padding included
+    failed: list[tuple[_Pending, Exception]]  # requests whose rows could not be converted
 
 
 PredictFn = Callable[[np.ndarray], np.ndarray]
@@ -107,8 +135,10 @@ class Batcher:
         predict: PredictFn,
         config: ServingConfig,
         observer: BatchObserver | None = None,
+        rows: RowConverter | None = None,
     ) -> None:
         self._predict = predict
+        self._rows = rows
         self._max_batch = config.max_batch_size
         self._timeout_s = config.batch_timeout_ms / 1000.0
         self._allowed = config.padding_sizes
@@ -117,6 +147,9 @@ class Batcher:
         self._inline = config.num_batch_threads == 0
         self._threads = max(1, config.num_batch_threads)
         self.observer: BatchObserver = observer or _NullObserver()
+        # Turns a batch's outputs into what each request gets a slice of (the endpoint
+        # sets its JSON row encoder: one encoding call per batch). None: array views.
+        self.outputs: Callable[[np.ndarray], Sequence] | None = None
         self._queue: collections.deque[_Pending] = collections.deque()
         self._queued_rows = 0
         self._in_flight_batches = 0
@@ -183,11 +216,12 @@ class Batcher:
 
     # -- requests -------------------------------------------------------------------------------
 
-    async def submit(self, x: np.ndarray, timeout_s: float | None = None) -> np.ndarray:
-        """Outputs for the rows of ``x``; raises QueueFullError or DeadlineExceededError."""
+    async def submit(self, x: np.ndarray | list, timeout_s: float | None = None) -> np.ndarray:
+        """Outputs for the rows of ``x``; raises QueueFullError, DeadlineExceededError or
+        (for parsed rows) the RowConverter's error."""
         return await self.enqueue(x, timeout_s)
 
-    def enqueue(self, x: np.ndarray, timeout_s: float | None = None) -> asyncio.Future[np.ndarray]:
+    def enqueue(self, x: np.ndarray | list, timeout_s: float | None = None) -> asyncio.Future[np.ndarray]:
         """Queue the rows of ``x`` at once and return the future of their outputs.
 
         Raises QueueFullError right here when the queue bound would be exceeded
@@ -196,6 +230,8 @@ class Batcher:
         """
         if self._closing or self._dispatcher is None:
             raise BatcherClosedError("the server is shutting down; not accepting requests")
+        if type(x) is list and self._rows is None:
+            raise TypeError("parsed rows need a batcher built with a RowConverter")
         n = len(x)
         # A request larger than the whole bound is still taken when the queue is
         # empty, or it could never be served.
@@ -217,14 +253,8 @@ class Batcher:
         return item.future
 
     def _expire(self, item: _Pending, timeout_s: float) -> None:
-        if item.future.done():
-            return
-        item.dead = True
-        self._queued_rows -= item.n - item.offset  # rows not yet taken leave the queue now
-        item.offset = item.n
-        item.future.set_exception(
-            DeadlineExceededError(f"request deadline of {timeout_s * 1000:.0f} ms passed before the model answered")
-        )
+        self._fail(item, DeadlineExceededError(
+            f"request deadline of {timeout_s * 1000:.0f} ms passed before the model answered"))
 
     # -- batching -------------------------------------------------------------------------------
 
@@ -256,11 +286,11 @@ class Batcher:
             self._in_flight_batches += 1
             if self._inline:
                 try:
-                    result = self._execute(slices, rows)
+                    outcome = self._execute(slices, rows)
                 except Exception as exc:
                     self._finish(slices, None, exc)
                 else:
-                    self._finish(slices, result, None)
+                    self._finish(slices, outcome, None)
                 await asyncio.sleep(0)  # let the loop read and parse new requests between batches
                 continue
             self._jobs.put((slices, rows))
@@ -280,11 +310,11 @@ class Batcher:
                 return
             slices, rows = job
             try:
-                result = self._execute(slices, rows)
+                outcome = self._execute(slices, rows)
             except Exception as exc:
                 args: tuple[object, ...] = (slices, None, exc)
             else:
-                args = (slices, result, None)
+                args = (slices, outcome, None)
             try:
                 loop.call_soon_threadsafe(self._finish, *args)
             except RuntimeError:
@@ -300,7 +330,7 @@ class Batcher:
         slices: list[_Slice] = []
         rows = 0
         max_batch = self._max_batch
-        queue_wait = self.observer.queue_wait
+        waits: list[float] = []
         q = self._queue
         while q and rows < max_batch:
             item = q[0]
@@ -310,7 +340,7 @@ class Batcher:
                 q.popleft()
                 continue
             if offset == 0:
-                queue_wait(now - item.enqueued)
+                waits.append(now - item.enqueued)
             take = n - offset
             if take > max_batch - rows:
                 take = max_batch - rows
@@ -320,6 +350,8 @@ class Batcher:
             if offset + take >= n:
                 q.popleft()
         self._queued_rows -= rows
+        if waits:
+            self.observer.queue_waits(waits)
         return slices, rows
 
     def _padded_size(self, rows: int) -> int:
@@ -327,38 +359,104 @@ class Batcher:
             return rows
         return self._allowed[bisect.bisect_left(self._allowed, rows)]
 
-    def _execute(self, slices: list[_Slice], rows: int) -> tuple[np.ndarray, float, int]:
-        """Runs in a batch thread: assemble, pad, predict."""
-        padded = self._padded_size(rows)
-        item, start, stop, _ = slices[0]
-        if len(slices) == 1 and padded == rows and start == 0 and stop == item.n:
-            x = item.x  # one whole request: no copy
-        elif padded == rows and all(s[1] == 0 and s[2] == s[0].n for s in slices):
-            x = np.concatenate([s[0].x for s in slices])  # whole requests, no padding: one C call
-        else:
-            x = np.zeros((padded, item.x.shape[1]), dtype=np.float32)
-            for it, a, b, at in slices:
-                x[at : at + (b - a)] = it.x[a:b]
+    def _execute(self, slices: list[_Slice], rows: int) -> _Outcome:
+        """Runs in a batch thread: build the input matrix, pad, predict."""
+        failed: list[tuple[_Pending, Exception]] = []
+        x = self._parsed_matrix(slices, rows)
+        if x is None:
+            slices, rows, failed = self._convert_each(slices)
+            if not slices:
+                return _Outcome(slices, None, 0.0, 0, failed)
+            x = self._matrix(slices, rows)
         t0 = time.perf_counter()
         y = np.asarray(self._predict(x))
         compute = time.perf_counter() - t0
-        return y, compute, padded
+        outputs = self.outputs
+        return _Outcome(slices, y if outputs is None else outputs(y), compute, len(x), failed)
 
-    def _finish(self, slices: list[_Slice], result: tuple[np.ndarray, float, int] | None,
-                exc: BaseException | None) -> None:
-        """Back on the event loop: hand each request its rows (or the batch's error)."""
+    def _parsed_matrix(self, slices: list[_Slice], rows: int) -> np.ndarray | None:
+        """The common batch in one numpy call: every slice is a whole request of parsed rows.
+
+        None when the batch is anything else or any of its rows fail the checks
+        (then each request is converted on its own).
+        """
+        checker = self._rows
+        if checker is None:
+            return None
+        parsed: list = []
+        for item, start, stop, _ in slices:
+            x = item.x
+            if type(x) is not list or start or stop != item.n:
+                return None
+            parsed += x
+        m = checker.batch(parsed)
+        if m is None:
+            return None
+        padded = self._padded_size(rows)
+        if padded == rows:
+            return m
+        x = np.zeros((padded, m.shape[1]), dtype=np.float32)
+        x[:rows] = m
+        return x
+
+    def _convert_each(self, slices: list[_Slice]) -> tuple[list[_Slice], int, list[tuple[_Pending, Exception]]]:
+        """Convert each request's parsed rows alone; one that fails is left out of the batch."""
+        kept: list[_Slice] = []
+        failed: list[tuple[_Pending, Exception]] = []
+        rows = 0
+        for item, start, stop, _ in slices:
+            if type(item.x) is list:
+                assert self._rows is not None  # enqueue takes parsed rows only with a RowConverter
+                try:
+                    item.x = self._rows.request(item.x)  # the whole request: its later slices reuse it
+                except Exception as exc:
+                    failed.append((item, exc))
+                    continue
+            kept.append((item, start, stop, rows))
+            rows += stop - start
+        return kept, rows, failed
+
+    def _matrix(self, slices: list[_Slice], rows: int) -> np.ndarray:
+        """The input matrix from slices of float32 arrays, zero-padded to an allowed size."""
+        padded = self._padded_size(rows)
+        item, start, stop, _ = slices[0]
+        if len(slices) == 1 and padded == rows and start == 0 and stop == item.n:
+            return item.x  # one whole request: no copy
+        if padded == rows and all(s[1] == 0 and s[2] == s[0].n for s in slices):
+            return np.concatenate([s[0].x for s in slices])  # whole requests, no padding: one C call
+        x = np.zeros((padded, item.x.shape[1]), dtype=np.float32)
+        for it, a, b, at in slices:
+            x[at : at + (b - a)] = it.x[a:b]
+        return x
+
+    def _fail(self, item: _Pending, error: BaseException) -> None:
+        """Fail one request: its rows still queued leave the queue, late outputs are ignored."""
+        if item.future.done():
+            return
+        item.dead = True
+        self._queued_rows -= item.n - item.offset
+        item.offset = item.n
+        item.future.set_exception(error)
+
+    def _finish(self, taken: list[_Slice], outcome: _Outcome | None, exc: BaseException | None) -> None:
+        """Back on the event loop: hand each request its rows (or its error, or the batch's)."""
         assert self._slots is not None
         self._in_flight_batches -= 1
         self._slots.release()
         if exc is not None:
-            log.error("batch of %d request(s) failed: %r", len(slices), exc)
-            for s in slices:
+            log.error("batch of %d request(s) failed: %r", len(taken), exc)
+            for s in taken:
                 if not s[0].future.done():
                     s[0].future.set_exception(exc)
             return
-        assert result is not None
-        y, compute, padded = result
-        self.observer.batch_done(sum(b - a for _, a, b, _ in slices), padded, compute)
+        assert outcome is not None
+        for item, error in outcome.failed:
+            self._fail(item, error)
+        y = outcome.y
+        if y is None:
+            return
+        slices = outcome.slices
+        self.observer.batch_done(sum(b - a for _, a, b, _ in slices), outcome.padded, outcome.compute_s)
         for item, start, stop, at in slices:
             future = item.future
             if future.done():
@@ -367,7 +465,7 @@ class Batcher:
                 future.set_result(y[at : at + stop])  # a view: the request's own rows
                 continue
             if item.out is None:
-                item.out = np.empty((item.n, *y.shape[1:]), dtype=y.dtype)
+                item.out = [None] * item.n if type(y) is list else np.empty((item.n, *y.shape[1:]), dtype=y.dtype)
             item.out[start:stop] = y[at : at + (stop - start)]
             item.remaining -= stop - start
             if item.remaining == 0:

@@ -12,12 +12,19 @@ Answers are ``{"predictions": [[...], ...]}`` (row) or ``{"outputs": [[...], ...
 (columnar); the served models have one output, which TF Serving returns unnamed.
 
 The hot path does no per-number Python work: orjson parses, numpy converts the
-nested lists in C, and the checks are whole-array shape/dtype/finite tests.
+nested lists in C, and the checks are whole-array shape/dtype/finite tests. For
+the common body (``{"instances": [[...], ...]}``) even those run once per batch
+rather than once per request: ``decode_predict`` hands the parsed rows on
+unconverted and ``RowChecker.batch`` converts and checks a whole batch of them in
+one numpy call; only when that fails is each request checked on its own
+(``RowChecker.request``), so a bad request gets exactly the answer it would get
+alone and the others in its batch are served.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -47,24 +54,62 @@ class RequestError(Exception):
 class PredictRequest(NamedTuple):
     """A decoded predict request (a NamedTuple: immutable and cheap to build per request)."""
 
-    x: np.ndarray  # float32, shape (rows, n_features), C-contiguous
+    # float32 (rows, n_features), C-contiguous; or, for the common row body, the
+    # parsed rows as nested lists, converted and checked with their batch (RowChecker).
+    x: np.ndarray | list
     columnar: bool  # answer with "outputs" instead of "predictions"
+
+
+class RowChecker:
+    """Turns parsed ``instances`` rows into the model's float32 input.
+
+    ``batch`` converts many requests' rows in one numpy call and returns None when
+    anything is off (wrong type, shape or a non-finite value); the caller then
+    runs ``request`` on each request alone, which raises the RequestError that
+    request earns. Both apply the rules of ``to_matrix`` to rows that
+    ``decode_predict`` handed on unconverted, which it only does for bodies with
+    no booleans and at most ``max_instances`` rows (so ``batch`` need not check those).
+    """
+
+    __slots__ = ("max_instances", "n_features")
+
+    def __init__(self, n_features: int, max_instances: int) -> None:
+        self.n_features = n_features
+        self.max_instances = max_instances
+
+    def batch(self, rows: list) -> np.ndarray | None:
+        try:
+            arr = np.asarray(rows)
+        except (ValueError, TypeError):
+            return None
+        if arr.dtype.kind not in NUMERIC_KINDS or arr.ndim != 2 or arr.shape[1] != self.n_features:
+            return None
+        x = arr.astype(np.float32, order="C", copy=False)
+        return x if np.isfinite(x).all() else None
+
+    def request(self, rows: list) -> np.ndarray:
+        return to_matrix(rows, self.n_features, self.max_instances, "instances")
 
 
 def decode_predict(body: bytes, n_features: int, max_instances: int, input_name: str = "features") -> PredictRequest:
     """Parse and validate a predict body; raise RequestError(400, ...) for anything wrong."""
-    if not body or body.isspace():
-        raise RequestError(400, "empty request body; expected a JSON object with 'instances' or 'inputs'")
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
+        if not body or body.isspace():  # checked only here: orjson refuses these too
+            raise RequestError(400, "empty request body; expected a JSON object with 'instances' or 'inputs'") from None
         raise RequestError(400, f"invalid JSON ({exc}); expected a JSON object with 'instances' or 'inputs' "
                            "(NaN and Infinity are not JSON)") from None
     if type(doc) is dict and len(doc) == 1:
-        # The common body, {"instances": [[...], ...]}: no signature, no named inputs to unwrap.
+        # The common body, {"instances": [[...], ...]}: no signature, no named inputs to
+        # unwrap. Its rows are converted and checked with their batch (RowChecker). A
+        # body with true or false takes the full path, as numpy would turn booleans
+        # mixed with numbers into 1.0/0.0 without a word: "u" and "l" appear in
+        # neither the key nor a JSON number, and a one-byte search is the cheapest test.
         value = doc.get("instances")
-        if type(value) is list and value and type(value[0]) is list:
-            return PredictRequest(to_matrix(value, n_features, max_instances, "instances"), False)
+        if (type(value) is list and value and type(value[0]) is list and len(value) <= max_instances
+                and b"u" not in body and b"l" not in body):
+            return PredictRequest(value, False)
     if not isinstance(doc, dict):
         raise RequestError(400, f"request body is a JSON {_json_type(doc)}; expected an object with "
                            "'instances' or 'inputs'")
@@ -86,6 +131,8 @@ def decode_predict(body: bytes, n_features: int, max_instances: int, input_name:
         raise RequestError(400, f"missing 'instances' or 'inputs' (keys found: {keys}); expected "
                            '{"instances": [[...], ...]} or {"inputs": [[...], ...]}')
     x = to_matrix(value, n_features, max_instances, where)
+    if (b"true" in body or b"false" in body) and _has_bool(value):
+        raise RequestError(400, f"booleans in '{where}'; expected numbers only")
     return PredictRequest(x=x, columnar=has_inputs)
 
 
@@ -147,10 +194,23 @@ def to_matrix(value: object, n_features: int, max_instances: int, where: str = "
     return x
 
 
-def encode_predict(y: np.ndarray, columnar: bool) -> bytes:
-    """``{"predictions": y}`` or ``{"outputs": y}`` as JSON bytes."""
-    key = "outputs" if columnar else "predictions"
-    return orjson.dumps({key: np.ascontiguousarray(y)}, option=orjson.OPT_SERIALIZE_NUMPY)
+def json_rows(y: np.ndarray) -> list[bytes]:
+    """Each row of a batch's outputs as JSON text.
+
+    One orjson call for the whole batch, split at the row boundaries, instead of
+    one call per request: the batcher runs this once per batch.
+    """
+    y = np.ascontiguousarray(y)
+    if y.ndim == 2 and y.shape[0] and y.shape[1]:
+        # [[r0],[r1],...] -> "r0", "r1", ...: numbers never contain "],[".
+        inner = orjson.dumps(y, option=orjson.OPT_SERIALIZE_NUMPY)[2:-2].split(b"],[")
+        return [b"[" + r + b"]" for r in inner]
+    return [orjson.dumps(r, option=orjson.OPT_SERIALIZE_NUMPY) for r in y]
+
+
+def encode_predict(rows: Sequence[bytes], columnar: bool) -> bytes:
+    """``{"predictions": [...]}`` or ``{"outputs": [...]}`` from the rows' JSON texts (``json_rows``)."""
+    return (b'{"outputs":[' if columnar else b'{"predictions":[') + b",".join(rows) + b"]}"
 
 
 def encode_error(message: str) -> bytes:
@@ -159,6 +219,13 @@ def encode_error(message: str) -> bytes:
 
 def encode_json(doc: object) -> bytes:
     return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _has_bool(value: object) -> bool:
+    """True when nested lists hold a boolean anywhere (only run on bodies with true/false)."""
+    if type(value) is bool:
+        return True
+    return type(value) is list and any(_has_bool(v) for v in value)
 
 
 def _json_type(value: object) -> str:

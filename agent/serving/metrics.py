@@ -72,6 +72,11 @@ class FastHistogram:
         if len(self.pending) >= FOLD_AT:
             self.fold()
 
+    def observe_many(self, values: list[float]) -> None:
+        self.pending += values
+        if len(self.pending) >= FOLD_AT:
+            self.fold()
+
     def fold(self) -> None:
         if not self.pending:
             return
@@ -94,7 +99,7 @@ class FastHistogram:
 class ServingMetrics:
     """The metrics of one app; also the batcher's ``BatchObserver``.
 
-    The hot path (``request_done``, ``queue_wait``, ``batch_done``) only appends
+    The hot path (``request_done``, ``queue_waits``, ``batch_done``) only appends
     and increments plain Python values; ``collect`` builds the exposition when
     ``/metrics`` is scraped.
     """
@@ -103,7 +108,7 @@ class ServingMetrics:
         self.model = model
         self.by_code: dict[int, int] = {}
         self.latency = FastHistogram(LATENCY_BUCKETS)
-        self.queue_waits = FastHistogram(LATENCY_BUCKETS)
+        self.waits = FastHistogram(LATENCY_BUCKETS)
         self.compute = FastHistogram(COMPUTE_BUCKETS)
         self.batch_sizes = FastHistogram(BATCH_SIZE_BUCKETS)
         self.padded_rows = 0
@@ -124,8 +129,8 @@ class ServingMetrics:
     def shed(self) -> None:
         self.shed_total += 1
 
-    def queue_wait(self, seconds: float) -> None:
-        self.queue_waits.observe(seconds)
+    def queue_waits(self, seconds: list[float]) -> None:
+        self.waits.observe_many(seconds)
 
     def batch_done(self, rows: int, padded_rows: int, compute_s: float) -> None:
         self.batch_sizes.observe(rows)
@@ -149,7 +154,7 @@ class ServingMetrics:
         yield requests
         yield self.latency.family(f"{PREFIX}_request_latency_seconds",
                                   "End-to-end request latency inside the server (read body to response sent)", m)
-        yield self.queue_waits.family(f"{PREFIX}_queue_wait_seconds",
+        yield self.waits.family(f"{PREFIX}_queue_wait_seconds",
                                       "Time a request waited in the batch queue before its first rows ran", m)
         yield self.compute.family(f"{PREFIX}_compute_seconds", "Model execution time per batch", m)
         yield self.batch_sizes.family(f"{PREFIX}_batch_size_rows", "Realised batch size in rows (before padding)", m)
