@@ -11,8 +11,11 @@ other, at 32 concurrent keep-alive clients, for the trained digits model:
   (c) batched   the endpoint with the default batching config, per runtime
   (f) codec     the ceiling's handler plus the endpoint's own per-request JSON work
                 (parse the body, convert it to float32, encode a 10-float answer)
-                and nothing else: no model, no batching. Not scored: it shows how
-                much of the budget over the ceiling parsing and encoding JSON take
+                and nothing else: no model, no batching
+  (g) stripped  batching with nothing else on the ceiling's handler: orjson parses
+                each body, and every 32 requests one numpy conversion, one TFLite
+                call and one JSON encoding; no checks, routing, metrics, deadlines,
+                queue bound or batch timeout (a lower bound for a batched endpoint)
 
 it prints server CPU microseconds per request (from the server process's own
 CPU accounting, so it does not depend on how fast the load generator is), the
@@ -23,14 +26,16 @@ ratios c_best/a and c_best/b. "busy" is the share of its core the server used
 (another process had the core, or the client was too slow) and reads high, so
 the median is taken among saturated rounds when a scenario has any.
 Targets: c_best <= 1.25 x a, and <= 1/4 of b.
+
 Scenarios run interleaved for several rounds (this machine is shared and noisy)
 and the table shows each scenario's median round. The scored ratios are paired:
 c/a and c/b are taken within each round, whose scenarios run back to back, and
 the median of those per-round ratios is reported (a slow phase of the shared
 machine then slows both sides of a ratio instead of one); the ratio of the
-medians is printed next to it. Row (c') is the default
-batching config with batches run on the event loop (num_batch_threads 0), shown
-for comparison and not scored.
+medians is printed next to it. Not scored, for comparison: (f) and (g), which
+show how much of the budget over the ceiling JSON work and batching take before
+any of the endpoint's features, and (c'), the default batching config with
+batches run on the event loop (num_batch_threads 0).
 
 The load generator is ``wrk`` when it is installed (``apt-get install wrk``; one
 thread pinned to the client core, a Lua script POSTing the same bodies the
@@ -58,11 +63,12 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import orjson
 
 # `make bench` runs this file as a script: make the repository importable.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -211,8 +217,8 @@ def start_server(sc: Scenario, model: Path) -> tuple[subprocess.Popen[str], int]
     args = [sys.executable, "-m", "agent.serving", "--port", "0", "--name", MODEL_NAME, "--log-level", "warning"]
     if sc.server == "ceiling":
         args.append("--ceiling")
-    elif sc.server == "codec":
-        args = [sys.executable, str(Path(__file__).resolve()), "--serve-codec-floor", str(model)]
+    elif sc.server in ("codec", "stripped"):
+        args = [sys.executable, str(Path(__file__).resolve()), "--serve-reference", sc.server, str(model)]
     else:
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as cfg:
             json.dump(sc.config.to_dict(), cfg)
@@ -237,10 +243,13 @@ def start_server(sc: Scenario, model: Path) -> tuple[subprocess.Popen[str], int]
     return proc, int(line.strip().rsplit(":", 1)[1])
 
 
-def serve_codec_floor(model: Path) -> int:
-    """Serve scenario (f) on 127.0.0.1 (a free port) until SIGTERM; prints "ready: URL" like the endpoint."""
+def serve_reference(kind: str, model: Path) -> int:
+    """Serve reference scenario (f) ``codec`` or (g) ``stripped`` on 127.0.0.1 (a free port)
+    until SIGTERM, printing "ready: URL" like the endpoint. Both reuse the ceiling's
+    handler (same body read, same response write) and differ from it only in the work
+    named in their docstrings."""
     from agent.export import load_metadata
-    from agent.serving.app import CeilingApp
+    from agent.serving.app import CeilingApp, read_body, respond
     from agent.serving.codec import RowChecker, decode_predict, encode_predict, json_rows
     from agent.serving.server import READY_PREFIX, bind_socket, run_uvicorn, url_for
 
@@ -248,22 +257,52 @@ def serve_codec_floor(model: Path) -> int:
     if meta is None:
         raise SystemExit(f"{model}: no metadata.json beside the model")
     rows = RowChecker(meta.spec.n_features, 1024)
-    answer = np.full((1, 10), 0.1, dtype=np.float32)
+    fixed_answer = np.full((1, 10), 0.1, dtype=np.float32)
 
-    class CodecFloorApp(CeilingApp):
-        """The ceiling plus the endpoint's per-request JSON work: parse and convert the
+    class CodecOnlyApp(CeilingApp):
+        """(f) The ceiling plus the endpoint's per-request JSON work: parse and convert the
         body exactly as the endpoint does, encode a fixed 10-float answer."""
 
         def answer(self, body: bytes) -> bytes:
             req = decode_predict(body, rows.n_features, rows.max_instances)
             if type(req.x) is list and rows.batch(req.x) is None:
                 rows.request(req.x)  # raises for a bad body, as the endpoint would
-            return encode_predict(json_rows(answer), req.columnar)
+            return encode_predict(json_rows(fixed_answer), req.columnar)
 
+    class StrippedBatchedApp(CeilingApp):
+        """(g) Batching with nothing else: per request, orjson parses the body and the
+        request waits on a future; every 32 requests, one numpy conversion, one TFLite
+        call and one JSON encoding. No checks, routing, metrics, deadlines, queue bound
+        or batch timeout: a lower bound for any batched endpoint on this stack."""
+
+        def __init__(self, on_ready: Callable[[CeilingApp], None]) -> None:
+            super().__init__(on_ready)
+            from agent.serving.runtimes import make_runtime
+
+            self.predict = make_runtime("tflite", model).predict
+            self.waiting: list[tuple[list, asyncio.Future[list[bytes]]]] = []
+
+        async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+            if scope["type"] != "http" or scope["method"] != "POST":
+                return await super().__call__(scope, receive, send)
+            body = await read_body(receive, 1 << 30)
+            done: asyncio.Future[list[bytes]] = asyncio.get_running_loop().create_future()
+            self.waiting.append((orjson.loads(body or b"")["instances"], done))
+            if len(self.waiting) == DEFAULT_CONFIG.max_batch_size:
+                batch, self.waiting = self.waiting, []
+                parsed: list = []
+                for instances, _ in batch:
+                    parsed += instances
+                outputs = json_rows(self.predict(np.asarray(parsed).astype(np.float32)))
+                for i, (_, fut) in enumerate(batch):
+                    fut.set_result(outputs[i : i + 1])
+            await respond(send, 200, encode_predict(await done, False))
+
+    apps = {"codec": CodecOnlyApp, "stripped": StrippedBatchedApp}
     sock = bind_socket("127.0.0.1", 0)
     url = url_for("127.0.0.1", sock.getsockname()[1])
     try:
-        run_uvicorn(CodecFloorApp(lambda app: print(f"{READY_PREFIX}{url}", flush=True)), sock, "warning")
+        run_uvicorn(apps[kind](lambda app: print(f"{READY_PREFIX}{url}", flush=True)), sock, "warning")
     finally:
         sock.close()
     return 0
@@ -429,12 +468,13 @@ class Scenario:
     label: str
     runtime: str
     config: ServingConfig
-    server: str = "endpoint"  # "endpoint", "ceiling" or "codec" (the codec floor, served by this file)
+    server: str = "endpoint"  # "endpoint", "ceiling", or "codec"/"stripped" (references served by this file)
 
 
 def scenarios(runtimes: Sequence[str], baseline_runtimes: Sequence[str]) -> list[Scenario]:
     out = [Scenario("(a) ceiling", "-", DEFAULT_CONFIG, server="ceiling"),
-           Scenario("(f) codec only", "-", DEFAULT_CONFIG, server="codec")]
+           Scenario("(f) codec only", "-", DEFAULT_CONFIG, server="codec"),
+           Scenario("(g) stripped batching", "tflite", DEFAULT_CONFIG, server="stripped")]
     out += [Scenario("(b) no batching", rt, NO_BATCHING.with_changes(runtime=rt)) for rt in baseline_runtimes]
     out += [Scenario("(c) default batching", rt, DEFAULT_CONFIG.with_changes(runtime=rt)) for rt in runtimes]
     if "tflite" in runtimes:
@@ -465,10 +505,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="drive the load with the built-in Python client even when wrk is installed")
     p.add_argument("--baseline-tflite-only", action="store_true",
                    help="measure (b) batching off with tflite only instead of every runtime")
-    p.add_argument("--serve-codec-floor", type=Path, metavar="MODEL", help=argparse.SUPPRESS)
+    p.add_argument("--serve-reference", nargs=2, metavar=("KIND", "MODEL"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.serve_codec_floor is not None:  # the bench's own server process for scenario (f)
-        return serve_codec_floor(args.serve_codec_floor)
+    if args.serve_reference is not None:  # the bench's own server process for scenario (f) or (g)
+        return serve_reference(args.serve_reference[0], Path(args.serve_reference[1]))
     runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()]
     bad = [r for r in runtimes if r not in RUNTIMES]
     if bad:
@@ -548,6 +588,10 @@ def report(per: dict[Scenario, list[Result]]) -> int:
     if codec is not None:
         print(f"f / a (JSON work alone over the ceiling)   = {paired_ratio(codec, ceiling):.2f}   "
               f"(ratio of medians {medians[('(f) codec only', '-')].cpu_us_per_request / ceiling_cpu:.2f})")
+    stripped = by_label.get(("(g) stripped batching", "tflite"))
+    if stripped is not None:
+        print(f"g / a (batching with nothing else)         = {paired_ratio(stripped, ceiling):.2f}   "
+              f"(ratio of medians {medians[('(g) stripped batching', 'tflite')].cpu_us_per_request / ceiling_cpu:.2f})")
     vs_ceiling = paired_ratio(batched[best], ceiling)
     ok = vs_ceiling <= CEILING_TARGET
     print(f"c_best / a (ceiling), paired             = {vs_ceiling:.2f}   target <= {CEILING_TARGET:.2f}  "

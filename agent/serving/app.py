@@ -112,7 +112,7 @@ class ServingApp:
                 code = 500
                 # The response may have started already or the client be gone.
                 with contextlib.suppress(Exception):
-                    await _send(send, 500, encode_error("internal server error; see the server log"))
+                    await respond(send, 500, encode_error("internal server error; see the server log"))
             if scope["path"] not in UNCOUNTED_PATHS:
                 self.metrics.request_done(code, time.perf_counter() - t0)
         elif kind == "lifespan":
@@ -127,7 +127,7 @@ class ServingApp:
         if path == "/metrics":
             if scope["method"] not in ("GET", "HEAD"):
                 return await _error(send, 405, f"{scope['method']} not allowed on /metrics; use GET", allow=b"GET")
-            await _send(send, 200, self.metrics.exposition(), [(b"content-type", METRICS_CONTENT_TYPE)])
+            await respond(send, 200, self.metrics.exposition(), [(b"content-type", METRICS_CONTENT_TYPE)])
             return 200
         m = MODEL_PATH_RE.match(path)
         if m is None:
@@ -153,7 +153,7 @@ class ServingApp:
         if scope["method"] not in ("GET", "HEAD"):
             return await _error(send, 405, f"{scope['method']} not allowed on {scope['path']}; use GET", allow=b"GET")
         code, body = handler()
-        await _send(send, code, body)
+        await respond(send, code, body)
         return code
 
     # -- handlers --------------------------------------------------------------------------------
@@ -197,7 +197,7 @@ class ServingApp:
                                 "send application/json")
         if length > self._max_body:
             return await _error(send, 413, f"body of {length} bytes exceeds the limit of {self._max_body} bytes")
-        body = await _read_body(receive, self._max_body)
+        body = await read_body(receive, self._max_body)
         if body is None:
             return await _error(send, 413, f"body exceeds the limit of {self._max_body} bytes")
         batcher = self.batcher
@@ -348,10 +348,10 @@ class CeilingApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             if scope["method"] == "POST":
-                body = await _read_body(receive, 1 << 30)
-                await _send(send, 200, self.answer(body or b""))
+                body = await read_body(receive, 1 << 30)
+                await respond(send, 200, self.answer(body or b""))
             else:
-                await _send(send, 200, encode_json({"status": "ok"}))
+                await respond(send, 200, encode_json({"status": "ok"}))
         elif scope["type"] == "lifespan":
             while True:
                 message = await receive()
@@ -377,7 +377,7 @@ def _is_json_type(content_type: bytes) -> bool:
     return media in ACCEPTED_CONTENT_TYPES or media.endswith(b"+json")
 
 
-async def _read_body(receive: Receive, limit: int) -> bytes | None:
+async def read_body(receive: Receive, limit: int) -> bytes | None:
     """The request body, or None once more than ``limit`` bytes arrived (chunked uploads)."""
     message = await receive()
     body = message.get("body", b"")
@@ -397,8 +397,8 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-async def _send(send: Send, code: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    # An explicit length keeps the response in one piece (no chunked framing).
+async def respond(send: Send, code: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    """Send a whole response; an explicit length keeps it in one piece (no chunked framing)."""
     hdrs = [*(headers or JSON_HEADERS), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": code, "headers": hdrs})
     await send({"type": "http.response.body", "body": body})
@@ -411,7 +411,7 @@ async def _error(send: Send, code: int, message: str, *, allow: bytes | None = N
         headers.append((b"allow", allow))
     if retry_after is not None:
         headers.append((b"retry-after", retry_after))
-    await _send(send, code, encode_error(message), headers)
+    await respond(send, code, encode_error(message), headers)
     return code
 
 
