@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,9 @@ MISSING_POLICIES = ("reject", "drop", "fill_mean")
 CATEGORICAL_POLICIES = ("onehot", "reject")
 # A numeric target with at most this many distinct integer values is a class label.
 MAX_INFERRED_CLASSES = 20
+# Built-in sets whose features are the pixels of an image, and that image's (H, W, C).
+BUILTIN_IMAGE_SHAPES = {"digits": (8, 8, 1)}
+MAX_IMAGE_SIDE = 4096
 
 
 @dataclass(frozen=True)
@@ -35,8 +38,11 @@ class Dataset:
     feature_names: tuple[str, ...]
     class_labels: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()  # what loading did to the data (rows dropped, columns encoded)
+    # (H, W, C) when each row is an image's pixels in row-major order; () for plain rows.
+    input_shape: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "input_shape", tuple(self.input_shape))
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {', '.join(TASKS)}; got {self.task!r}")
         if self.x.ndim != 2 or len(self.x) != len(self.y):
@@ -47,6 +53,8 @@ class Dataset:
             raise ValueError(
                 f"{len(self.feature_names)} feature names for {self.x.shape[1]} feature columns"
             )
+        if self.input_shape:
+            check_image_shape(self.input_shape, self.x.shape[1])
 
     @property
     def n_features(self) -> int:
@@ -62,17 +70,23 @@ class Dataset:
             task=self.task,
             feature_names=self.feature_names,
             class_labels=self.class_labels,
+            input_shape=self.input_shape,
         )
 
 
 @dataclass(frozen=True)
 class DataSpec:
-    """What a model needs to know about its data (no arrays): saved beside the model."""
+    """What a model needs to know about its data (no arrays): saved beside the model.
+
+    ``input_shape`` is (H, W, C) for image data (the features are the pixels in
+    row-major order) and empty for plain feature rows.
+    """
 
     name: str
     task: str
     feature_names: tuple[str, ...]
     class_labels: tuple[str, ...] = ()
+    input_shape: tuple[int, ...] = ()
 
     @property
     def n_features(self) -> int:
@@ -82,12 +96,22 @@ class DataSpec:
     def n_classes(self) -> int:
         return len(self.class_labels)
 
+    @property
+    def model_input_shape(self) -> tuple[int, ...]:
+        """The shape of one model input: (H, W, C) for images, (n_features,) otherwise."""
+        return tuple(self.input_shape) or (self.n_features,)
+
+    def shape_rows(self, x: np.ndarray) -> np.ndarray:
+        """Flat feature rows (n, n_features) as model inputs (n, *model_input_shape)."""
+        return x.reshape((len(x), *self.model_input_shape))
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "task": self.task,
             "feature_names": list(self.feature_names),
             "class_labels": list(self.class_labels),
+            "input_shape": list(self.input_shape),
         }
 
     @classmethod
@@ -97,7 +121,47 @@ class DataSpec:
             task=str(d["task"]),
             feature_names=tuple(d["feature_names"]),
             class_labels=tuple(d.get("class_labels", ())),
+            input_shape=tuple(int(n) for n in d.get("input_shape", ())),
         )
+
+
+# -- image views --------------------------------------------------------------------------
+
+
+def check_image_shape(shape: tuple[int, ...], n_features: int | None = None) -> tuple[int, int, int]:
+    """Validate an (H, W, C) image shape (and that it holds ``n_features`` pixels); returns it."""
+    shape = tuple(shape)
+    if len(shape) != 3 or not all(
+        isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= MAX_IMAGE_SIDE for n in shape
+    ):
+        raise ValueError(f"image shape must be three positive integers H,W,C (e.g. 8,8,1); got {shape!r}")
+    size = shape[0] * shape[1] * shape[2]
+    if n_features is not None and size != n_features:
+        raise ValueError(
+            f"image shape {'x'.join(map(str, shape))} holds {size} values but the data has {n_features} features;"
+            " H*W*C must equal the feature count"
+        )
+    return shape  # type: ignore[return-value]
+
+
+def parse_image_shape(text: str) -> tuple[int, ...]:
+    """'8,8,1' or '8x8x1' -> (8, 8, 1); 'H,W' means one channel; '' -> () (no image view)."""
+    text = text.strip().lower()
+    if not text:
+        return ()
+    try:
+        parts = tuple(int(p) for p in text.replace("x", ",").split(","))
+    except ValueError:
+        raise ValueError(f"image shape must be H,W,C (e.g. 8,8,1 or 28,28,1); got {text!r}") from None
+    if len(parts) == 2:
+        parts = (*parts, 1)
+    return check_image_shape(parts)
+
+
+def with_image_shape(dataset: Dataset, shape: tuple[int, ...]) -> Dataset:
+    """The same rows seen as images of ``shape`` (validated against the feature count)."""
+    shape = check_image_shape(tuple(shape), dataset.n_features)
+    return replace(dataset, input_shape=shape)
 
 
 @dataclass(frozen=True)
@@ -459,8 +523,12 @@ class DataSource:
     synthetic_activation: str = "tanh"
     noise: float = 0.0
     seed: int = 0
+    image_shape: tuple[int, ...] = ()  # (H, W, C): view each row as an image (for a cnn); () = plain rows
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "image_shape", tuple(self.image_shape))
+        if self.image_shape:
+            check_image_shape(self.image_shape)
         if self.csv_path is None and self.dataset not in BUILTIN_DATASETS:
             raise ValueError(
                 f"dataset must be one of {', '.join(BUILTIN_DATASETS)} or a CSV file; got {self.dataset!r}"
@@ -484,6 +552,10 @@ class DataSource:
             )
 
     def load(self) -> Dataset:
+        dataset = self._load_rows()
+        return with_image_shape(dataset, self.image_shape) if self.image_shape else dataset
+
+    def _load_rows(self) -> Dataset:
         if self.csv_path is not None:
             assert self.target is not None
             return load_csv(
@@ -504,4 +576,6 @@ class DataSource:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["image_shape"] = list(self.image_shape)
+        return d

@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
 
-from agent.data import DataSpec
+from agent.data import BUILTIN_IMAGE_SHAPES, DataSpec
 
 if TYPE_CHECKING:
     import keras
@@ -14,13 +14,24 @@ if TYPE_CHECKING:
 
 ACTIVATIONS = ("relu", "gelu", "tanh", "sigmoid", "elu", "selu", "swish", "linear")
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
+FAMILIES = ("mlp", "cnn")
+POOLINGS = ("max", "avg", "none")
 MAX_LAYERS = 8
 MAX_UNITS = 4096
+MAX_CONV_BLOCKS = 6
+MAX_FILTERS = 1024
+MAX_KERNEL_SIZE = 11
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """Everything that decides how a model is built and trained.
+
+    ``family`` ``mlp`` is a Dense stack on the features; ``cnn`` puts conv blocks
+    (one per entry of ``filters``: Conv2D with ``kernel_size`` and ``activation``,
+    then ``pooling`` and ``dropout``) in front of that Dense stack, on image-shaped
+    data (a :class:`DataSpec` with an ``input_shape`` of (H, W, C)). The conv
+    fields are ignored by the MLP.
 
     ``output_activation`` applies to regression heads only (classification heads
     are softmax); with no hidden layers and the synthetic ``y = f(Wx + b)`` data
@@ -38,10 +49,26 @@ class ModelConfig:
     epochs: int = 20
     patience: int = 0  # early-stopping patience in epochs on val_loss; 0 = off
     seed: int = 0
+    family: str = "mlp"
+    filters: tuple[int, ...] = (16, 32)  # cnn: filters of each conv block
+    kernel_size: int = 3  # cnn: square kernel side
+    pooling: str = "max"  # cnn: 2x2 pooling after each conv block, or none
 
     def __post_init__(self) -> None:
         hidden = tuple(self.hidden)
         object.__setattr__(self, "hidden", hidden)
+        filters = tuple(self.filters)
+        object.__setattr__(self, "filters", filters)
+        _choice("family", self.family, FAMILIES)
+        _choice("pooling", self.pooling, POOLINGS)
+        _integer("kernel_size", self.kernel_size, 1, MAX_KERNEL_SIZE)
+        if len(filters) > MAX_CONV_BLOCKS:
+            raise ValueError(f"filters: at most {MAX_CONV_BLOCKS} conv blocks; got {len(filters)}")
+        if self.family == "cnn" and not filters:
+            raise ValueError("filters: a cnn needs at least one conv block, e.g. 16,32")
+        for n in filters:
+            if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_FILTERS:
+                raise ValueError(f"filters: each conv block needs 1..{MAX_FILTERS} filters; got {n!r}")
         if len(hidden) > MAX_LAYERS:
             raise ValueError(f"hidden: at most {MAX_LAYERS} layers; got {len(hidden)}")
         for units in hidden:
@@ -61,6 +88,7 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["hidden"] = list(self.hidden)
+        d["filters"] = list(self.filters)
         return d
 
     @classmethod
@@ -70,9 +98,26 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"unknown ModelConfig fields {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         kwargs = dict(d)
-        if "hidden" in kwargs:
-            kwargs["hidden"] = tuple(kwargs["hidden"])
+        for name in ("hidden", "filters"):
+            if name in kwargs:
+                kwargs[name] = tuple(kwargs[name])
         return cls(**kwargs)
+
+    @property
+    def summary(self) -> str:
+        """A short human description: '128x128 mlp', 'cnn 16,32 k3 max + 64'."""
+        dense = "x".join(str(u) for u in self.hidden) or "no hidden layer"
+        if self.family == "cnn":
+            head = f" + {dense}" if self.hidden else ""
+            return f"cnn {','.join(str(f) for f in self.filters)} k{self.kernel_size} {self.pooling}{head}"
+        return f"{dense} mlp" if self.hidden else "linear (no hidden layer)"
+
+
+def image_shape_for(config: ModelConfig, dataset: str, given: tuple[int, ...] = ()) -> tuple[int, ...]:
+    """The image shape to train ``config`` on: the one given, else a cnn's built-in default (digits: 8x8x1)."""
+    if given:
+        return tuple(given)
+    return BUILTIN_IMAGE_SHAPES.get(dataset, ()) if config.family == "cnn" else ()
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -102,19 +147,31 @@ def make_optimizer(config: ModelConfig) -> keras.optimizers.Optimizer:
 
 
 def build_model(config: ModelConfig, spec: DataSpec, train_x: np.ndarray | None = None) -> keras.Model:
-    """Input -> Normalization -> Dense stack -> task head, compiled.
+    """Input -> Normalization -> [conv blocks -> Flatten] -> Dense stack -> task head, compiled.
 
-    The Normalization layer is adapted on ``train_x`` (when given), so the model
-    takes raw features and serving needs no separate preprocessing step.
+    The input has the data's ``model_input_shape``: ``(n_features,)`` for tabular
+    rows, ``(H, W, C)`` for images. The Normalization layer (per feature, or per
+    channel for images) is adapted on ``train_x`` when given, so the model takes
+    raw values and serving needs no separate preprocessing step.
     """
     import keras
 
+    shape = spec.model_input_shape
+    if config.family == "cnn" and len(shape) != 3:
+        raise ValueError(
+            f"a cnn needs image-shaped data (H, W, C); {spec.name} has input shape {shape}:"
+            " give an image shape (e.g. 8,8,1 for digits)"
+        )
     keras.utils.set_random_seed(config.seed)
-    inputs = keras.Input(shape=(spec.n_features,), name="features", dtype="float32")
+    inputs = keras.Input(shape=shape, name="features", dtype="float32")
     norm = keras.layers.Normalization(name="normalize")
     if train_x is not None:
         norm.adapt(train_x)
     x = norm(inputs)
+    if config.family == "cnn":
+        x = _conv_blocks(config, x)
+    if len(shape) > 1:
+        x = keras.layers.Flatten(name="flatten")(x)
     for i, units in enumerate(config.hidden):
         x = keras.layers.Dense(units, activation=config.activation, name=f"dense_{i}")(x)
         if config.dropout > 0:
@@ -127,6 +184,25 @@ def build_model(config: ModelConfig, spec: DataSpec, train_x: np.ndarray | None 
     else:
         outputs = keras.layers.Dense(1, activation=config.output_activation, name="prediction")(x)
         loss, metrics = "mse", ["mae"]
-    model = keras.Model(inputs, outputs, name=f"{spec.name}_mlp")
+    model = keras.Model(inputs, outputs, name=f"{spec.name}_{config.family}")
     model.compile(optimizer=make_optimizer(config), loss=loss, metrics=metrics)
     return model
+
+
+def _conv_blocks(config: ModelConfig, x: keras.KerasTensor) -> keras.KerasTensor:
+    """Conv2D ('same' padding) -> 2x2 pooling -> dropout, once per entry of ``filters``.
+
+    Pooling uses 'same' padding too, so a small image (digits are 8x8) shrinks to
+    1x1 at worst instead of failing when there are more blocks than halvings.
+    """
+    import keras
+
+    pool = {"max": keras.layers.MaxPooling2D, "avg": keras.layers.AveragePooling2D}.get(config.pooling)
+    for i, n in enumerate(config.filters):
+        x = keras.layers.Conv2D(n, config.kernel_size, padding="same", activation=config.activation,
+                                name=f"conv_{i}")(x)
+        if pool is not None:
+            x = pool(pool_size=2, padding="same", name=f"pool_{i}")(x)
+        if config.dropout > 0:
+            x = keras.layers.Dropout(config.dropout, seed=config.seed + 100 + i, name=f"conv_dropout_{i}")(x)
+    return x

@@ -17,8 +17,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from agent.data import BUILTIN_DATASETS, MISSING_POLICIES, SYNTHETIC_ACTIVATIONS, DataSource, Splits, split
-from agent.model import ACTIVATIONS, OPTIMIZERS, ModelConfig
+from agent.data import (
+    BUILTIN_DATASETS,
+    MISSING_POLICIES,
+    SYNTHETIC_ACTIVATIONS,
+    DataSource,
+    Splits,
+    parse_image_shape,
+    split,
+)
+from agent.model import ACTIVATIONS, FAMILIES, OPTIMIZERS, POOLINGS, ModelConfig, image_shape_for
 from runs.registry import Registry
 
 if TYPE_CHECKING:
@@ -189,9 +197,12 @@ def _train(
     spec = dataset.spec()
     registry.update_summary(run_id, {"data": {"name": dataset.name, "task": dataset.task,
                                               "n_features": dataset.n_features,
+                                              "input_shape": list(spec.model_input_shape),
                                               "classes": list(dataset.class_labels),
                                               "sizes": splits.sizes, "notes": list(dataset.notes)}})
-    model = build_model(config, spec, splits.train.x)
+    # Image data is split as flat rows and shaped (n, H, W, C) for the model here.
+    train_x, val_x, test_x = (spec.shape_rows(s.x) for s in (splits.train, splits.val, splits.test))
+    model = build_model(config, spec, train_x)
     streamer = make_streamer(registry, run_id, len(splits.train.y))
     if on_streamer:
         on_streamer(streamer)
@@ -201,9 +212,9 @@ def _train(
             keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True)
         )
     model.fit(
-        splits.train.x,
+        train_x,
         splits.train.y,
-        validation_data=(splits.val.x, splits.val.y),
+        validation_data=(val_x, splits.val.y),
         batch_size=config.batch_size,
         epochs=config.epochs,
         shuffle=True,
@@ -211,7 +222,7 @@ def _train(
         callbacks=callbacks,
     )
     stopped = streamer.stopped_early_by_request
-    metrics = evaluate(model, dataset.task, splits.test.x, splits.test.y, dataset.n_classes)
+    metrics = evaluate(model, dataset.task, test_x, splits.test.y, dataset.n_classes)
     param_count = int(model.count_params())
     folder = registry.artifacts_dir(run_id)
     meta = ModelMetadata(
@@ -221,7 +232,7 @@ def _train(
         param_count=param_count,
         output_name=model.output_names[0] if getattr(model, "output_names", None) else "predictions",
     )
-    model_path = save_bundle(folder, model, meta, splits.test.x, splits.test.y)
+    model_path = save_bundle(folder, model, meta, test_x, splits.test.y)
     status = "stopped" if stopped else "completed"
     registry.update_summary(
         run_id,
@@ -247,11 +258,26 @@ def _hidden(text: str) -> tuple[int, ...]:
         ) from None
 
 
+def _filters(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated filter counts like 16,32; got {text!r}") from None
+
+
+def _image_shape(text: str) -> tuple[int, ...]:
+    try:
+        return parse_image_shape(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = ModelConfig()
     p = argparse.ArgumentParser(
         prog="python -m agent.training",
-        description="Train a Keras MLP on a built-in dataset or a CSV file, streaming metrics into the run registry.",
+        description="Train a Keras MLP or CNN on a built-in dataset or a CSV file, streaming metrics into the run "
+                    "registry.",
     )
     data = p.add_argument_group("data")
     data.add_argument("--dataset", default="digits", choices=BUILTIN_DATASETS,
@@ -265,7 +291,19 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--synthetic-activation", choices=SYNTHETIC_ACTIVATIONS, default="tanh",
                       help="activation f of the synthetic set y = f(Wx + b); default: tanh")
     data.add_argument("--noise", type=float, default=0.0, help="noise std-dev added to the synthetic target")
+    data.add_argument("--image-shape", type=_image_shape, default=(), metavar="H,W,C",
+                      help="view each row as an H x W x C image (row-major pixels; H*W*C must equal the feature "
+                           "count); default: none, except 8,8,1 for digits with --family cnn")
     model = p.add_argument_group("model")
+    model.add_argument("--family", choices=FAMILIES, default=d.family,
+                       help="mlp: Dense layers on the features; cnn: conv blocks on images, then the Dense layers "
+                            "(default: mlp)")
+    model.add_argument("--filters", type=_filters, default=d.filters, metavar="N,N",
+                       help="cnn: filters of each conv block, e.g. 16,32 (two blocks); default: 16,32")
+    model.add_argument("--kernel-size", type=int, default=d.kernel_size,
+                       help="cnn: square convolution kernel side; default: 3")
+    model.add_argument("--pooling", choices=POOLINGS, default=d.pooling,
+                       help="cnn: 2x2 pooling after each conv block (max, avg) or none; default: max")
     model.add_argument("--hidden", type=_hidden, default=d.hidden, metavar="N,N",
                        help="hidden layer sizes, e.g. 128,64; 'none' for no hidden layer; default: 128,128")
     model.add_argument("--activation", choices=ACTIVATIONS, default=d.activation, help="hidden layer activation")
@@ -294,14 +332,18 @@ def main(argv: list[str] | None = None) -> int:
             hidden=args.hidden, activation=args.activation, output_activation=args.output_activation,
             dropout=args.dropout, optimizer=args.optimizer, learning_rate=args.lr, momentum=args.momentum,
             batch_size=args.batch_size, epochs=args.epochs, patience=args.patience, seed=args.seed,
+            family=args.family, filters=args.filters, kernel_size=args.kernel_size, pooling=args.pooling,
         )
         source = DataSource(
             dataset=args.dataset if not args.csv else "csv", csv_path=args.csv, target=args.target,
             task=args.task, missing=args.missing, synthetic_activation=args.synthetic_activation,
             noise=args.noise, seed=args.seed,
+            image_shape=image_shape_for(config, "csv" if args.csv else args.dataset, args.image_shape),
         )
-        if args.csv:
-            source.load()  # fail fast, before any run is recorded, on a bad file
+        if config.family == "cnn" and not source.image_shape:
+            raise ValueError("--family cnn needs image-shaped data: give --image-shape H,W,C")
+        if args.csv or source.image_shape:
+            source.load()  # fail fast, before any run is recorded, on a bad file or image shape
     except ValueError as exc:
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
 
@@ -338,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return Print()
 
-    print(f"run {run_id}: training {config.hidden or 'no hidden layer'} on {source.csv_path or source.dataset}",
+    print(f"run {run_id}: training {config.summary} on {source.csv_path or source.dataset}",
           flush=True)
     try:
         result = train(config, source, registry, run_id, extra_callbacks=[printer()],
