@@ -242,7 +242,7 @@ def test_tf_serving_text_uses_batching_parameters_fields() -> None:
         "allowed_batch_sizes: 8", "allowed_batch_sizes: 16", "allowed_batch_sizes: 32"]
     assert parse_batching_text(text) == {"max_batch_size": 32, "batch_timeout_micros": 2000,
                                          "max_enqueued_batches": 64, "num_batch_threads": 4,
-                                         "allowed_batch_sizes": [8, 16, 32], "pad_variable_length_inputs": True}
+                                         "allowed_batch_sizes": [8, 16, 32]}
     plain = tf_serving_batching_text(NO_BATCHING)
     assert "allowed_batch_sizes" not in plain and "batch_timeout_micros { value: 0 }" in plain
 

@@ -13,6 +13,11 @@ Model sweep (train each briefly, then load-test it)::
 As a job (the dashboard does this): ``python -m tuning --run-id ID`` runs, or resumes,
 the sweep stored in that registry run.
 
+Ship the recommendation to TensorFlow Serving: add ``--export-tfserving DIR`` to a
+serving sweep, or give it with ``--run-id ID`` of a finished sweep (which is then
+only exported, not re-run). DIR gets ``model/<version>/`` (SavedModel),
+``batching_parameters.txt``, ``models.config`` and ``SERVE.md``.
+
 Exit codes: 0 a config met the constraints, 1 none did (the closest is named),
 2 bad usage.
 """
@@ -83,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="write serving_config.json, batching_parameters.txt, "
                                                 "recommendation.json and points.json here")
     p.add_argument("--name", help="name of the sweep run in the registry")
+    p.add_argument("--export-tfserving", metavar="DIR",
+                   help="serving sweeps: write the recommended config as a TensorFlow Serving bundle into DIR "
+                        "(SavedModel, batching_parameters.txt, models.config, SERVE.md); with --run-id of a finished "
+                        "sweep, only export it")
     g = p.add_argument_group("model sweep (--mode models)")
     g.add_argument("--dataset", default="digits", help="built-in dataset to train on (default: digits)")
     g.add_argument("--train-grid", action="append", default=[], metavar="NAME=V1,V2",
@@ -107,9 +116,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     registry = Registry()
     try:
+        if args.run_id and args.export_tfserving:
+            run = registry.get_run(args.run_id)
+            code = EXIT_OK if run.status in ("completed", "stopped", "failed") else _run_job(registry, args.run_id)
+            return _ship(registry, args.run_id, args.export_tfserving) or code
         if args.run_id:
             return _run_job(registry, args.run_id)
         if args.mode == "models":
+            if args.export_tfserving:
+                raise UsageError("--export-tfserving ships a serving sweep's recommendation; for a model use "
+                                 "python -m agent.tfserving --run-id ID --out DIR")
             return _models(registry, args)
         return _serving(registry, args)
     except UsageError as exc:
@@ -163,7 +179,26 @@ def _serving(registry, args: argparse.Namespace) -> int:
     print(f"sweep {run_id}: {space.size} configs on the grid, ladder {ladder}, "
           f"{spec.step_s:g}s per step, SLO {' and '.join(spec.slos)}", flush=True)
     status = run_sweep(registry, run_id, on_point=_print_point)
-    return _report(registry, run_id, status, args.out)
+    code = _report(registry, run_id, status, args.out)
+    if args.export_tfserving:
+        return _ship(registry, run_id, args.export_tfserving) or code
+    return code
+
+
+def _ship(registry, run_id: str, out: str) -> int:
+    """Write the sweep's TF Serving bundle; 0, or the exit code of the failure (its line printed)."""
+    from tuning.ship import ship_sweep
+
+    try:
+        bundle = ship_sweep(registry, run_id, out)
+    except ValueError as exc:
+        print(f"error: --export-tfserving: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as exc:
+        print(f"error: --export-tfserving: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"wrote TF Serving bundle {bundle.root} ({bundle.name}/{bundle.version}); see {bundle.serve_md}")
+    return EXIT_OK
 
 
 def _all_params(space) -> list[dict]:

@@ -6,7 +6,9 @@
   protobuf text format, for ``tensorflow_model_server --enable_batching
   --batching_parameters_file=...``. The wrapped scalar fields are
   ``google.protobuf.Int64Value`` (hence ``max_batch_size { value: 32 }``);
-  ``allowed_batch_sizes`` is a plain repeated int64 (one line per entry).
+  ``allowed_batch_sizes`` is a plain repeated int64 (one line per entry). The text
+  is built by ``agent.tfserving`` (which also writes the whole TF Serving bundle:
+  SavedModel, models.config, SERVE.md).
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from agent.serving.config import ServingConfig
+from agent.tfserving import tf_serving_batching_text
+
+__all__ = ["parse_batching_text", "serving_config_json", "tf_serving_batching_text", "write_exports"]
 
 SERVING_JSON = "serving_config.json"
 TF_SERVING_TEXT = "batching_parameters.txt"
@@ -27,30 +32,6 @@ RECOMMENDATION_JSON = "recommendation.json"
 
 def serving_config_json(config: ServingConfig) -> str:
     return json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n"
-
-
-def tf_serving_batching_text(config: ServingConfig, *, comment: str | None = None) -> str:
-    """TF Serving ``BatchingParameters`` in protobuf text format.
-
-    Our batch timeout is in milliseconds, TF Serving's in microseconds. TF Serving
-    has no ``workers``, runtime or TF thread knobs in this message; those are left
-    to its own flags, so the header comment names them.
-    """
-    micros = round(config.batch_timeout_ms * 1000)
-    lines = []
-    if comment:
-        lines.extend(f"# {line}" for line in comment.splitlines())
-    lines += [
-        f"max_batch_size {{ value: {config.max_batch_size} }}",
-        f"batch_timeout_micros {{ value: {micros} }}",
-        f"max_enqueued_batches {{ value: {config.max_enqueued_batches} }}",
-        f"num_batch_threads {{ value: {config.num_batch_threads} }}",
-    ]
-    lines += [f"allowed_batch_sizes: {size}" for size in config.allowed_batch_sizes]
-    if config.allowed_batch_sizes:
-        # Padding only makes sense when batches are padded up to the allowed sizes.
-        lines.append("pad_variable_length_inputs: true")
-    return "\n".join(lines) + "\n"
 
 
 def parse_batching_text(text: str) -> dict[str, Any]:
