@@ -113,6 +113,14 @@ class ModelConfig:
         return f"{dense} mlp" if self.hidden else "linear (no hidden layer)"
 
 
+def parse_filters(text: str) -> tuple[int, ...]:
+    """'16,32' (or '16x32') -> (16, 32): the filters of each conv block."""
+    try:
+        return tuple(int(part) for part in text.strip().replace("x", ",").split(","))
+    except ValueError:
+        raise ValueError(f"filters must be comma-separated integers like 16,32; got {text!r}") from None
+
+
 def image_shape_for(config: ModelConfig, dataset: str, given: tuple[int, ...] = ()) -> tuple[int, ...]:
     """The image shape to train ``config`` on: the one given, else a cnn's built-in default (digits: 8x8x1)."""
     if given:

@@ -26,7 +26,7 @@ from agent.data import (
     parse_image_shape,
     split,
 )
-from agent.model import ACTIVATIONS, FAMILIES, OPTIMIZERS, POOLINGS, ModelConfig, image_shape_for
+from agent.model import ACTIVATIONS, FAMILIES, OPTIMIZERS, POOLINGS, ModelConfig, image_shape_for, parse_filters
 from runs.registry import Registry
 
 if TYPE_CHECKING:
@@ -260,9 +260,9 @@ def _hidden(text: str) -> tuple[int, ...]:
 
 def _filters(text: str) -> tuple[int, ...]:
     try:
-        return tuple(int(part) for part in text.replace("x", ",").split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated filter counts like 16,32; got {text!r}") from None
+        return parse_filters(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _image_shape(text: str) -> tuple[int, ...]:

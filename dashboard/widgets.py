@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from agent.data import DataSource
-from agent.model import ModelConfig
+from agent.data import BUILTIN_IMAGE_SHAPES, DataSource, parse_image_shape
+from agent.model import ModelConfig, image_shape_for, parse_filters
 from agent.serving.config import ServingConfig
 from loadtest.payload import predict_path
 from loadtest.runner import LoadTestConfig
@@ -98,6 +98,11 @@ class TrainForm:
     epochs: int = 20
     patience: int = 0
     seed: int = 0
+    family: str = "mlp"  # mlp | cnn
+    filters: str = "16,32"  # cnn: filters per conv block, comma-separated
+    kernel_size: int = 3
+    pooling: str = "max"
+    image_shape: str = ""  # "H,W,C" for a CSV of image pixels (digits' is built in)
 
     @property
     def hidden(self) -> tuple[int, ...]:
@@ -113,6 +118,9 @@ BUILTIN_INFO = {
     "diabetes": "regression · 442 rows · 10 features · disease progression after one year",
     "synthetic": "regression · 2,000 rows · 8 features · y = f(Wx + b) + noise from one neuron",
 }
+
+# What the Train page shows for the CNN knobs of a built-in image set.
+IMAGE_INFO = {name: "×".join(str(n) for n in shape) for name, shape in BUILTIN_IMAGE_SHAPES.items()}
 
 # The one-click first run: small enough to finish in seconds on 2 cores.
 DEFAULT_TRAIN = TrainForm(dataset="digits", layers=1, units=64, epochs=15, patience=3)
@@ -131,6 +139,8 @@ def train_check(form: TrainForm, *, n_rows: int | None = None, has_csv: bool = F
         errors.append("choose the target column of the CSV file")
     else:
         errors += _config_error(lambda: data_source(form, CSV_PLACEHOLDER))
+    if form.family == "cnn" and not errors and not _image_shape(form):
+        errors.append("a CNN needs image-shaped data: pick digits (8×8×1) or a CSV with an image shape H,W,C")
     advice: list[str] = []
     if form.dropout > 0 and form.layers == 0:
         advice.append("dropout has no effect without hidden layers; add a layer or set dropout to 0")
@@ -146,11 +156,22 @@ def train_check(form: TrainForm, *, n_rows: int | None = None, has_csv: bool = F
 
 
 def model_config(form: TrainForm) -> ModelConfig:
+    cnn = form.family == "cnn"
     return ModelConfig(
         hidden=form.hidden, activation=form.activation, dropout=float(form.dropout),
         optimizer=form.optimizer, learning_rate=float(form.learning_rate), batch_size=int(form.batch_size),
-        epochs=int(form.epochs), patience=int(form.patience), seed=int(form.seed),
+        epochs=int(form.epochs), patience=int(form.patience), seed=int(form.seed), family=form.family,
+        # An MLP keeps the default conv fields, so its stored config does not depend on hidden widgets.
+        filters=parse_filters(form.filters) if cnn else ModelConfig.filters,
+        kernel_size=int(form.kernel_size) if cnn else ModelConfig.kernel_size,
+        pooling=form.pooling if cnn else ModelConfig.pooling,
     )
+
+
+def _image_shape(form: TrainForm) -> tuple[int, ...]:
+    """The image shape training will use: the CSV's given one, or digits' 8x8x1 for a CNN."""
+    given = parse_image_shape(form.image_shape) if form.dataset == "csv" else ()
+    return image_shape_for(ModelConfig(family=form.family), form.dataset, given)
 
 
 def data_source(form: TrainForm, csv_path: str | Path | None = None) -> DataSource:
@@ -158,9 +179,10 @@ def data_source(form: TrainForm, csv_path: str | Path | None = None) -> DataSour
         if csv_path is None:
             raise ValueError("a CSV dataset needs an uploaded file")
         return DataSource(dataset="csv", csv_path=str(csv_path), target=form.csv_target,
-                          task=form.csv_task, missing=form.csv_missing, seed=form.seed)
+                          task=form.csv_task, missing=form.csv_missing, seed=form.seed,
+                          image_shape=_image_shape(form))
     return DataSource(dataset=form.dataset, synthetic_activation=form.synthetic_activation,
-                      noise=float(form.noise), seed=form.seed)
+                      noise=float(form.noise), seed=form.seed, image_shape=_image_shape(form))
 
 
 def training_args(config: ModelConfig, source: DataSource, run_id: str) -> list[str]:
@@ -173,6 +195,8 @@ def training_args(config: ModelConfig, source: DataSource, run_id: str) -> list[
     else:
         args += ["--dataset", source.dataset, "--synthetic-activation", source.synthetic_activation,
                  "--noise", repr(float(source.noise))]
+    if source.image_shape:
+        args += ["--image-shape", ",".join(str(n) for n in source.image_shape)]
     args += [
         "--hidden", ",".join(str(u) for u in config.hidden) or "none",
         "--activation", config.activation,
@@ -185,6 +209,10 @@ def training_args(config: ModelConfig, source: DataSource, run_id: str) -> list[
         "--epochs", str(config.epochs),
         "--patience", str(config.patience),
         "--seed", str(config.seed),
+        "--family", config.family,
+        "--filters", ",".join(str(n) for n in config.filters),
+        "--kernel-size", str(config.kernel_size),
+        "--pooling", config.pooling,
     ]
     return args
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import streamlit as st
 
 from agent.data import BUILTIN_DATASETS, MAX_CSV_BYTES, MISSING_POLICIES, SYNTHETIC_ACTIVATIONS, CsvError
-from agent.model import ACTIVATIONS, MAX_LAYERS, OPTIMIZERS
+from agent.model import ACTIVATIONS, FAMILIES, MAX_LAYERS, OPTIMIZERS, POOLINGS
 from dashboard import charts, ui, widgets
 from dashboard.state import get_registry, init_defaults
 from runs.jobs import python_module_argv, reap, start_job
@@ -20,6 +20,7 @@ UPLOAD_FILENAME = "data.csv"
 MAX_DOWNLOAD_BYTES = 200 * 1024 * 1024
 LEARNING_RATES = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 BATCH_SIZES = (8, 16, 32, 64, 128, 256, 512)
+KERNEL_SIZES = (1, 3, 5, 7)
 K = "train."  # widget key prefix for this page
 # Task of each built-in dataset (a CSV's is known once the job has loaded it).
 BUILTIN_TASKS = {"diabetes": "regression", "synthetic": "regression", "digits": "classification",
@@ -32,9 +33,16 @@ init_defaults({
     K + "layers": D.layers, K + "units": D.units, K + "activation": D.activation, K + "dropout": D.dropout,
     K + "optimizer": D.optimizer, K + "lr": D.learning_rate, K + "batch_size": D.batch_size,
     K + "epochs": D.epochs, K + "patience": D.patience, K + "seed": D.seed,
+    K + "family": D.family, K + "filters": D.filters, K + "kernel_size": D.kernel_size, K + "pooling": D.pooling,
+    K + "image_shape": D.image_shape,
 })
 
 registry = get_registry()
+
+
+def _csv_image_shape() -> str:
+    """The CSV image shape box's text while the CNN is picked ('' otherwise: the MLP takes flat rows)."""
+    return st.session_state[K + "image_shape"] if st.session_state[K + "family"] == "cnn" else ""
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -46,16 +54,21 @@ def _preview(digest: str, _data: bytes):
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def _csv_check(digest: str, _data: bytes, target: str, missing: str, task: str | None) -> tuple[str | None, str]:
-    """Load the CSV the way training will; (error, description)."""
-    from agent.data import load_csv
+def _csv_check(digest: str, _data: bytes, target: str, missing: str, task: str | None,
+               image_shape: str = "") -> tuple[str | None, str]:
+    """Load the CSV the way training will (as images when a shape is given); (error, description)."""
+    from agent.data import load_csv, parse_image_shape, with_image_shape
 
     try:
         ds = load_csv(_data, target, missing=missing, task=task)
+        shape = parse_image_shape(image_shape)
+        if shape:
+            ds = with_image_shape(ds, shape)
     except (CsvError, ValueError) as exc:
         return str(exc).splitlines()[0], ""
     notes = "; ".join(ds.notes)
-    return None, f"{ds.task}, {len(ds.y)} rows, {ds.n_features} features" + (f"; {notes}" if notes else "")
+    images = f" = {'×'.join(map(str, ds.input_shape))} images" if ds.input_shape else ""
+    return None, f"{ds.task}, {len(ds.y)} rows, {ds.n_features} features{images}" + (f"; {notes}" if notes else "")
 
 
 def start_training(registry: Registry, form: widgets.TrainForm, csv_bytes: bytes | None = None,
@@ -91,7 +104,7 @@ def _launch(form: widgets.TrainForm, csv_bytes: bytes | None = None, csv_name: s
 
 
 st.title(":material/model_training: Train")
-st.caption("Train a Keras MLP as a background job. Everything is recorded in the run registry, "
+st.caption("Train a Keras MLP or CNN as a background job. Everything is recorded in the run registry, "
            "so the run stays visible after a reload or in another tab.")
 
 train_runs = registry.list_runs(kind="train")
@@ -160,7 +173,14 @@ with data_col:
                     help="task: inferred from the target column unless you override it",
                 )
                 task = None if st.session_state[K + "task"] == "infer" else st.session_state[K + "task"]
-                csv_error, described = _csv_check(digest, csv_bytes, target, st.session_state[K + "missing"], task)
+                if st.session_state[K + "family"] == "cnn":
+                    st.text_input(
+                        "Image shape H,W,C", key=K + "image_shape", placeholder="e.g. 28,28,1",
+                        help="image_shape: each row's feature columns are the pixels of an H×W×C image in "
+                             "row-major order (H*W*C must equal the feature count); the CNN's input shape",
+                    )
+                csv_error, described = _csv_check(digest, csv_bytes, target, st.session_state[K + "missing"], task,
+                                                  _csv_image_shape())
                 if csv_error:
                     st.error(csv_error)
                 else:
@@ -174,10 +194,29 @@ with data_col:
 
 with model_col:
     st.subheader("Model")
+    family = st.radio(
+        "Family", FAMILIES, key=K + "family", horizontal=True, format_func=lambda f: {"mlp": "MLP", "cnn": "CNN"}[f],
+        help="family: MLP = Dense layers on the feature rows; CNN = convolution blocks on images (digits as 8×8×1, "
+             "or a CSV of pixels with an image shape), then the Dense layers below. A CNN costs more compute per "
+             "request, so batching pays off differently when it is served",
+    )
+    if family == "cnn":
+        k1, k2, k3 = st.columns(3)
+        k1.text_input("Filters per block", key=K + "filters",
+                      help="filters: one conv block per entry (Conv2D, pooling, dropout), e.g. 16,32 = two blocks "
+                           "of 16 then 32 filters")
+        k2.select_slider("Kernel size", KERNEL_SIZES, key=K + "kernel_size",
+                         help="kernel_size: side of each square convolution kernel (3 = 3×3)")
+        k3.selectbox("Pooling", POOLINGS, key=K + "pooling",
+                     help="pooling: 2×2 max or average pooling after each conv block halves the image; none keeps "
+                          "its size (more compute per request)")
+        if dataset in widgets.IMAGE_INFO:
+            st.caption(f"{dataset} as {widgets.IMAGE_INFO[dataset]} images; the Dense layers below follow "
+                       "the conv blocks")
     c1, c2 = st.columns(2)
     c1.slider("Hidden layers", 0, MAX_LAYERS, key=K + "layers",
-              help="hidden: number of Dense layers; 0 is a linear/logistic model. More layers = more capacity "
-                   "and more compute per request when served")
+              help="hidden: number of Dense layers (after the conv blocks for a CNN); 0 is a linear/logistic model. "
+                   "More layers = more capacity and more compute per request when served")
     c2.select_slider("Units per layer", (8, 16, 32, 64, 128, 256, 512, 1024), key=K + "units",
                      help="hidden units per layer: parameter count and serving cost grow with units²")
     c1.selectbox("Activation", ACTIVATIONS, key=K + "activation",
@@ -205,7 +244,8 @@ form = widgets.TrainForm(
     layers=int(ss[K + "layers"]), units=int(ss[K + "units"]), activation=ss[K + "activation"],
     dropout=float(ss[K + "dropout"]), optimizer=ss[K + "optimizer"], learning_rate=float(ss[K + "lr"]),
     batch_size=int(ss[K + "batch_size"]), epochs=int(ss[K + "epochs"]), patience=int(ss[K + "patience"]),
-    seed=int(ss[K + "seed"]),
+    seed=int(ss[K + "seed"]), family=ss[K + "family"], filters=ss[K + "filters"],
+    kernel_size=int(ss[K + "kernel_size"]), pooling=ss[K + "pooling"], image_shape=_csv_image_shape(),
 )
 check = widgets.train_check(form, n_rows=n_rows, has_csv=csv_bytes is not None)
 ui.show_check(check)
@@ -213,7 +253,8 @@ config_ok = check.ok and not csv_error  # the CSV's own error is already shown a
 if config_ok:
     with st.expander("Config to train", expanded=False):
         st.json({"model": widgets.model_config(form).to_dict(),
-                 "data": {"dataset": form.dataset, "target": form.csv_target}})
+                 "data": {"dataset": form.dataset, "target": form.csv_target,
+                          "image_shape": list(widgets.data_source(form, "upload.csv").image_shape)}})
 
 active_train = [r for r in train_runs if r.active]
 if st.button("Train", key=K + "start", type="primary", icon=":material/play_arrow:", disabled=not config_ok,
