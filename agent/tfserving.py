@@ -41,6 +41,7 @@ DOCKER_CONFIG_FILENAME = "models.docker.config"
 SERVING_JSON_FILENAME = "serving_config.json"
 REQUEST_FILENAME = "request.json"
 SERVE_MD_FILENAME = "SERVE.md"
+BUNDLE_DIRNAME = "tfserving"  # the bundle's folder inside a run's artifacts (Train and Tune pages)
 DOCKER_MOUNT = "/models"  # where the tensorflow/serving image expects models
 DOCKER_IMAGE = "tensorflow/serving"
 DEFAULT_REST_PORT = 8501  # TF Serving's own defaults (8501 is also Streamlit's: pick another if both run)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import streamlit as st
 
@@ -84,3 +85,39 @@ def stop_button(registry: Registry, run: Run, key: str, label: str = "Stop",
         with st.spinner(f"stopping {run.name}…"):
             (stopper or stop_job)(registry, run.id)
         st.rerun()
+
+
+def ship_section(root: Path, write: Callable[[], object], *, key: str, what: str) -> None:
+    """Write (on click) and show a TF Serving bundle folder: a zip download and its SERVE.md.
+
+    ``write`` exports the SavedModel (it imports TensorFlow, so only on click); a
+    bundle already in ``root`` is shown as is, and writing again adds a version.
+    """
+    from agent.tfserving import SERVE_MD_FILENAME, zip_bundle
+
+    serve_md = root / SERVE_MD_FILENAME
+    label = "Write again (adds a version)" if serve_md.is_file() else "Write TF Serving bundle"
+    if st.button(label, key=key + ".write", icon=":material/deployed_code:",
+                 help=f"export {what} as a SavedModel (Keras' own export) with batching_parameters.txt, "
+                      "models.config and SERVE.md, into this run's artifacts"):
+        with st.spinner("exporting the SavedModel…"):
+            try:
+                write()
+            except (ValueError, OSError) as exc:
+                st.error(f"could not write the bundle: {str(exc).splitlines()[0]}")
+            else:
+                st.rerun()  # redraw with the written bundle (and the button's "write again" label)
+    if not serve_md.is_file():
+        return
+    try:
+        data = zip_bundle(root)
+    except (ValueError, OSError) as exc:
+        st.warning(f"no zip download: {str(exc).splitlines()[0]}; the bundle is in {root}")
+    else:
+        st.download_button("Download bundle (.zip)", data, file_name="tfserving_bundle.zip", mime="application/zip",
+                           key=key + ".zip", icon=":material/download:",
+                           help="the whole folder: model/<version>/ SavedModel, batching_parameters.txt, "
+                                "models.config, models.docker.config, SERVE.md")
+    st.caption(f"Written to `{root}`")
+    with st.expander("SERVE.md: how to run it on TensorFlow Serving", expanded=False):
+        st.markdown(serve_md.read_text())

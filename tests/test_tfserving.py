@@ -213,3 +213,73 @@ def test_tuning_ships_a_finished_sweeps_recommendation(trained_model: Path, regi
     assert tuning_main(["--run-id", bare, "--export-tfserving", str(tmp_path / "x")]) == 1
     assert "no recommended config" in capsys.readouterr().err
     assert tuning_main(["--mode", "models", "--export-tfserving", str(tmp_path / "y")]) == 2
+
+
+# -- the pages' Ship sections ---------------------------------------------------------------------
+
+PAGES = Path(__file__).resolve().parent.parent / "dashboard" / "pages"
+
+
+def _click_ship(page: str, key_prefix: str) -> Any:
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(PAGES / page), default_timeout=120).run()
+    assert not at.exception
+    (button,) = [b for b in at.button if b.key and b.key.startswith(key_prefix) and b.key.endswith(".write")]
+    assert button.label == "Write TF Serving bundle"
+    button.click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert "Download bundle (.zip)" in [b.label for b in at.get("download_button")]
+    assert any("tensorflow_model_server" in m.value for m in at.markdown)  # SERVE.md is shown
+    return at
+
+
+def test_tune_page_ships_the_recommendation(trained_model: Path, home: Path, registry: Registry,
+                                            messages: dict[str, Any]) -> None:
+    from tests.test_tuning_logic import RECORDED
+    from tuning.ship import ship_dir
+    from tuning.sweep import SweepSpec, create_sweep, finalize
+
+    spec = SweepSpec(model_path=str(trained_model), space={"max_batch_size": [1, 8, 32],
+                                                           "batch_timeout_ms": [0.0, 2.0]},
+                     users=(1, 16, 64), slos=("p95<=50ms", "fail_ratio<=0.01"))
+    run_id = create_sweep(registry, spec, name="digits sweep")
+    registry.update_summary(run_id, {"points": [p.to_dict() for p in RECORDED]})
+    finalize(registry, run_id, spec, list(RECORDED))
+    registry.set_status(run_id, "completed")
+
+    at = _click_ship("tune.py", "tune.ship.")
+    root = ship_dir(registry, run_id)
+    batching = _parse(messages, "BatchingParameters", (root / "batching_parameters.txt").read_text())
+    assert batching.max_batch_size.value == 32 and batching.batch_timeout_micros.value == 2000  # b32 t2ms
+    assert (root / "model" / "1" / "saved_model.pb").is_file()
+    assert "Write again (adds a version)" in [b.label for b in at.button]
+
+
+def test_train_page_ships_a_finished_model_run(trained_model: Path, home: Path, registry: Registry) -> None:
+    run_id = registry.create_run("train", {"model": {}, "data": {"dataset": "digits"}}, name="train digits")
+    registry.update_summary(run_id, {"model_path": str(trained_model), "test_metrics": {"accuracy": 0.9},
+                                     "data": {"task": "classification"}})
+    registry.set_status(run_id, "completed")
+    _click_ship("train.py", "train.ship.")
+    assert (registry.artifacts_dir(run_id) / "tfserving" / "model" / "1" / "saved_model.pb").is_file()
+
+
+def test_tune_page_ship_error_is_one_line(home: Path, registry: Registry, tmp_path: Path) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    from tests.test_tuning_logic import RECORDED
+    from tuning.sweep import SweepSpec, create_sweep, finalize
+
+    spec = SweepSpec(model_path=str(tmp_path / "gone" / "model.keras"), space={"max_batch_size": [1, 8, 32],
+                                                                             "batch_timeout_ms": [0.0, 2.0]},
+                     users=(1, 16, 64), slos=("p95<=50ms", "fail_ratio<=0.01"))
+    run_id = create_sweep(registry, spec)
+    registry.update_summary(run_id, {"points": [p.to_dict() for p in RECORDED]})
+    finalize(registry, run_id, spec, list(RECORDED))
+    registry.set_status(run_id, "completed")
+    at = AppTest.from_file(str(PAGES / "tune.py"), default_timeout=60).run()
+    at.button(key=f"tune.ship.{run_id}.write").click().run()
+    assert not at.exception
+    (error,) = [e.value for e in at.error]
+    assert error.startswith("could not write the bundle:") and "no such model file" in error and "\n" not in error

@@ -11,15 +11,13 @@ import os
 from pathlib import Path
 
 from agent.serving.config import ServingConfig
-from agent.tfserving import Bundle, write_bundle
+from agent.tfserving import BUNDLE_DIRNAME, Bundle, write_bundle
 from runs.registry import Registry
 from tuning.sweep import MODEL_NAME, SweepSpec
 
-SHIP_DIRNAME = "tfserving"  # inside a sweep's artifacts folder (the Tune page's Ship section)
-
 
 def ship_dir(registry: Registry, run_id: str) -> Path:
-    return registry.artifacts_dir(run_id) / SHIP_DIRNAME
+    return registry.artifacts_dir(run_id) / BUNDLE_DIRNAME
 
 
 def ship_sweep(

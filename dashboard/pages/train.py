@@ -341,6 +341,25 @@ def _results(registry: Registry, run: Run) -> None:
     notes = (s.get("data") or {}).get("notes") or []
     if notes:
         st.caption("Data: " + "; ".join(notes))
+    if model_path is not None and model_path.is_file():
+        _ship(registry, run, model_path)
+
+
+def _ship(registry: Registry, run: Run, model_path: Path) -> None:
+    """The model as a TF Serving bundle with the endpoint's default batching (a sweep on the Tune page
+    ships a tuned one)."""
+    from agent.tfserving import BUNDLE_DIRNAME
+
+    root = registry.artifacts_dir(run.id) / BUNDLE_DIRNAME
+
+    def write() -> None:
+        from agent.tfserving import write_bundle
+
+        write_bundle(root, model_path, source=f"training run {run.id} ({run.name})")
+
+    st.markdown("#### Ship to TensorFlow Serving")
+    st.caption("With the endpoint's default batching; a sweep on the **Tune** page ships a tuned one.")
+    ui.ship_section(root, write, key=K + f"ship.{run.id}", what="this model")
 
 
 view = ui.run_view("Training run", train_runs, key=K + "view",

@@ -208,6 +208,22 @@ def _apply(run: Run, params: dict[str, Any]) -> None:
     st.session_state[K + "applied"] = f"endpoint {handle.url} serving {MODEL_NAME} with {config.to_dict()}"
 
 
+def _ship(run: Run, config: Any, label: str) -> None:
+    """Ship section: the swept model with the recommended config as a TF Serving bundle."""
+    from tuning.ship import ship_dir
+
+    def write() -> None:
+        from tuning.ship import ship_sweep
+
+        ship_sweep(registry, run.id, config=config, label=label)
+
+    st.markdown("#### Ship to TensorFlow Serving")
+    st.caption(f"The swept model as a SavedModel with {label}'s batching. TF Serving honours max_batch_size, "
+               "batch_timeout, allowed_batch_sizes, num_batch_threads, max_enqueued_batches and the TF thread "
+               "counts; runtime, workers and the body limits are TuneSwarm's own (SERVE.md says what to do instead).")
+    ui.ship_section(ship_dir(registry, run.id), write, key=K + f"ship.{run.id}", what="the swept model")
+
+
 def _recommendation(run: Run, points: list[Point], verified: list[Point]) -> None:
     from tuning.exports import serving_config_json, tf_serving_batching_text
     from tuning.sweep import SweepSpec
@@ -266,6 +282,7 @@ def _recommendation(run: Run, points: list[Point], verified: list[Point]) -> Non
             _apply(run, best.params)
     if st.session_state.get(K + "applied"):
         st.success(st.session_state[K + "applied"], icon=":material/check_circle:")
+    _ship(run, config, best.label)
     with st.expander("Recommended config", expanded=False):
         st.json(config.to_dict())
     _curves(points, constraints, best.config_id, constraints.latency_key)
