@@ -64,12 +64,16 @@ def test_image_views_of_builtin_and_csv_data() -> None:
     assert images.spec().model_input_shape == (2, 2, 3)
 
 
-def test_a_cnn_refuses_flat_data_with_a_one_line_reason() -> None:
+def test_a_cnn_refuses_flat_data_and_an_mlp_flattens_images() -> None:
     from agent.data import DataSpec
 
     flat = DataSpec("iris", "classification", ("a", "b", "c", "d"), ("x", "y"))
     with pytest.raises(ValueError, match=r"a cnn needs image-shaped data .*input shape \(4,\)"):
         build_model(ModelConfig(family="cnn"), flat)
+    images = DataSpec("px", "classification", tuple(f"p{i}" for i in range(12)), ("x", "y"), (2, 2, 3))
+    mlp = build_model(ModelConfig(hidden=(4,)), images)
+    assert tuple(mlp.input_shape) == (None, 2, 2, 3) and tuple(mlp.output_shape) == (None, 2)
+    assert mlp.count_params() == 2 * 3 + 1 + 12 * 4 + 4 + 4 * 2 + 2  # normalization per channel, then Dense
 
 
 @pytest.mark.parametrize(("argv", "message"), [
