@@ -170,3 +170,4 @@ def test_train_page_trains_a_digits_cnn_to_097(home: Path, registry: Registry) -
     at.run()
     assert not at.exception
     assert any("accuracy" in m.label for m in at.metric)
+    assert any("CNN · served input shape 8 × 8 × 1" in c.value for c in at.caption)

@@ -134,9 +134,11 @@ def test_cli_exit_1_names_the_closest_when_no_config_meets_the_slo(home: Path, t
     # an open-loop ladder (offered requests/s) through the same CLI
     out = tmp_path / "out"
     proc = _cli("--model", str(trained_model), "--grid", "max_batch_size=1", "--rates", "40,80", "--step-s", "2",
-                "--slo", "p95<=0.001ms", "--out", str(out), home=home)
+                "--slo", "p95<=0.001ms", "--out", str(out), "--export-tfserving", str(tmp_path / "ship"), home=home)
     try:
         assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert "--export-tfserving: sweep" in proc.stderr and "no recommended config" in proc.stderr
+        assert not (tmp_path / "ship").exists()  # nothing recommended, nothing shipped
         assert "No configuration met p95<=0.001ms" in proc.stdout
         assert "Closest: b1 at 40 req/s offered" in proc.stdout
         points = json.loads((out / "points.json").read_text())

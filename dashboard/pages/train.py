@@ -328,6 +328,10 @@ def _results(registry: Registry, run: Run) -> None:
         cols[len(names)].metric("parameters", f"{s.get('param_count', 0):,}", help="trainable + non-trainable weights")
         cols[len(names) + 1].metric("epochs run", s.get("epochs_run", "—"),
                                     help="epochs actually run (early stopping or Stop may end sooner)")
+    shape = (s.get("data") or {}).get("input_shape")
+    if shape:
+        family = (run.config.get("model") or {}).get("family", "mlp").upper()
+        st.caption(f"{family} · served input shape {' × '.join(str(n) for n in shape)} (one request row)")
     _curves(registry, run)
     if metrics.get("confusion_matrix"):
         labels = (s.get("data") or {}).get("classes") or None
