@@ -85,15 +85,16 @@ def create(
     :func:`launch` runs it as a child process.
     """
     spec = job_kind(kind)
-    return registry.create_run(spec.registry_kind, {"job": spec.name, **config}, name=name, parent_id=parent_id)
+    return registry.create_run(spec.registry_kind, config, name=name, parent_id=parent_id)
 
 
 def launch(registry: Registry, run_id: str) -> JobHandle:
     """Start the job process of a created run: ``python -m <module> --run-id ID``."""
     run = registry.get_run(run_id)
-    spec = job_kind(str(run.config.get("job") or run.kind))
+    # Kinds sharing a registry kind (the two sweeps) share their module too.
+    module = next(k.module for k in JOB_KINDS.values() if k.registry_kind == run.kind)
     try:
-        return start_job(registry, run_id, python_module_argv(spec.module, "--run-id", run_id))
+        return start_job(registry, run_id, python_module_argv(module, "--run-id", run_id))
     except OSError as exc:
         registry.finish_if_active(run_id, State.FAILED, lifecycle.one_line_error(exc))
         raise

@@ -205,7 +205,8 @@ def _install_handlers(ctx: JobContext) -> dict[int, Any]:
         return {}  # only the main thread may set handlers; the registry flag still works
 
     def on_signal(signum: int, frame: Any) -> None:
-        ctx.ask_stop(f"stopped by {signal.Signals(signum).name}")
+        # A signal is a stop request like the Stop button (SIGINT: Ctrl-C; SIGTERM: CI, docker stop).
+        ctx.ask_stop("stopped by request")
 
     return {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
 

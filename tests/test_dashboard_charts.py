@@ -13,7 +13,7 @@ import pytest
 from agent.model import ModelConfig
 from agent.serving.config import ServingConfig
 from agent.serving.metrics import HistogramValue, ServerSnapshot, snapshot_delta
-from agent.training import build_parser
+from agent.training import TrainJob
 from dashboard import charts, serving_view, widgets
 from dashboard import format as fmt
 from loadtest.runner import LoadTestConfig
@@ -120,25 +120,25 @@ def test_config_diff_lists_only_what_differs_with_dotted_keys() -> None:
 # -- forms -> configs ---------------------------------------------------------------------------
 
 
-def test_train_form_round_trips_through_the_training_cli() -> None:
+def test_train_form_round_trips_through_the_train_job_config() -> None:
     form = widgets.TrainForm(dataset="wine", layers=3, units=32, activation="tanh", dropout=0.1, optimizer="sgd",
                              learning_rate=0.01, batch_size=16, epochs=7, patience=2, seed=5)
     config = widgets.model_config(form)
     assert config == ModelConfig(hidden=(32, 32, 32), activation="tanh", dropout=0.1, optimizer="sgd",
                                  learning_rate=0.01, batch_size=16, epochs=7, patience=2, seed=5)
     source = widgets.data_source(form)
-    args = build_parser().parse_args(widgets.training_args(config, source, "RUN"))
-    assert args.run_id == "RUN" and args.dataset == "wine"
-    assert args.hidden == (32, 32, 32) and args.lr == 0.01 and args.epochs == 7 and args.patience == 2
-    no_hidden = widgets.training_args(widgets.model_config(widgets.TrainForm(layers=0)), source, "R")
-    assert build_parser().parse_args(no_hidden).hidden == ()
+    job = TrainJob.from_dict(json.loads(json.dumps(TrainJob(config, source).to_dict())))  # as the registry keeps it
+    assert job == TrainJob(config, source) and job.data.dataset == "wine"
+    no_hidden = TrainJob(widgets.model_config(widgets.TrainForm(layers=0)), source)
+    assert TrainJob.from_dict(no_hidden.to_dict()).model.hidden == ()
 
 
 def test_csv_form_points_training_at_the_saved_upload(tmp_path) -> None:
     form = widgets.TrainForm(dataset="csv", csv_target="label", csv_missing="drop")
     source = widgets.data_source(form, tmp_path / "data.csv")
-    args = build_parser().parse_args(widgets.training_args(widgets.model_config(form), source, "R"))
-    assert args.csv == str(tmp_path / "data.csv") and args.target == "label" and args.missing == "drop"
+    job = TrainJob.from_dict(TrainJob(widgets.model_config(form), source).to_dict())
+    assert job.data.csv_path == str(tmp_path / "data.csv") and job.data.target == "label"
+    assert job.data.missing == "drop"
     with pytest.raises(ValueError, match="uploaded file"):
         widgets.data_source(form)
 

@@ -12,11 +12,12 @@ from agent.data import BUILTIN_DATASETS, MAX_CSV_BYTES, MISSING_POLICIES, SYNTHE
 from agent.model import ACTIVATIONS, MAX_LAYERS, OPTIMIZERS
 from dashboard import charts, ui, widgets
 from dashboard.state import get_registry, init_defaults
-from runs.jobs import python_module_argv, reap, start_job
+from runs.configs import atomic_write_text
+from runs.jobs import reap
 from runs.registry import Registry, Run
 
 LIVE_REFRESH_S = 1.0  # how often the live panel re-reads the registry while a job runs
-UPLOAD_FILENAME = "data.csv"
+UPLOADS_DIRNAME = "uploads"  # uploaded CSVs, by content digest, under the state directory
 MAX_DOWNLOAD_BYTES = 200 * 1024 * 1024
 LEARNING_RATES = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 BATCH_SIZES = (8, 16, 32, 64, 128, 256, 512)
@@ -60,24 +61,18 @@ def _csv_check(digest: str, _data: bytes, target: str, missing: str, task: str |
 
 def start_training(registry: Registry, form: widgets.TrainForm, csv_bytes: bytes | None = None,
                    csv_name: str | None = None) -> str:
-    """Record a train run (saving an uploaded CSV into its folder) and start its job; returns the run id."""
-    config = widgets.model_config(form)
+    """Save an uploaded CSV (by content digest) and start the train job through its start(); returns the run id."""
+    from agent.training import TrainJob, start
+
+    csv_path = None
+    if form.dataset == "csv":
+        data = csv_bytes or b""
+        csv_path = registry.home / UPLOADS_DIRNAME / f"{hashlib.sha256(data).hexdigest()[:20]}.csv"
+        if not csv_path.is_file():
+            atomic_write_text(csv_path, data)
+    job = TrainJob(widgets.model_config(form), widgets.data_source(form, csv_path))
     name = f"train {Path(csv_name).stem if csv_bytes is not None and csv_name else form.dataset}"
-    placeholder = widgets.data_source(form if form.dataset != "csv" else widgets.DEFAULT_TRAIN)
-    run_id = registry.create_run("train", {"model": config.to_dict(), "data": placeholder.to_dict()}, name=name)
-    try:
-        csv_path = None
-        if form.dataset == "csv":
-            csv_path = registry.artifacts_dir(run_id) / UPLOAD_FILENAME
-            csv_path.write_bytes(csv_bytes or b"")
-        source = widgets.data_source(form, csv_path)
-        registry.update_config(run_id, {"data": source.to_dict()})
-        argv = python_module_argv("agent.training", *widgets.training_args(config, source, run_id))
-        start_job(registry, run_id, argv)
-    except Exception as exc:
-        registry.finish_if_active(run_id, "failed", f"could not start training: {exc}")
-        raise
-    return run_id
+    return start(registry, job, name=name)
 
 
 def _launch(form: widgets.TrainForm, csv_bytes: bytes | None = None, csv_name: str | None = None) -> None:
