@@ -56,7 +56,7 @@ JOB_KINDS: dict[str, JobKind] = {
     k.name: k
     for k in (
         JobKind("train", "train", "agent.training", "agent.training:TrainJob"),
-        JobKind("serve", "serve", "agent.serving", "agent.serving.config:ServeJob"),
+        JobKind("serve", "serve", "agent.serving", "agent.serving.process:ServeJob"),
         JobKind("swarm", "loadtest", "loadtest.runner", "loadtest.runner:LoadTestConfig"),
         JobKind("sweep", "sweep", "tuning", "tuning.sweep:SweepSpec"),
         JobKind("model_sweep", "sweep", "tuning", "tuning.model_sweep:ModelSweepSpec"),
@@ -300,6 +300,34 @@ def wait_job(registry: Registry, run_id: str, timeout_s: float) -> Run:
         if time.monotonic() >= deadline:
             raise TimeoutError(f"run {run_id} still {run.status} after {timeout_s:.0f}s")
         time.sleep(0.1)
+
+
+class JobNotReady(RuntimeError):
+    """A job that ended (or timed out) before it published ``ready_at``; the message says why."""
+
+
+def wait_ready(registry: Registry, run_id: str, timeout_s: float) -> Run:
+    """Wait (bounded) until a service job (an endpoint) has ``ready_at`` in its summary; returns the run.
+
+    Raises :class:`JobNotReady` with the job's one-line error if it ended first,
+    or after stopping it if it was not ready in time. Inside a job, a stop
+    request raises ``lifecycle.JobStopped`` (the caller stops the service).
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        run = registry.get_run(run_id)
+        if run.summary.get("ready_at") and run.active:
+            return run
+        lifecycle.check_stop()
+        reap(registry)
+        run = registry.get_run(run_id)
+        if not run.active:
+            reason = run.error or log_tail(registry, run_id) or "no output"
+            raise JobNotReady(f"{run.kind} job {run_id} ended before it was ready ({run.status}): {reason}")
+        if time.monotonic() >= deadline:
+            stop_job(registry, run_id)
+            raise JobNotReady(f"{run.kind} job {run_id} not ready after {timeout_s:.0f}s: {log_tail(registry, run_id)}")
+        time.sleep(POLL_INTERVAL_S)
 
 
 def running_jobs(registry: Registry) -> list[Run]:

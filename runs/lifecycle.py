@@ -28,7 +28,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
@@ -37,6 +37,7 @@ from runs.registry import Registry, State
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 WATCH_INTERVAL_S = 0.1
+NUDGE_INTERVAL_S = 1.0
 HARD_STOP_S = 30.0  # after a stop request: past this, the job is killed (its outcome recorded first)
 CHILD_GRACE_S = 5.0  # children left at exit get SIGTERM, then SIGKILL after this
 PARENT_ENV = "TUNESWARM_PARENT_PID"  # set by runs.jobs for a job started by another job (or a CLI)
@@ -52,6 +53,10 @@ except OSError:
 # Start-up chatter that is never the reason a job failed (TensorFlow/absl/XLA log prefixes).
 NOISE_PREFIXES = ("I0000", "W0000", "E0000", "WARNING: All log messages before absl", "oneDNN custom operations",
                   "To enable the following instructions", "This TensorFlow binary is optimized")
+
+
+class JobFailed(Exception):
+    """A job's own failure whose message is already the one line to record (no type name added)."""
 
 
 class JobStopped(BaseException):
@@ -83,7 +88,10 @@ def one_line_error(error: BaseException | str, log_text: str = "") -> str:
     With ``log_text`` (a job's output) and a bare message, the log's last useful
     line is appended, so "exited with code 1" says why.
     """
-    if isinstance(error, BaseException):
+    if isinstance(error, JobFailed):
+        lines = useful_lines(str(error))
+        text = lines[0] if lines else "failed"
+    elif isinstance(error, BaseException):
         lines = useful_lines(str(error))
         text = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
     else:
@@ -126,6 +134,9 @@ class JobContext:
     signalled: bool = False
     reason: str = "stopped by request"
     stop_since: float | None = None
+    # Called by the watcher thread about once a second while a stop is pending, for job bodies that
+    # block somewhere the flag is not polled (a server loop: the endpoint signals itself to shut down).
+    on_stop: list[Callable[[], None]] = field(default_factory=list)
 
     @property
     def stopping(self) -> bool:
@@ -193,11 +204,11 @@ def job_context(registry: Registry, run_id: str) -> Iterator[JobContext]:
             ctx.finish(State.COMPLETED)
     finally:
         done.set()
+        watcher.join(timeout=2.0)  # before the handlers go: a late nudge must not meet SIGTERM's default
         _CURRENT.remove(ctx)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         end_descendants()
-        watcher.join(timeout=1.0)
 
 
 def _install_handlers(ctx: JobContext) -> dict[int, Any]:
@@ -215,6 +226,7 @@ def _watch(ctx: JobContext, done: threading.Event) -> None:
     """Hand signals to the registry, notice a vanished parent, and enforce the hard stop."""
     parent = _expected_parent()
     flagged = False
+    last_nudge = 0.0
     while not done.wait(WATCH_INTERVAL_S):
         if parent is not None and os.getppid() != parent:
             ctx.ask_stop("stopped: the process that started this job is gone")
@@ -222,8 +234,15 @@ def _watch(ctx: JobContext, done: threading.Event) -> None:
             with contextlib.suppress(Exception):
                 ctx.registry.request_stop(ctx.run_id)
                 flagged = True
-        if ctx.stop_since is None and flagged is False and ctx.registry.stop_requested(ctx.run_id):
-            ctx.stop_since = time.monotonic()
+        if ctx.stop_since is None and not flagged:
+            with contextlib.suppress(Exception):
+                if ctx.registry.stop_requested(ctx.run_id):
+                    ctx.stop_since = time.monotonic()
+        if ctx.stop_since is not None and ctx.on_stop and time.monotonic() - last_nudge >= NUDGE_INTERVAL_S:
+            last_nudge = time.monotonic()
+            for callback in ctx.on_stop:
+                with contextlib.suppress(Exception):
+                    callback()
         if ctx.stop_since is not None and time.monotonic() - ctx.stop_since > HARD_STOP_S:
             with contextlib.suppress(Exception):
                 ctx.finish(State.STOPPED, f"{ctx.reason}; did not finish within {HARD_STOP_S:.0f}s, killed")

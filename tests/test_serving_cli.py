@@ -172,7 +172,7 @@ def test_start_endpoint_reports_a_model_that_fails_to_load(registry: Registry, t
     broken = tmp_path / "broken.keras"
     with zipfile.ZipFile(broken, "w") as z:
         z.writestr("config.json", "{not valid")
-    with pytest.raises(EndpointError, match="exited before it was ready"):
+    with pytest.raises(EndpointError, match="ended before it was ready"):
         start_endpoint(registry, broken, ServingConfig(runtime="keras"), ready_timeout_s=120)
     run = registry.list_runs(kind="serve")[0]
     assert run.status == "failed" and run.error
