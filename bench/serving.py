@@ -62,7 +62,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,7 +73,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.serving.config import DEFAULT_CONFIG, NO_BATCHING, RUNTIMES, ServingConfig
-from agent.serving.metrics import parse_metrics, server_cpu_seconds, snapshot_delta
+from runs.metrics_scrape import scrape, server_cpu_seconds, snapshot_delta
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_CORE = 0
@@ -320,17 +319,12 @@ def stop_server(proc: subprocess.Popen[str]) -> None:
             proc.wait(10)
 
 
-def scrape(port: int) -> object:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
-        return parse_metrics(resp.read().decode(), at=time.monotonic())
-
-
 def measure(sc: Scenario, model: Path, bodies: Sequence[bytes], clients: int, seconds: float,
             wrk: str | None) -> Result:
     """One scenario: start its server, drive it (wrk when given, else the Python client), stop it."""
     proc, port = start_server(sc, model)
     try:
-        before = scrape(port) if sc.server == "endpoint" else None
+        before = scrape(f"http://127.0.0.1:{port}") if sc.server == "endpoint" else None
         path = f"/v1/models/{MODEL_NAME}:predict"
         if wrk is not None:
             stats = drive_wrk(wrk, port, path, bodies, clients, seconds, proc.pid)
@@ -341,7 +335,7 @@ def measure(sc: Scenario, model: Path, bodies: Sequence[bytes], clients: int, se
             stats = LoadStats(len(lat), secs, cpu, p50, p99, errors)
         mean_batch = None
         if before is not None:
-            mean_batch = snapshot_delta(before, scrape(port)).mean_batch_size  # type: ignore[arg-type]
+            mean_batch = snapshot_delta(before, scrape(f"http://127.0.0.1:{port}")).mean_batch_size
     finally:
         stop_server(proc)
     return Result(sc.label, sc.runtime, stats.requests, stats.seconds, stats.cpu_s, stats.p50_ms, stats.p99_ms,

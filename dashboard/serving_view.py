@@ -2,7 +2,7 @@
 
 The endpoint's counters are cumulative since it started; the page keeps the
 last few scrapes per endpoint and turns consecutive pairs into per-interval
-rates here (via ``agent.serving.metrics.snapshot_delta``), so the figures say
+rates here (via ``runs.metrics_scrape.snapshot_delta``), so the figures say
 what happened in the last seconds, not since start-up.
 """
 
@@ -51,12 +51,6 @@ def delta_row(delta: Any, snapshot: Any, t: float) -> dict[str, float | None]:
         "queue_depth_rows": snapshot.queue_depth_rows,
         "cpu_ms_per_request": ms(delta.cpu_per_request_s),
     }
-
-
-def fetch_text(url: str, timeout_s: float = SCRAPE_TIMEOUT_S) -> str:
-    """GET ``url`` as text (raises OSError/URLError on failure)."""
-    with _OPENER.open(url, timeout=timeout_s) as resp:
-        return resp.read(MAX_RESPONSE_BYTES).decode("utf-8", errors="replace")
 
 
 def predict(url: str, model_name: str, rows: Sequence[Sequence[float]],

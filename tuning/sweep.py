@@ -267,14 +267,10 @@ def measure_step(
     ``level`` is a user count, or for an open-loop sweep the offered requests/s
     (Locust's ``rate`` shape: users paced so the offered rate holds whatever the latency).
     """
-    from agent.serving.metrics import parse_metrics, server_cpu_seconds, snapshot_delta
     from loadtest.runner import LoadTestConfig, run_loadtest
+    from runs.metrics_scrape import scrape, server_cpu_seconds, snapshot_delta
 
-    def scrape() -> Any:
-        with urllib.request.urlopen(f"{endpoint.url.rstrip('/')}/metrics", timeout=10) as resp:
-            return parse_metrics(resp.read().decode())
-
-    before, cpu_before = scrape(), server_cpu_seconds(endpoint.pid)
+    before, cpu_before = scrape(endpoint.url), server_cpu_seconds(endpoint.pid)
     rate = float(level) if spec.open_loop else None
     users = open_loop_users(level) if spec.open_loop else level
     config = LoadTestConfig(
@@ -291,7 +287,7 @@ def measure_step(
     )
     result = run_loadtest(registry, config, serve_run_id=endpoint.run_id, parent_id=sweep_id,
                           name=f"{config_label(params)} @ {level} {'req/s' if spec.open_loop else 'users'}")
-    after, cpu_after = scrape(), server_cpu_seconds(endpoint.pid)
+    after, cpu_after = scrape(endpoint.url), server_cpu_seconds(endpoint.pid)
     delta = snapshot_delta(before, after)
     summary = result.summary
     served = delta.requests or 0

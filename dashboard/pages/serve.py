@@ -162,15 +162,14 @@ def _status(run: Run) -> None:
 
 def _scrape(run: Run) -> None:
     """Read /metrics once and keep the scrape in this session's short history."""
-    from agent.serving.metrics import parse_metrics
+    from runs.metrics_scrape import scrape
 
     url = run.summary.get("url")
     if not url:
         return
     hist = ss.setdefault(K + "scrapes", {}).setdefault(run.id, [])
     try:
-        text = serving_view.fetch_text(f"{url}/metrics")
-        snap = parse_metrics(text, at=time.time())
+        snap = scrape(url, timeout_s=serving_view.SCRAPE_TIMEOUT_S, at=time.time())
     except (OSError, ValueError) as exc:
         st.caption(f"/metrics not reachable: {exc}")
         return
@@ -179,7 +178,7 @@ def _scrape(run: Run) -> None:
 
 
 def _panel(run: Run) -> None:
-    from agent.serving.metrics import snapshot_delta
+    from runs.metrics_scrape import snapshot_delta
 
     hist = ss.get(K + "scrapes", {}).get(run.id, [])
     if not hist:
