@@ -151,7 +151,7 @@ def start_job(
     child_env["TUNESWARM_HOME"] = str(registry.home)
     child_env.setdefault("PYTHONUNBUFFERED", "1")
     child_env[lifecycle.RUN_ENV] = run_id
-    attached = lifecycle.current() is not None
+    attached = lifecycle.ties_children()
     if attached:
         child_env[lifecycle.PARENT_ENV] = str(os.getpid())
     else:

@@ -160,6 +160,36 @@ class JobContext:
 
 
 _CURRENT: list[JobContext] = []
+_FOREGROUND: list[bool] = []
+
+
+@contextlib.contextmanager
+def foreground() -> Iterator[None]:
+    """Run a command from a terminal (or CI) whose children die with it: ``with foreground(): ...``.
+
+    Jobs it starts through ``runs.jobs`` get PDEATHSIG, and outside a job's own
+    context SIGTERM and SIGHUP raise KeyboardInterrupt like Ctrl-C does, so the
+    command's ``finally`` blocks stop what it started.
+    """
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    _FOREGROUND.append(True)
+    try:
+        yield
+    finally:
+        _FOREGROUND.pop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def ties_children() -> bool:
+    """True when children started now must die with this process (inside a job, or a foreground command)."""
+    return bool(_CURRENT or _FOREGROUND)
 
 
 def current() -> JobContext | None:
