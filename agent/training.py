@@ -120,7 +120,9 @@ def make_streamer(registry: Registry, run_id: str, n_train: int) -> keras.callba
 
         def _poll_stop(self, now: float) -> bool:
             self._last_stop_poll = now
-            return registry.stop_requested(run_id)
+            # The job this training runs in (itself, or a model sweep training in-process) may be stopping too.
+            ctx = lifecycle.current()
+            return registry.stop_requested(run_id) or (ctx is not None and ctx.stopping)
 
         def _write_progress(self, batch: int) -> None:
             self._last_progress = time.monotonic()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from agent.serving.config import ServingConfig
-from runs.jobs import reap, start_job, stop_job, wait_job
+from runs.jobs import reap, stop_job, wait_job
 from runs.registry import Registry
 from tuning.exports import write_exports
 from tuning.sweep import SweepSpec, create_sweep, load_points, start_sweep_job
@@ -148,26 +148,33 @@ def test_cli_exit_1_names_the_closest_when_no_config_meets_the_slo(home: Path, t
         _stop_everything(Registry(home))
 
 
-def test_exported_json_loads_back_into_the_endpoint_through_its_cli(registry: Registry, trained_model: Path,
+def test_exported_json_loads_back_into_the_endpoint_through_its_cli(home: Path, trained_model: Path,
                                                                     tmp_path: Path) -> None:
-    from agent.serving.process import endpoint_argv
-
     config = ServingConfig(runtime="keras", max_batch_size=16, batch_timeout_ms=1.0, num_batch_threads=1,
                            max_enqueued_batches=32, allowed_batch_sizes=(4, 16))
     paths = write_exports(tmp_path / "export", config)
-    run_id = registry.create_run("serve", {"model_path": str(trained_model)}, name="serve exported config")
+    env = {**os.environ, "TUNESWARM_HOME": str(home), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "agent.serving", "--model", str(trained_model), "--name", "digits",
+                             "--port", "0", "--config", str(paths["serving_config"])], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
     try:
-        start_job(registry, run_id, endpoint_argv(trained_model, paths["serving_config"], "digits", 0, run_id=run_id))
-        _wait(lambda: registry.get_run(run_id).summary.get("ready_at") or not registry.get_run(run_id).active,
-              120, "the endpoint to be ready")
-        summary = registry.get_run(run_id).summary
-        assert summary.get("ready_at"), registry.get_run(run_id).error
-        assert ServingConfig.from_dict(summary["config"]) == config
-        with urllib.request.urlopen(f"{summary['url']}/v1/models/digits/metadata", timeout=10) as resp:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # bounded: the process exits (EOF) if it cannot serve
+        assert line.startswith("ready: "), line
+        url = line.split(" ", 1)[1].strip()
+        run = Registry(home).list_runs(kind="serve")[0]  # the CLI records its run like a page's start()
+        assert run.status == "running" and run.pid == proc.pid
+        assert ServingConfig.from_dict(run.summary["config"]) == config
+        with urllib.request.urlopen(f"{url}/v1/models/digits/metadata", timeout=10) as resp:
             assert resp.status == 200
             assert "signature_def" in json.loads(resp.read())["metadata"]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        assert Registry(home).get_run(run.id).status == "stopped"
     finally:
-        stop_job(registry, run_id, grace_s=10)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
 
 
 def test_model_sweep_cli_trains_serves_and_marks_the_pareto_front(home: Path, tmp_path: Path) -> None:

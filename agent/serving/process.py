@@ -127,3 +127,11 @@ def start_endpoint(
 def stop_endpoint(registry: Registry, run_id: str, grace_s: float = 30.0) -> str:
     """SIGTERM the endpoint's process group (SIGKILL after ``grace_s``); returns the final status."""
     return jobs.stop_job(registry, run_id, grace_s=grace_s)
+
+
+def restart_endpoint(registry: Registry, model_path: str, config: ServingConfig, name: str = "model") -> EndpointHandle:
+    """Stop the user's endpoints of ``model_path`` (not those a sweep or swarm owns); start one with ``config``."""
+    for serve in registry.list_runs(kind="serve", status=("pending", "running")):
+        if serve.parent_id is None and serve.config.get("model_path") == str(model_path):
+            stop_endpoint(registry, serve.id)
+    return start_endpoint(registry, model_path, config, name=name)

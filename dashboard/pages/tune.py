@@ -63,7 +63,7 @@ def _lines(text: str) -> list[str]:
 def _start_sweep(model_path: str) -> None:
     from tuning.ladder import parse_levels
     from tuning.space import SearchSpace, parse_grid_arg
-    from tuning.sweep import SweepSpec, create_sweep, start_sweep_job
+    from tuning.sweep import SweepSpec, start
 
     ss = st.session_state
     try:
@@ -80,9 +80,7 @@ def _start_sweep(model_path: str) -> None:
     except ValueError as exc:
         st.error(str(exc).splitlines()[0])
         return
-    run_id = create_sweep(registry, spec)
-    start_sweep_job(registry, run_id)
-    st.session_state[K + "sweep"] = run_id
+    st.session_state[K + "sweep"] = start(registry, spec)
     st.rerun()
 
 
@@ -192,16 +190,13 @@ def _live(run_id: str) -> None:
 
 def _apply(run: Run, params: dict[str, Any]) -> None:
     """Restart the endpoint for this model with the recommended config."""
-    from agent.serving.process import start_endpoint, stop_endpoint
+    from agent.serving.process import restart_endpoint
     from tuning.sweep import MODEL_NAME, SweepSpec
 
     spec = SweepSpec.from_dict(run.config["spec"])
     config = spec.serving_config(params)
-    for serve in registry.list_runs(kind="serve", status=("pending", "running")):
-        if serve.parent_id is None and serve.config.get("model_path") == spec.model_path:
-            stop_endpoint(registry, serve.id)
     try:
-        handle = start_endpoint(registry, spec.model_path, config, name=MODEL_NAME)
+        handle = restart_endpoint(registry, spec.model_path, config, name=MODEL_NAME)
     except (RuntimeError, ValueError, OSError, TimeoutError) as exc:
         st.error(f"could not start the endpoint: {str(exc).splitlines()[0]}")
         return
@@ -299,7 +294,7 @@ with st.expander("New model sweep", expanded=False):
                     help="users: concurrency of the one load step each model gets")
     if st.button("Start model sweep", key=K + "m_start", icon=":material/play_arrow:",
                  help="train each model briefly, serve it, load-test it; runs as a job"):
-        from tuning.model_sweep import ModelSweepSpec, create_model_sweep, train_grid
+        from tuning.model_sweep import ModelSweepSpec, start, train_grid
 
         ss = st.session_state
         try:
@@ -309,11 +304,7 @@ with st.expander("New model sweep", expanded=False):
         except ValueError as exc:
             st.error(str(exc).splitlines()[0])
         else:
-            from tuning.sweep import start_sweep_job
-
-            mid = create_model_sweep(registry, mspec)
-            start_sweep_job(registry, mid)
-            st.session_state[K + "msweep"] = mid
+            st.session_state[K + "msweep"] = start(registry, mspec)
             st.rerun()
 
 msweeps = [r for r in registry.list_runs(kind="sweep", limit=200) if r.config.get("mode") == "models"]
