@@ -198,9 +198,9 @@ def reap(registry: Registry) -> list[str]:
     """Mark active runs whose process is gone; returns the ids that changed.
 
     A child of this process that exited without recording an outcome is
-    ``failed`` (with its exit code); a process that vanished while another
-    supervisor owned it (Streamlit restarted, machine rebooted) is
-    ``interrupted``.
+    ``failed`` (with its exit code and the last useful line of its log), or
+    ``interrupted`` if a signal killed it; a process that vanished while another
+    supervisor owned it, or a CLI run's process that is gone, is ``interrupted``.
     """
     changed: list[str] = []
     for run in registry.list_runs(status=("pending", "running")):
@@ -213,6 +213,8 @@ def reap(registry: Registry) -> list[str]:
             code = child.wait()
             if code == 0:
                 status, reason = State.COMPLETED, None
+            elif code < 0:  # killed by a signal before it could record anything (kill -9, OOM killer)
+                status, reason = State.INTERRUPTED, f"process {run.pid} was killed by {_signal_name(-code)}"
             else:
                 status, reason = State.FAILED, lifecycle.one_line_error(
                     f"process exited with code {code}", log_tail(registry, run.id)
@@ -222,6 +224,13 @@ def reap(registry: Registry) -> list[str]:
         if registry.finish_if_active(run.id, status, reason):
             changed.append(run.id)
     return changed
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def log_tail(registry: Registry, run_id: str, lines: int = 3) -> str:

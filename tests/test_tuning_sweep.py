@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from agent.serving.config import ServingConfig
-from runs.jobs import reap, stop_job, wait_job
+from runs.jobs import reap, stop_job
 from runs.registry import Registry
 from tuning.exports import write_exports
 from tuning.sweep import SweepSpec, create_sweep, load_points, start_sweep_job
@@ -23,6 +23,8 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
 STEP_S = 2.0  # the shortest step a sweep accepts: these tests check behaviour, not numbers
 LAX_SLOS = ("p95<=5000ms", "fail_ratio<=0.5")
+# What `python -m tuning ... --out DIR` writes when a config met the SLO.
+UNINTERRUPTED_OUT = ("points.json", "serving_config.json", "batching_parameters.txt", "recommendation.json")
 
 
 def _wait(predicate, timeout_s: float, what: str) -> None:
@@ -63,13 +65,21 @@ def test_killed_sweep_resumes_without_remeasuring_finished_points(registry: Regi
         os.killpg(job.pid, signal.SIGKILL)  # no clean-up at all: as if the machine lost the process
         _wait(lambda: _group_gone(job.pid, registry), 10, "the sweep's process group to die")
         killed = registry.get_run(run_id)
-        assert killed.status == "failed"
+        assert killed.status == "interrupted" and "SIGKILL" in killed.error
         before = load_points(registry, run_id)
         assert len(before) == 1 and before[0].params == {"max_batch_size": 1}
 
-        start_sweep_job(registry, run_id)  # same run id: resume
-        done = wait_job(registry, run_id, 240)
+        out = registry.home / "resumed-out"
+        proc = _cli("--run-id", run_id, "--out", str(out), home=registry.home)  # same run id: resume
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        done = registry.get_run(run_id)
         assert done.status == "completed", done.error
+        # the same files an uninterrupted sweep writes to --out, readable by others
+        assert sorted(p.name for p in out.iterdir()) == sorted(UNINTERRUPTED_OUT)
+        assert all(oct(p.stat().st_mode & 0o777) == "0o644" for p in out.iterdir())
+        assert len(json.loads((out / "points.json").read_text())) == 2
+        assert all(oct(p.stat().st_mode & 0o777) == "0o644" for p in Path(done.summary["exports"]["serving_config"])
+                   .parent.iterdir())
         after = load_points(registry, run_id)
         # the point finished before the kill is kept as it was, not measured again
         assert after[0] == before[0]
