@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -122,3 +123,32 @@ def test_concurrent_writers_from_three_processes(registry: Registry) -> None:
     per_worker = registry.metric_series(run_id)["w"]
     assert sorted({int(v) for _, v in per_worker}) == list(range(WRITERS))
     assert sorted(registry.get_run(run_id).summary) == [f"w{w}" for w in range(WRITERS)]
+
+
+FRESH_OPENERS = 8
+
+
+def _open_fresh(home: str, barrier: Any, out: Any) -> None:
+    barrier.wait(30)
+    try:
+        reg = Registry(home)
+        reg.create_run("train")
+        reg.close()
+        out.put("ok")
+    except Exception as exc:
+        out.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_processes_opening_the_same_fresh_registry_at_once_all_succeed(tmp_path: Path) -> None:
+    ctx = mp.get_context("spawn")
+    for attempt in range(3):  # a few fresh files: the race is at creation and the switch to WAL
+        home = tmp_path / f"fresh{attempt}"
+        barrier, out = ctx.Barrier(FRESH_OPENERS), ctx.Queue()
+        procs = [ctx.Process(target=_open_fresh, args=(str(home), barrier, out)) for _ in range(FRESH_OPENERS)]
+        for p in procs:
+            p.start()
+        results = [out.get(timeout=60) for _ in procs]
+        for p in procs:
+            p.join(30)
+        assert results == ["ok"] * FRESH_OPENERS, results
+        assert len(Registry(home).list_runs()) == FRESH_OPENERS

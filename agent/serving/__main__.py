@@ -139,8 +139,11 @@ def main(argv: list[str] | None = None) -> int:
         run_id = args.run_id
     else:
         try:
-            job = ServeJob(_check_model(args), args.name, args.host, args.port, args.ceiling, config_from_args(args),
-                           args.log_level)
+            if not args.ceiling and not args.model:
+                raise ValueError("--model PATH.keras is required (or --ceiling for the reference handler)")
+            # The model file itself is checked inside the job, so a refused one is recorded as a failed run.
+            job = ServeJob(None if args.ceiling else args.model, args.name, args.host, args.port, args.ceiling,
+                           config_from_args(args), args.log_level)
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_USAGE

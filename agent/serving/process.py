@@ -18,7 +18,7 @@ from typing import Any
 from agent.serving.config import DEFAULT_CONFIG, ServingConfig
 from runs import jobs
 from runs.configs import known_fields
-from runs.registry import Registry
+from runs.registry import Registry, State
 
 READY_TIMEOUT_S = 120.0
 
@@ -79,12 +79,22 @@ class EndpointHandle:
 
 
 def start(registry: Registry, job: ServeJob, *, name: str | None = None, parent_id: str | None = None) -> str:
-    """Record ``job`` as a new ``serve`` run and launch it; returns the run id at once (not yet ready)."""
-    if not job.ceiling:
-        from agent.export import check_model_path
+    """Record ``job`` as a new ``serve`` run and launch it; returns the run id at once (not yet ready).
 
-        check_model_path(job.model_path)  # refuse .h5 etc. before starting anything (ModelFormatError)
-    return jobs.start(registry, "serve", job.to_dict(), name=name or job.label, parent_id=parent_id)
+    A refused model file (.h5, not a Keras archive) raises ModelFormatError before
+    any process starts; the run is recorded ``failed`` with the reason.
+    """
+    run_id = jobs.create(registry, "serve", job.to_dict(), name=name or job.label, parent_id=parent_id)
+    if not job.ceiling:
+        from agent.export import ModelFormatError, check_model_path
+
+        try:
+            check_model_path(job.model_path)
+        except ModelFormatError as exc:
+            registry.finish_if_active(run_id, State.FAILED, str(exc))
+            raise
+    jobs.launch(registry, run_id)
+    return run_id
 
 
 def handle_of(run: Any) -> EndpointHandle:

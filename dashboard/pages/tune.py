@@ -1,6 +1,6 @@
 """Tune page: sweep serving configs under load, read the curves, take the recommendation.
 
-A sweep runs as a job (``python -m tuning --run-id ID``); this page starts it,
+A sweep runs as a job (``tuning.sweep.start``); this page starts it,
 follows it live from the registry, and recomputes the recommendation on the
 recorded points whenever the constraints or objective below are changed (no
 re-measuring). "Apply" restarts the endpoint with the recommended config.
