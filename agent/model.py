@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from agent.data import DataSpec
+from runs.configs import known_fields, plain_dict
 
 if TYPE_CHECKING:
     import keras
@@ -59,20 +60,11 @@ class ModelConfig:
         _integer("seed", self.seed, 0, 2**31 - 1)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["hidden"] = list(self.hidden)
-        return d
+        return plain_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown ModelConfig fields {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        kwargs = dict(d)
-        if "hidden" in kwargs:
-            kwargs["hidden"] = tuple(kwargs["hidden"])
-        return cls(**kwargs)
+        return cls(**known_fields(cls, d, "model config"))
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:

@@ -27,6 +27,7 @@ from typing import Any, NoReturn
 from loadtest import runner, shapes, slo
 from loadtest.runner import LoadTestConfig, LoadTestResult
 from runs import jobs, lifecycle
+from runs.configs import int_list
 from runs.registry import Registry
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -54,13 +55,6 @@ class UsageError(Exception):
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see --help)")
-
-
-def _sizes(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 8,16,32; got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     serving.add_argument("--workers", type=int, help="server worker processes")
     serving.add_argument("--request-timeout-ms", type=float, help="server-side deadline per request (504 after)")
     serving.add_argument(
-        "--allowed-batch-sizes", type=_sizes, metavar="N,N,...", help="pad batches up to these sizes (e.g. 8,16,32)"
+        "--allowed-batch-sizes", type=int_list, metavar="N,N,...", help="pad batches up to these sizes (e.g. 8,16,32)"
     )
     serving.add_argument("--intra-op-threads", type=int, help="threads inside one TF/TFLite op (0 = library default)")
     serving.add_argument("--inter-op-threads", type=int, help="TF threads across independent ops (0 = default)")

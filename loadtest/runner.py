@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -40,7 +40,7 @@ from loadtest import results, shapes, slo
 from loadtest.payload import MAX_INSTANCES_PER_REQUEST, predict_path
 from loadtest.probes import CpuMeter, HistoryTail, ServerScraper, load_generator_cores, server_cpu_seconds
 from runs import jobs, lifecycle
-from runs.configs import known_fields
+from runs.configs import known_fields, plain_dict
 from runs.registry import Registry, State
 
 LOCUSTFILE = Path(__file__).resolve().with_name("locustfile.py")
@@ -143,16 +143,11 @@ class LoadTestConfig:
         return slo.parse_slos(self.slos)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["slos"] = list(self.slos)
-        return d
+        return plain_dict(self)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> LoadTestConfig:
-        values = known_fields(cls, d, "load-test config")
-        if "slos" in values and values["slos"] is not None and not isinstance(values["slos"], str):
-            values["slos"] = tuple(values["slos"])
-        return cls(**values)
+        return cls(**known_fields(cls, d, "load-test config"))
 
     def with_changes(self, **changes: Any) -> LoadTestConfig:
         return LoadTestConfig.from_dict({**self.to_dict(), **changes})
@@ -190,7 +185,11 @@ def create(
     name: str | None = None,
     parent_id: str | None = None,
 ) -> str:
-    """Record a pending ``loadtest`` run of ``config`` (run it with :func:`execute` or launch it)."""
+    """Record a pending ``loadtest`` run of ``config`` (run it with :func:`execute` or launch it).
+
+    ``serve_run_id`` names the ``serve`` run of the target when it is our own
+    endpoint (its process's CPU time is then measured too).
+    """
     run_config = {**config.to_dict(), "serve_run_id": serve_run_id}
     run_name = name or f"swarm {config.shape} {config.host}"
     run_id = jobs.create(registry, "swarm", run_config, name=run_name, parent_id=parent_id)
@@ -198,20 +197,9 @@ def create(
     return run_id
 
 
-def start(
-    registry: Registry,
-    config: LoadTestConfig,
-    *,
-    serve_run_id: str | None = None,
-    name: str | None = None,
-    parent_id: str | None = None,
-) -> str:
-    """Record a ``loadtest`` run and launch its job; returns the run id at once.
-
-    ``serve_run_id`` names the ``serve`` run of the target when it is our own
-    endpoint (its process's CPU time is then measured too).
-    """
-    run_id = create(registry, config, serve_run_id=serve_run_id, name=name, parent_id=parent_id)
+def start(registry: Registry, config: LoadTestConfig, **options: str | None) -> str:
+    """:func:`create` (same options) and launch its job; returns the run id at once."""
+    run_id = create(registry, config, **options)
     jobs.launch(registry, run_id)
     return run_id
 

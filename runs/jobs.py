@@ -100,16 +100,9 @@ def launch(registry: Registry, run_id: str) -> JobHandle:
         raise
 
 
-def start(
-    registry: Registry,
-    kind: str,
-    config: Mapping[str, object],
-    *,
-    name: str | None = None,
-    parent_id: str | None = None,
-) -> str:
-    """Create a run of ``kind`` with ``config`` and launch its job; returns the run id at once."""
-    run_id = create(registry, kind, config, name=name, parent_id=parent_id)
+def start(registry: Registry, kind: str, config: Mapping[str, object], **options: str | None) -> str:
+    """:func:`create` (same ``name``/``parent_id`` options) then :func:`launch`; returns the run id at once."""
+    run_id = create(registry, kind, config, **options)
     launch(registry, run_id)
     return run_id
 

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
+from agent.serving.config import RUNTIMES
 from runs import jobs, lifecycle
-from runs.configs import known_fields
+from runs.configs import known_fields, plain_dict
 from runs.registry import Registry, State
 from tuning.pareto import MODEL_OBJECTIVES, pareto_mask
-from tuning.space import RUNTIMES
 
 MODEL_PARAMS = ("hidden", "activation", "learning_rate", "runtime")
 MAX_MODELS = 32
@@ -117,14 +117,11 @@ class ModelSweepSpec:
         return kw
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["slos"] = list(self.slos)
-        return d
+        return plain_dict(self)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ModelSweepSpec:
-        values = known_fields(cls, d, "model sweep spec")
-        return cls(**{**values, "slos": tuple(values.get("slos", ()))})
+        return cls(**known_fields(cls, d, "model sweep spec"))
 
 
 def combo_key(combo: Mapping[str, Any]) -> str:

@@ -19,13 +19,13 @@ import os
 import time
 import urllib.request
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from agent.serving.config import DEFAULT_CONFIG, ServingConfig
 from runs import jobs, lifecycle
-from runs.configs import known_fields
+from runs.configs import known_fields, plain_dict
 from runs.registry import Registry, State
 from tuning.exports import write_exports
 from tuning.ladder import DEFAULT_USERS, MIN_THROUGHPUT_GAIN, check_levels, stop_climbing
@@ -104,19 +104,11 @@ class SweepSpec:
         return apply_params(self.base_config(), params)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["users"] = list(self.users)
-        d["rates"] = list(self.rates)
-        d["slos"] = list(self.slos)
-        return d
+        return plain_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SweepSpec:
-        values = known_fields(cls, d, "sweep spec")
-        for key in ("users", "rates", "slos"):
-            if key in values:
-                values[key] = tuple(values[key])
-        return cls(**values)
+        return cls(**known_fields(cls, d, "sweep spec"))
 
 
 # -- reading a sweep back from the registry -----------------------------------------------

@@ -26,6 +26,7 @@ from agent.serving.config import DEFAULT_CONFIG, RUNTIMES, ServingConfig
 from agent.serving.process import ServeJob
 from agent.serving.server import READY_PREFIX, ServeOptions, bind_socket, serve_single, serve_workers, url_for
 from runs import jobs, lifecycle
+from runs.configs import int_list
 from runs.registry import Registry, State
 
 DEFAULT_PORT = 8600
@@ -39,13 +40,6 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         # One line, no usage block: the caller (a job log, a test) reads the reason.
         self.exit(2, f"error: {message} (see --help)\n")
-
-
-def _positive_sizes(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(s) for s in text.split(",") if s.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 8,16,32; got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-batch-size", type=int, help=f"most rows per model execution (default: {d.max_batch_size})")
     g.add_argument("--batch-timeout-ms", type=float, help="how long a partial batch waits for more rows, ms "
                    f"(default: {d.batch_timeout_ms:g}; 0 runs at once)")
-    g.add_argument("--allowed-batch-sizes", type=_positive_sizes, metavar="N,N,...",
+    g.add_argument("--allowed-batch-sizes", type=int_list, metavar="N,N,...",
                    help="pad batches up to these sizes; the last must equal --max-batch-size (default: no padding, "
                    "except xla: powers of two)")
     g.add_argument("--num-batch-threads", type=int, help="model executions in parallel; 0 runs batches on the "

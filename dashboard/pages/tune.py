@@ -12,6 +12,7 @@ from typing import Any
 
 import streamlit as st
 
+from agent.serving.config import RUNTIMES
 from dashboard import charts_tuning as ct
 from dashboard import ui
 from dashboard.state import get_registry, init_defaults
@@ -24,7 +25,6 @@ from tuning.recommend import OBJECTIVES, Constraints, recommend
 K = "tune."
 LIVE_REFRESH_S = 2.0
 PLOT_CONFIG = {"displaylogo": False}
-RUNTIMES = ("keras", "tf-function", "xla", "tflite", "tflite-int8")
 OBJECTIVE_HELP = {
     "throughput": "the most requests/s a config sustains within the SLO",
     "latency": "the lowest latency at one load level",
