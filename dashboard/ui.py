@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 import streamlit as st
 
 from dashboard import format as fmt
-from dashboard.widgets import Check
+from dashboard.forms import Check
 from runs.registry import Registry, Run
 
 

@@ -23,7 +23,7 @@ from streamlit.testing.v1 import AppTest
 from agent.data import DataSpec
 from agent.export import ModelMetadata
 from agent.serving.metrics import ServingMetrics
-from dashboard import widgets
+from dashboard import forms
 from runs.jobs import stop_job, wait_job
 from runs.registry import Registry
 
@@ -137,7 +137,7 @@ def test_train_the_default_model_in_one_click(home: Path, registry: Registry) ->
     assert not at.exception
     run = registry.list_runs(kind="train")[0]
     try:
-        assert run.config["model"] == widgets.model_config(widgets.DEFAULT_TRAIN).to_dict()
+        assert run.config["model"] == forms.model_config(forms.DEFAULT_TRAIN).to_dict()
         assert run.config["data"]["dataset"] == "digits" and run.pid is not None
         assert "train.first_run" not in [b.key for b in at.button]  # the first-run box is gone
     finally:

@@ -8,7 +8,7 @@ from typing import Any
 
 import streamlit as st
 
-from dashboard import charts, ui, widgets
+from dashboard import charts, forms, ui
 from dashboard import format as fmt
 from dashboard.state import get_registry, init_defaults
 from loadtest.shapes import SHAPES
@@ -23,7 +23,7 @@ TARGET_ENDPOINT = "running endpoint"
 TARGET_URL = "URL"
 ZEROS = "zeros"
 
-D = widgets.LoadForm()
+D = forms.LoadForm()
 init_defaults({
     K + "target_kind": TARGET_ENDPOINT, K + "url": "http://127.0.0.1:8600", K + "url_model": "model",
     K + "n_features": 64, K + "payload": ZEROS,
@@ -32,7 +32,7 @@ init_defaults({
     K + "max_users": D.max_users, K + "spike_users": D.spike_users, K + "spike_at_s": D.spike_at_s,
     K + "spike_duration_s": D.spike_duration_s, K + "target_rps": D.target_rps,
     K + "instances_per_request": D.instances_per_request, K + "processes": D.processes,
-    K + "timeout_s": D.timeout_s, K + "slos": widgets.DEFAULT_SLOS,
+    K + "timeout_s": D.timeout_s, K + "slos": forms.DEFAULT_SLOS,
 })
 registry = get_registry()
 ss = st.session_state
@@ -106,28 +106,28 @@ else:
 
 st.subheader("Swarm")
 c1, c2, c3, c4 = st.columns(4)
-c1.number_input("Users", 1, widgets.MAX_USERS, step=1, key=K + "users",
+c1.number_input("Users", 1, forms.MAX_USERS, step=1, key=K + "users",
                 help="users: concurrent simulated clients (closed loop: each waits for its answer before the "
                      "next request); for steps, the ladder's first rung; for spike, the baseline")
 c2.number_input("Spawn rate (users/s)", 0.0, 1000.0, step=1.0, key=K + "spawn_rate",
                 help="spawn_rate: users started per second at the beginning of the run; must be > 0")
-c3.number_input("Duration (s)", 1, widgets.MAX_RUN_TIME_S, step=5, key=K + "run_time_s",
+c3.number_input("Duration (s)", 1, forms.MAX_RUN_TIME_S, step=5, key=K + "run_time_s",
                 help="run_time: how long the swarm runs; reports keep whatever was measured if stopped early")
 c4.selectbox("Shape", SHAPES, key=K + "shape", format_func=lambda s: s if s != "rate" else "rate (open loop)",
-             help="shape: " + "; ".join(f"{k}: {v}" for k, v in widgets.SHAPE_HELP.items()))
+             help="shape: " + "; ".join(f"{k}: {v}" for k, v in forms.SHAPE_HELP.items()))
 shape = ss[K + "shape"]
-st.caption(widgets.SHAPE_HELP[shape])
+st.caption(forms.SHAPE_HELP[shape])
 if shape == "steps":
     s1, s2, s3 = st.columns(3)
-    s1.number_input("Users per step", 1, widgets.MAX_USERS, key=K + "step_users",
+    s1.number_input("Users per step", 1, forms.MAX_USERS, key=K + "step_users",
                     help="step_users: users added at each rung of the ladder")
     s2.number_input("Step duration (s)", 0.5, 3600.0, step=1.0, key=K + "step_time_s",
                     help="step_time: seconds spent on each rung")
-    s3.number_input("Top of the ladder (users)", 1, widgets.MAX_USERS, key=K + "max_users",
+    s3.number_input("Top of the ladder (users)", 1, forms.MAX_USERS, key=K + "max_users",
                     help="max_users: the ladder stops climbing here and holds")
 elif shape == "spike":
     s1, s2, s3 = st.columns(3)
-    s1.number_input("Spike users", 1, widgets.MAX_USERS, key=K + "spike_users",
+    s1.number_input("Spike users", 1, forms.MAX_USERS, key=K + "spike_users",
                     help="spike_users: users during the spike (the baseline is the user count)")
     s2.number_input("Spike at (s)", 0.0, 3600.0, step=1.0, key=K + "spike_at_s",
                     help="spike_at: seconds into the run when the spike starts")
@@ -138,9 +138,9 @@ elif shape == "rate":
                     help="target_rps: offered request rate, split across the users (each paced with "
                          "constant_throughput); above capacity this shows 503s or queueing, not a slowdown")
 c1, c2, c3 = st.columns(3)
-c1.number_input("Instances per request", 1, widgets.MAX_INSTANCES_PER_REQUEST, key=K + "instances_per_request",
+c1.number_input("Instances per request", 1, forms.MAX_INSTANCES_PER_REQUEST, key=K + "instances_per_request",
                 help="instances_per_request: rows in each :predict body; more rows = fewer, bigger requests")
-c2.number_input("Locust processes", 1, widgets.MAX_PROCESSES, key=K + "processes",
+c2.number_input("Locust processes", 1, forms.MAX_PROCESSES, key=K + "processes",
                 help="processes: Locust worker processes (one core each, ~3k req/s per core here); "
                      "raise it when the saturation warning shows")
 c3.number_input("Request timeout (s)", 0.1, 120.0, step=0.5, key=K + "timeout_s",
@@ -149,7 +149,7 @@ st.text_area("SLOs (one per line)", key=K + "slos", height=90,
              help="slo: gates judged on the finished run, e.g. p95<=50ms, p99<=100ms, fail_ratio<=0.01, "
                   "rps>=500; the verdict shows PASS/FAIL per line")
 
-form = widgets.LoadForm(
+form = forms.LoadForm(
     host=host or "", model_name=model_name or "", users=int(ss[K + "users"]), spawn_rate=float(ss[K + "spawn_rate"]),
     run_time_s=int(ss[K + "run_time_s"]), shape=shape, step_users=int(ss[K + "step_users"]),
     step_time_s=float(ss[K + "step_time_s"]), max_users=int(ss[K + "max_users"]),
@@ -158,12 +158,12 @@ form = widgets.LoadForm(
     instances_per_request=int(ss[K + "instances_per_request"]), processes=int(ss[K + "processes"]),
     timeout_s=float(ss[K + "timeout_s"]), slos=ss[K + "slos"],
 )
-check = widgets.load_check(form, samples_path=samples_path, n_features=n_features)
+check = forms.load_check(form, samples_path=samples_path, n_features=n_features)
 ui.show_check(check)
 config: Any = None
 if check.ok:
     try:  # checked just above; only a samples.json deleted in between could fail here
-        config = widgets.loadtest_config(form, samples_path=samples_path, n_features=n_features)
+        config = forms.loadtest_config(form, samples_path=samples_path, n_features=n_features)
     except ValueError as exc:
         st.error(str(exc).splitlines()[0], icon=":material/block:")
 if config is not None:
@@ -201,7 +201,7 @@ def _frames(registry: Registry, run: Run) -> list[dict[str, Any]]:
 
 def _chart(registry: Registry, run: Run, key: str) -> list[dict[str, Any]]:
     rows = _frames(registry, run)
-    limits = widgets.slo_limits_ms(run.config.get("slos") or [])
+    limits = forms.slo_limits_ms(run.config.get("slos") or [])
     st.plotly_chart(charts.loadtest_figure(rows, slo_lines=limits), key=key, config={"displaylogo": False})
     return rows
 
@@ -228,7 +228,7 @@ def _live(run_id: str) -> None:
     if cpu is not None and cpu >= SATURATION_CPU_PCT:
         st.warning(f"Locust is using {cpu:.0f}% CPU: the load generator is saturated, so these numbers "
                    "measure Locust, not the server. Add Locust processes or lower the user count.")
-    limits = widgets.slo_limits_ms(run.config.get("slos") or [])
+    limits = forms.slo_limits_ms(run.config.get("slos") or [])
     st.plotly_chart(charts.loadtest_figure(rows, slo_lines=limits), key=K + "live_chart",
                     config={"displaylogo": False})
     ui.stop_button(registry, run, key=K + "stop", stopper=_stop)

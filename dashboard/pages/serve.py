@@ -10,7 +10,7 @@ from typing import Any
 import streamlit as st
 
 from agent.serving.config import RUNTIMES
-from dashboard import charts, serving_view, ui, widgets
+from dashboard import charts, forms, serving_view, ui
 from dashboard import format as fmt
 from dashboard.state import get_registry, init_defaults
 from runs.jobs import reap
@@ -21,7 +21,7 @@ HISTORY_POINTS = 120  # scrapes kept per endpoint for the timeline (2 minutes at
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 K = "serve."
 
-D = widgets.ServeForm()
+D = forms.ServeForm()
 init_defaults({
     K + "runtime": D.runtime, K + "max_batch_size": D.max_batch_size, K + "batch_timeout_ms": D.batch_timeout_ms,
     K + "max_enqueued_batches": D.max_enqueued_batches, K + "num_batch_threads": D.num_batch_threads,
@@ -45,11 +45,11 @@ def model_path_of(serve: Run) -> str | None:
     return serve.summary.get("model_path")
 
 
-def start(registry: Registry, model_path: str, form: widgets.ServeForm, name: str) -> str:
+def start(registry: Registry, model_path: str, form: forms.ServeForm, name: str) -> str:
     """Start an endpoint job for ``model_path``; returns its serve run id once it is ready."""
     from agent.serving.process import start_endpoint
 
-    handle = start_endpoint(registry, Path(model_path), widgets.serving_config(form), name=name, port=0)
+    handle = start_endpoint(registry, Path(model_path), forms.serving_config(form), name=name, port=0)
     return handle.run_id
 
 
@@ -107,17 +107,17 @@ with right:
     c2.slider("Workers", 1, 4, key=K + "workers",
               help="workers: server processes sharing the port, each with its own batcher and model copy")
 
-form = widgets.ServeForm(
+form = forms.ServeForm(
     runtime=ss[K + "runtime"], max_batch_size=int(ss[K + "max_batch_size"]),
     batch_timeout_ms=float(ss[K + "batch_timeout_ms"]), max_enqueued_batches=int(ss[K + "max_enqueued_batches"]),
     num_batch_threads=int(ss[K + "num_batch_threads"]), workers=int(ss[K + "workers"]),
     model_name=ss[K + "model_name"].strip(),
 )
-check = widgets.serve_check(form)
+check = forms.serve_check(form)
 ui.show_check(check)
 if check.ok:
     with st.expander("Config to start"):
-        st.json(widgets.serving_config(form).to_dict())
+        st.json(forms.serving_config(form).to_dict())
 
 # -- endpoints ---------------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ import streamlit as st
 
 from agent.data import BUILTIN_DATASETS, MAX_CSV_BYTES, MISSING_POLICIES, SYNTHETIC_ACTIVATIONS, CsvError
 from agent.model import ACTIVATIONS, MAX_LAYERS, OPTIMIZERS
-from dashboard import charts, ui, widgets
+from dashboard import charts, forms, ui
 from dashboard.state import get_registry, init_defaults
 from runs.configs import atomic_write_text
 from runs.jobs import reap
@@ -26,7 +26,7 @@ K = "train."  # widget key prefix for this page
 BUILTIN_TASKS = {"diabetes": "regression", "synthetic": "regression", "digits": "classification",
                        "iris": "classification", "wine": "classification", "breast_cancer": "classification"}
 
-D = widgets.TrainForm()
+D = forms.TrainForm()
 init_defaults({
     K + "dataset": D.dataset, K + "missing": D.csv_missing, K + "task": "infer",
     K + "synthetic_activation": D.synthetic_activation, K + "noise": D.noise,
@@ -59,7 +59,7 @@ def _csv_check(digest: str, _data: bytes, target: str, missing: str, task: str |
     return None, f"{ds.task}, {len(ds.y)} rows, {ds.n_features} features" + (f"; {notes}" if notes else "")
 
 
-def start_training(registry: Registry, form: widgets.TrainForm, csv_bytes: bytes | None = None,
+def start_training(registry: Registry, form: forms.TrainForm, csv_bytes: bytes | None = None,
                    csv_name: str | None = None) -> str:
     """Save an uploaded CSV (by content digest) and start the train job through its start(); returns the run id."""
     from agent.training import TrainJob, start
@@ -70,12 +70,12 @@ def start_training(registry: Registry, form: widgets.TrainForm, csv_bytes: bytes
         csv_path = registry.home / UPLOADS_DIRNAME / f"{hashlib.sha256(data).hexdigest()[:20]}.csv"
         if not csv_path.is_file():
             atomic_write_text(csv_path, data)
-    job = TrainJob(widgets.model_config(form), widgets.data_source(form, csv_path))
+    job = TrainJob(forms.model_config(form), forms.data_source(form, csv_path))
     name = f"train {Path(csv_name).stem if csv_bytes is not None and csv_name else form.dataset}"
     return start(registry, job, name=name)
 
 
-def _launch(form: widgets.TrainForm, csv_bytes: bytes | None = None, csv_name: str | None = None) -> None:
+def _launch(form: forms.TrainForm, csv_bytes: bytes | None = None, csv_name: str | None = None) -> None:
     try:
         run_id = start_training(registry, form, csv_bytes, csv_name)
     except (ValueError, OSError) as exc:
@@ -95,13 +95,13 @@ if not registry.list_runs(limit=1):
         st.subheader(":material/rocket_launch: First run")
         st.markdown(
             "The registry is empty. Start with the default model: a 64-unit MLP on the **digits** dataset "
-            f"(8×8 images, 10 classes), up to {widgets.DEFAULT_TRAIN.epochs} epochs with early stopping — "
+            f"(8×8 images, 10 classes), up to {forms.DEFAULT_TRAIN.epochs} epochs with early stopping — "
             "well under a minute here. Then serve it and swarm it from the other pages."
         )
         if st.button("Train the default model", key=K + "first_run", type="primary", icon=":material/rocket_launch:",
                      help="Starts training the default model: digits, one hidden layer of 64 relu units, adam, "
                           "early stopping on val_loss"):
-            _launch(widgets.DEFAULT_TRAIN)
+            _launch(forms.DEFAULT_TRAIN)
 
 # -- the form ---------------------------------------------------------------------------
 
@@ -119,8 +119,8 @@ with data_col:
              "diabetes and synthetic are regression) or your own CSV file",
     )
     target = None
-    if dataset in widgets.BUILTIN_INFO:
-        st.caption(widgets.BUILTIN_INFO[dataset])
+    if dataset in forms.BUILTIN_INFO:
+        st.caption(forms.BUILTIN_INFO[dataset])
     if dataset == "csv":
         upload = st.file_uploader(
             "CSV file", type=["csv"], key=K + "upload", max_upload_size=MAX_CSV_BYTES // (1024 * 1024),
@@ -193,7 +193,7 @@ with model_col:
                     help="seed: fixes the split, initial weights and shuffling so runs are reproducible")
 
 ss = st.session_state
-form = widgets.TrainForm(
+form = forms.TrainForm(
     dataset=ss[K + "dataset"], csv_target=target, csv_missing=ss[K + "missing"],
     csv_task=None if ss[K + "task"] == "infer" else ss[K + "task"],
     synthetic_activation=ss[K + "synthetic_activation"], noise=float(ss[K + "noise"]),
@@ -202,12 +202,12 @@ form = widgets.TrainForm(
     batch_size=int(ss[K + "batch_size"]), epochs=int(ss[K + "epochs"]), patience=int(ss[K + "patience"]),
     seed=int(ss[K + "seed"]),
 )
-check = widgets.train_check(form, n_rows=n_rows, has_csv=csv_bytes is not None)
+check = forms.train_check(form, n_rows=n_rows, has_csv=csv_bytes is not None)
 ui.show_check(check)
 config_ok = check.ok and not csv_error  # the CSV's own error is already shown above, under the upload
 if config_ok:
     with st.expander("Config to train", expanded=False):
-        st.json({"model": widgets.model_config(form).to_dict(),
+        st.json({"model": forms.model_config(form).to_dict(),
                  "data": {"dataset": form.dataset, "target": form.csv_target}})
 
 active_train = [r for r in train_runs if r.active]
