@@ -12,7 +12,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +21,7 @@ import numpy as np
 from agent.data import BUILTIN_DATASETS, MISSING_POLICIES, SYNTHETIC_ACTIVATIONS, DataSource, Splits, split
 from agent.model import ACTIVATIONS, OPTIMIZERS, ModelConfig
 from runs import jobs, lifecycle
+from runs.configs import atomic_write_text
 from runs.registry import Registry, State
 
 if TYPE_CHECKING:
@@ -51,9 +52,27 @@ class TrainJob:
         return f"train {(self.data.csv_path and Path(self.data.csv_path).stem) or self.data.dataset}"
 
 
-def start(registry: Registry, job: TrainJob, *, name: str | None = None, parent_id: str | None = None) -> str:
-    """Record ``job`` as a new ``train`` run and launch its process; returns the run id at once."""
-    return jobs.start(registry, "train", job.to_dict(), name=name or job.label, parent_id=parent_id)
+UPLOAD_FILENAME = "data.csv"
+
+
+def start(registry: Registry, job: TrainJob, *, name: str | None = None, parent_id: str | None = None,
+          upload: bytes | None = None) -> str:
+    """Record ``job`` as a new ``train`` run and launch its process; returns the run id at once.
+
+    ``upload``: the bytes of an uploaded CSV, saved with the run (deleted with it) and
+    trained on in place of ``job.data.csv_path``.
+    """
+    run_id = jobs.create(registry, "train", job.to_dict(), name=name or job.label, parent_id=parent_id)
+    if upload is not None:
+        try:
+            path = atomic_write_text(registry.artifacts_dir(run_id) / UPLOAD_FILENAME, upload)
+            data = replace(job.data, dataset="csv", csv_path=str(path))
+            registry.update_config(run_id, {"data": data.to_dict()})
+        except (OSError, ValueError) as exc:
+            registry.finish_if_active(run_id, State.FAILED, lifecycle.one_line_error(exc))
+            raise
+    jobs.launch(registry, run_id)
+    return run_id
 
 
 def execute(registry: Registry, run_id: str, *, extra_callbacks: list[keras.callbacks.Callback] | None = None) -> str:

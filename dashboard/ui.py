@@ -84,3 +84,12 @@ def stop_button(registry: Registry, run: Run, key: str, label: str = "Stop",
         with st.spinner(f"stopping {run.name}…"):
             (stopper or stop_job)(registry, run.id)
         st.rerun()
+
+
+def widget_keys(prefix: str) -> Callable[[str], str]:
+    """``key = widget_keys("train.")``: ``key("epochs")`` is the page's session-state key for that widget."""
+
+    def key(name: str) -> str:
+        return prefix + name
+
+    return key

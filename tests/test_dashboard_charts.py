@@ -14,7 +14,7 @@ from agent.model import ModelConfig
 from agent.serving.config import ServingConfig
 from agent.serving.metrics import HistogramValue, ServerSnapshot, snapshot_delta
 from agent.training import TrainJob
-from dashboard import charts, forms, serving_view
+from dashboard import charts, endpoint_client, forms, serving_view
 from dashboard import format as fmt
 from loadtest.runner import LoadTestConfig
 from runs.registry import Registry
@@ -393,7 +393,7 @@ def fake_endpoint() -> Iterator[str]:
 
 
 def test_predict_sends_tf_serving_rows_and_reads_errors(fake_endpoint: str) -> None:
-    status, body = serving_view.predict(fake_endpoint, "m", [[1.0, 2.0]])
+    status, body = endpoint_client.predict(fake_endpoint, "m", [[1.0, 2.0]])
     assert status == 200 and body == {"predictions": [[0.25, 0.75]]}
-    status, body = serving_view.predict(fake_endpoint, "m", [[1.0]])
+    status, body = endpoint_client.predict(fake_endpoint, "m", [[1.0]])
     assert status == 400 and "2 features" in body["error"]

@@ -12,27 +12,27 @@ from agent.data import BUILTIN_DATASETS, MAX_CSV_BYTES, MISSING_POLICIES, SYNTHE
 from agent.model import ACTIVATIONS, MAX_LAYERS, OPTIMIZERS
 from dashboard import charts, forms, ui
 from dashboard.state import get_registry, init_defaults
-from runs.configs import atomic_write_text
 from runs.jobs import reap
 from runs.registry import Registry, Run
 
 LIVE_REFRESH_S = 1.0  # how often the live panel re-reads the registry while a job runs
-UPLOADS_DIRNAME = "uploads"  # uploaded CSVs, by content digest, under the state directory
 MAX_DOWNLOAD_BYTES = 200 * 1024 * 1024
 LEARNING_RATES = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 BATCH_SIZES = (8, 16, 32, 64, 128, 256, 512)
-K = "train."  # widget key prefix for this page
+KEY_PREFIX = "train."  # widget key prefix for this page
+key = ui.widget_keys(KEY_PREFIX)  # key("x") -> the page's widget key for x
 # Task of each built-in dataset (a CSV's is known once the job has loaded it).
 BUILTIN_TASKS = {"diabetes": "regression", "synthetic": "regression", "digits": "classification",
                        "iris": "classification", "wine": "classification", "breast_cancer": "classification"}
 
-D = forms.TrainForm()
+DEFAULTS = forms.TrainForm()
 init_defaults({
-    K + "dataset": D.dataset, K + "missing": D.csv_missing, K + "task": "infer",
-    K + "synthetic_activation": D.synthetic_activation, K + "noise": D.noise,
-    K + "layers": D.layers, K + "units": D.units, K + "activation": D.activation, K + "dropout": D.dropout,
-    K + "optimizer": D.optimizer, K + "lr": D.learning_rate, K + "batch_size": D.batch_size,
-    K + "epochs": D.epochs, K + "patience": D.patience, K + "seed": D.seed,
+    key("dataset"): DEFAULTS.dataset, key("missing"): DEFAULTS.csv_missing, key("task"): "infer",
+    key("synthetic_activation"): DEFAULTS.synthetic_activation, key("noise"): DEFAULTS.noise,
+    key("layers"): DEFAULTS.layers, key("units"): DEFAULTS.units, key("activation"): DEFAULTS.activation,
+    key("dropout"): DEFAULTS.dropout,
+    key("optimizer"): DEFAULTS.optimizer, key("lr"): DEFAULTS.learning_rate, key("batch_size"): DEFAULTS.batch_size,
+    key("epochs"): DEFAULTS.epochs, key("patience"): DEFAULTS.patience, key("seed"): DEFAULTS.seed,
 })
 
 registry = get_registry()
@@ -61,18 +61,14 @@ def _csv_check(digest: str, _data: bytes, target: str, missing: str, task: str |
 
 def start_training(registry: Registry, form: forms.TrainForm, csv_bytes: bytes | None = None,
                    csv_name: str | None = None) -> str:
-    """Save an uploaded CSV (by content digest) and start the train job through its start(); returns the run id."""
+    """Start the train job through its start() (an uploaded CSV is saved with the run); returns the run id."""
     from agent.training import TrainJob, start
 
-    csv_path = None
-    if form.dataset == "csv":
-        data = csv_bytes or b""
-        csv_path = registry.home / UPLOADS_DIRNAME / f"{hashlib.sha256(data).hexdigest()[:20]}.csv"
-        if not csv_path.is_file():
-            atomic_write_text(csv_path, data)
-    job = TrainJob(forms.model_config(form), forms.data_source(form, csv_path))
+    upload = (csv_bytes or b"") if form.dataset == "csv" else None
+    # The real path is the run's own copy of the upload; start() puts it in the config.
+    job = TrainJob(forms.model_config(form), forms.data_source(form, "upload.csv" if upload is not None else None))
     name = f"train {Path(csv_name).stem if csv_bytes is not None and csv_name else form.dataset}"
-    return start(registry, job, name=name)
+    return start(registry, job, name=name, upload=upload)
 
 
 def _launch(form: forms.TrainForm, csv_bytes: bytes | None = None, csv_name: str | None = None) -> None:
@@ -81,7 +77,7 @@ def _launch(form: forms.TrainForm, csv_bytes: bytes | None = None, csv_name: str
     except (ValueError, OSError) as exc:
         st.error(f"Could not start training: {exc}")
         return
-    ui.show_next(K + "view", run_id)
+    ui.show_next(key("view"), run_id)
     st.rerun()
 
 
@@ -98,7 +94,7 @@ if not registry.list_runs(limit=1):
             f"(8×8 images, 10 classes), up to {forms.DEFAULT_TRAIN.epochs} epochs with early stopping — "
             "well under a minute here. Then serve it and swarm it from the other pages."
         )
-        if st.button("Train the default model", key=K + "first_run", type="primary", icon=":material/rocket_launch:",
+        if st.button("Train the default model", key=key("first_run"), type="primary", icon=":material/rocket_launch:",
                      help="Starts training the default model: digits, one hidden layer of 64 relu units, adam, "
                           "early stopping on val_loss"):
             _launch(forms.DEFAULT_TRAIN)
@@ -113,7 +109,7 @@ csv_error: str | None = None
 with data_col:
     st.subheader("Data")
     dataset = st.selectbox(
-        "Dataset", (*BUILTIN_DATASETS, "csv"), key=K + "dataset",
+        "Dataset", (*BUILTIN_DATASETS, "csv"), key=key("dataset"),
         format_func=lambda d: "upload a CSV file…" if d == "csv" else d,
         help="dataset: a built-in set bundled offline (digits, iris, wine, breast_cancer are classification; "
              "diabetes and synthetic are regression) or your own CSV file",
@@ -123,7 +119,7 @@ with data_col:
         st.caption(forms.BUILTIN_INFO[dataset])
     if dataset == "csv":
         upload = st.file_uploader(
-            "CSV file", type=["csv"], key=K + "upload", max_upload_size=MAX_CSV_BYTES // (1024 * 1024),
+            "CSV file", type=["csv"], key=key("upload"), max_upload_size=MAX_CSV_BYTES // (1024 * 1024),
             help=f"csv: a UTF-8 CSV with a header row, up to {MAX_CSV_BYTES // (1024 * 1024)} MB; "
                  "one column is the target, the rest are features (text columns are one-hot encoded)",
         )
@@ -138,7 +134,7 @@ with data_col:
             else:
                 n_rows = preview.n_rows
                 target = st.selectbox(
-                    "Target column", preview.columns, index=len(preview.columns) - 1, key=K + "target",
+                    "Target column", preview.columns, index=len(preview.columns) - 1, key=key("target"),
                     help="target: the column the model predicts; text or few integer values -> classification, "
                          "other numbers -> regression",
                 )
@@ -146,61 +142,61 @@ with data_col:
                 st.caption(f"{preview.n_rows} rows × {len(preview.columns)} columns; "
                            f"{preview.rows_with_missing} rows with missing values")
                 st.selectbox(
-                    "Missing values", MISSING_POLICIES, key=K + "missing",
+                    "Missing values", MISSING_POLICIES, key=key("missing"),
                     help="missing: what to do with rows that have empty feature cells — reject the file, "
                          "drop those rows, or fill numeric columns with their mean",
                 )
                 st.selectbox(
-                    "Task", ("infer", "classification", "regression"), key=K + "task",
+                    "Task", ("infer", "classification", "regression"), key=key("task"),
                     help="task: inferred from the target column unless you override it",
                 )
-                task = None if st.session_state[K + "task"] == "infer" else st.session_state[K + "task"]
-                csv_error, described = _csv_check(digest, csv_bytes, target, st.session_state[K + "missing"], task)
+                task = None if st.session_state[key("task")] == "infer" else st.session_state[key("task")]
+                csv_error, described = _csv_check(digest, csv_bytes, target, st.session_state[key("missing")], task)
                 if csv_error:
                     st.error(csv_error)
                 else:
                     st.success(described, icon=":material/check_circle:")
     elif dataset == "synthetic":
-        st.selectbox("Synthetic activation f", SYNTHETIC_ACTIVATIONS, key=K + "synthetic_activation",
+        st.selectbox("Synthetic activation f", SYNTHETIC_ACTIVATIONS, key=key("synthetic_activation"),
                      help="synthetic_activation: the target is y = f(Wx + b) (+ noise); a model with no hidden "
                           "layer and this output activation fits it exactly")
-        st.slider("Noise σ", 0.0, 1.0, step=0.05, key=K + "noise",
+        st.slider("Noise σ", 0.0, 1.0, step=0.05, key=key("noise"),
                   help="noise: standard deviation of Gaussian noise added to y; the floor the loss can reach")
 
 with model_col:
     st.subheader("Model")
     c1, c2 = st.columns(2)
-    c1.slider("Hidden layers", 0, MAX_LAYERS, key=K + "layers",
+    c1.slider("Hidden layers", 0, MAX_LAYERS, key=key("layers"),
               help="hidden: number of Dense layers; 0 is a linear/logistic model. More layers = more capacity "
                    "and more compute per request when served")
-    c2.select_slider("Units per layer", (8, 16, 32, 64, 128, 256, 512, 1024), key=K + "units",
+    c2.select_slider("Units per layer", (8, 16, 32, 64, 128, 256, 512, 1024), key=key("units"),
                      help="hidden units per layer: parameter count and serving cost grow with units²")
-    c1.selectbox("Activation", ACTIVATIONS, key=K + "activation",
+    c1.selectbox("Activation", ACTIVATIONS, key=key("activation"),
                  help="activation: the hidden layers' non-linearity")
-    c2.slider("Dropout", 0.0, 0.9, step=0.05, key=K + "dropout",
+    c2.slider("Dropout", 0.0, 0.9, step=0.05, key=key("dropout"),
               help="dropout: fraction of units dropped after each hidden layer while training (regularisation)")
-    c1.selectbox("Optimizer", OPTIMIZERS, key=K + "optimizer", help="optimizer: the gradient-descent variant")
-    c2.select_slider("Learning rate", LEARNING_RATES, key=K + "lr", format_func=lambda v: f"{v:g}",
+    c1.selectbox("Optimizer", OPTIMIZERS, key=key("optimizer"), help="optimizer: the gradient-descent variant")
+    c2.select_slider("Learning rate", LEARNING_RATES, key=key("lr"), format_func=lambda v: f"{v:g}",
                      help="learning_rate: step size; too high diverges (loss goes up), too low crawls")
-    c1.select_slider("Batch size", BATCH_SIZES, key=K + "batch_size",
+    c1.select_slider("Batch size", BATCH_SIZES, key=key("batch_size"),
                      help="batch_size: rows per gradient step; larger = faster epochs but fewer, smoother steps")
-    c2.number_input("Epochs", 1, 1000, step=1, key=K + "epochs",
+    c2.number_input("Epochs", 1, 1000, step=1, key=key("epochs"),
                     help="epochs: maximum passes over the training split")
-    c1.number_input("Early-stopping patience", 0, 100, step=1, key=K + "patience",
+    c1.number_input("Early-stopping patience", 0, 100, step=1, key=key("patience"),
                     help="patience: stop after this many epochs without val_loss improving (best weights kept); "
                          "0 turns early stopping off")
-    c2.number_input("Seed", 0, 2**31 - 1, step=1, key=K + "seed",
+    c2.number_input("Seed", 0, 2**31 - 1, step=1, key=key("seed"),
                     help="seed: fixes the split, initial weights and shuffling so runs are reproducible")
 
-ss = st.session_state
+state = st.session_state
 form = forms.TrainForm(
-    dataset=ss[K + "dataset"], csv_target=target, csv_missing=ss[K + "missing"],
-    csv_task=None if ss[K + "task"] == "infer" else ss[K + "task"],
-    synthetic_activation=ss[K + "synthetic_activation"], noise=float(ss[K + "noise"]),
-    layers=int(ss[K + "layers"]), units=int(ss[K + "units"]), activation=ss[K + "activation"],
-    dropout=float(ss[K + "dropout"]), optimizer=ss[K + "optimizer"], learning_rate=float(ss[K + "lr"]),
-    batch_size=int(ss[K + "batch_size"]), epochs=int(ss[K + "epochs"]), patience=int(ss[K + "patience"]),
-    seed=int(ss[K + "seed"]),
+    dataset=state[key("dataset")], csv_target=target, csv_missing=state[key("missing")],
+    csv_task=None if state[key("task")] == "infer" else state[key("task")],
+    synthetic_activation=state[key("synthetic_activation")], noise=float(state[key("noise")]),
+    layers=int(state[key("layers")]), units=int(state[key("units")]), activation=state[key("activation")],
+    dropout=float(state[key("dropout")]), optimizer=state[key("optimizer")], learning_rate=float(state[key("lr")]),
+    batch_size=int(state[key("batch_size")]), epochs=int(state[key("epochs")]), patience=int(state[key("patience")]),
+    seed=int(state[key("seed")]),
 )
 check = forms.train_check(form, n_rows=n_rows, has_csv=csv_bytes is not None)
 ui.show_check(check)
@@ -211,7 +207,7 @@ if config_ok:
                  "data": {"dataset": form.dataset, "target": form.csv_target}})
 
 active_train = [r for r in train_runs if r.active]
-if st.button("Train", key=K + "start", type="primary", icon=":material/play_arrow:", disabled=not config_ok,
+if st.button("Train", key=key("start"), type="primary", icon=":material/play_arrow:", disabled=not config_ok,
              help="Start a training job with these settings (runs in its own process; you can leave the page)"):
     _launch(form, csv_bytes, csv_name)
 if active_train:
@@ -230,7 +226,7 @@ def _live(run_id: str) -> None:
     ui.status_line(run)
     _progress(run)
     _curves(registry, run)
-    ui.stop_button(registry, run, key=K + "stop")
+    ui.stop_button(registry, run, key=key("stop"))
 
 
 def _progress(run: Run) -> None:
@@ -252,8 +248,8 @@ def _curves(registry: Registry, run: Run) -> None:
     m[2].metric(charts.LABELS[quality[1]], _num(last.get(quality[1])), help="validation quality metric")
     m[3].metric("samples/s", _num(last.get("samples_per_s"), ".0f"), help="training throughput of the last epoch")
     c1, c2 = st.columns(2)
-    c1.plotly_chart(charts.loss_figure(series), key=K + "loss_chart", config={"displaylogo": False})
-    c2.plotly_chart(charts.accuracy_figure(series, _task(run)), key=K + "acc_chart", config={"displaylogo": False})
+    c1.plotly_chart(charts.loss_figure(series), key=key("loss_chart"), config={"displaylogo": False})
+    c2.plotly_chart(charts.accuracy_figure(series, _task(run)), key=key("acc_chart"), config={"displaylogo": False})
 
 
 def _task(run: Run) -> str | None:
@@ -286,18 +282,18 @@ def _results(registry: Registry, run: Run) -> None:
     if metrics.get("confusion_matrix"):
         labels = (s.get("data") or {}).get("classes") or None
         st.plotly_chart(charts.confusion_matrix_figure(metrics["confusion_matrix"], labels),
-                        key=K + "cm_chart", config={"displaylogo": False})
+                        key=key("cm_chart"), config={"displaylogo": False})
     model_path = Path(s["model_path"]) if s.get("model_path") else None
     if model_path is not None and model_path.is_file() and model_path.stat().st_size <= MAX_DOWNLOAD_BYTES:
         st.download_button("Download model.keras", model_path.read_bytes(), file_name=f"{run.id}.keras",
-                           mime="application/zip", key=K + "download", icon=":material/download:",
+                           mime="application/zip", key=key("download"), icon=":material/download:",
                            help="The trained Keras v3 archive (load with keras.saving.load_model(..., safe_mode=True))")
     notes = (s.get("data") or {}).get("notes") or []
     if notes:
         st.caption("Data: " + "; ".join(notes))
 
 
-view = ui.run_view("Training run", train_runs, key=K + "view",
+view = ui.run_view("Training run", train_runs, key=key("view"),
                    help="Which training run to show; running jobs update live",
                    empty_text="No training runs yet. Set the knobs above and press **Train**.",
                    live=_live, results=functools.partial(_results, registry), refresh_s=LIVE_REFRESH_S)
