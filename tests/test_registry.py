@@ -108,6 +108,7 @@ def _writer(home: str, run_id: str, worker: int, start: mp.synchronize.Event) ->
             reg.update_summary(run_id, {f"w{worker}": i})
 
 
+@pytest.mark.integration  # real processes
 def test_concurrent_writers_from_three_processes(registry: Registry) -> None:
     run_id = registry.create_run("loadtest", status="running")
     ctx = mp.get_context("spawn")
@@ -139,6 +140,7 @@ def _open_fresh(home: str, barrier: Any, out: Any) -> None:
         out.put(f"{type(exc).__name__}: {exc}")
 
 
+@pytest.mark.integration  # real processes
 def test_processes_opening_the_same_fresh_registry_at_once_all_succeed(tmp_path: Path) -> None:
     ctx = mp.get_context("spawn")
     for attempt in range(3):  # a few fresh files: the race is at creation and the switch to WAL
