@@ -334,7 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="early-stopping patience in epochs on val_loss; 0 turns it off")
     model.add_argument("--seed", type=int, default=d.seed, help="seed for the split, weights and shuffling")
     run = p.add_argument_group("run")
-    run.add_argument("--run-id", help="record into this existing run (set by the job supervisor)")
+    run.add_argument("--run-id", help="run the train job recorded in this registry run (what start() launches); "
+                     "the other flags are then ignored")
     run.add_argument("--home", help="state directory (default: $TUNESWARM_HOME or .tuneswarm/)")
     return p
 
