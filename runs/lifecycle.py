@@ -212,6 +212,9 @@ def job_context(registry: Registry, run_id: str) -> Iterator[JobContext]:
         raise ValueError(f"run {run_id} is already {run.status}; start a new run (or resume a sweep)")
     ctx = JobContext(registry, run_id)
     registry.mark_started(run_id, os.getpid(), process_start_time(os.getpid()))
+    # Only what the job itself starts dies with it (a test or a CLI running the job in-process may
+    # have children of its own, e.g. a fixture's endpoint).
+    before = _descendant_pids()
     previous = _install_handlers(ctx)
     done = threading.Event()
     watcher = threading.Thread(target=_watch, args=(ctx, done), name=f"job-watch-{run_id}", daemon=True)
@@ -238,7 +241,14 @@ def job_context(registry: Registry, run_id: str) -> Iterator[JobContext]:
         _CURRENT.remove(ctx)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        end_descendants()
+        end_descendants(spare=before)
+
+
+def _descendant_pids() -> set[int]:
+    try:
+        return {p.pid for p in psutil.Process().children(recursive=True)}
+    except psutil.Error:
+        return set()
 
 
 def _install_handlers(ctx: JobContext) -> dict[int, Any]:
@@ -287,10 +297,11 @@ def _expected_parent() -> int | None:
     return int(value)
 
 
-def end_descendants(grace_s: float = CHILD_GRACE_S, *, sig: signal.Signals = signal.SIGTERM) -> None:
-    """SIGTERM every live descendant of this process, SIGKILL the ones left after ``grace_s``."""
+def end_descendants(grace_s: float = CHILD_GRACE_S, *, spare: set[int] = frozenset(),  # type: ignore[assignment]
+                    sig: signal.Signals = signal.SIGTERM) -> None:
+    """SIGTERM every live descendant of this process (but ``spare``), SIGKILL the ones left after ``grace_s``."""
     try:
-        procs = psutil.Process().children(recursive=True)
+        procs = [p for p in psutil.Process().children(recursive=True) if p.pid not in spare]
     except psutil.Error:
         return
     if not procs:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -127,30 +130,40 @@ def test_concurrent_writers_from_three_processes(registry: Registry) -> None:
 
 
 FRESH_OPENERS = 8
-
-
-def _open_fresh(home: str, barrier: Any, out: Any) -> None:
-    barrier.wait(30)
+FRESH_FILES = 60
+# Each opener waits for the go file, then opens the same brand-new registries in the same order
+# (the race is at creating the file and switching it to WAL), writing one run in each.
+OPENER = """
+import os, sys, time
+go, root, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+from runs.registry import Registry
+deadline = time.monotonic() + 30
+while not os.path.exists(go) and time.monotonic() < deadline:
+    time.sleep(0.0005)
+errors = []
+for i in range(n):
     try:
-        reg = Registry(home)
+        reg = Registry(os.path.join(root, f"fresh{i}"))
         reg.create_run("train")
         reg.close()
-        out.put("ok")
     except Exception as exc:
-        out.put(f"{type(exc).__name__}: {exc}")
+        errors.append(f"fresh{i}: {type(exc).__name__}: {exc}")
+print("\\n".join(errors) or "ok")
+"""
 
 
 @pytest.mark.integration  # real processes
 def test_processes_opening_the_same_fresh_registry_at_once_all_succeed(tmp_path: Path) -> None:
-    ctx = mp.get_context("spawn")
-    for attempt in range(3):  # a few fresh files: the race is at creation and the switch to WAL
-        home = tmp_path / f"fresh{attempt}"
-        barrier, out = ctx.Barrier(FRESH_OPENERS), ctx.Queue()
-        procs = [ctx.Process(target=_open_fresh, args=(str(home), barrier, out)) for _ in range(FRESH_OPENERS)]
-        for p in procs:
-            p.start()
-        results = [out.get(timeout=60) for _ in procs]
-        for p in procs:
-            p.join(30)
-        assert results == ["ok"] * FRESH_OPENERS, results
-        assert len(Registry(home).list_runs()) == FRESH_OPENERS
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    go = tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, "-c", OPENER, str(go), str(tmp_path), str(FRESH_FILES)], env=env,
+                              cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(FRESH_OPENERS)]
+    time.sleep(1.0)  # let them all import and reach the wait (a late one only makes the race milder)
+    go.touch()
+    outs = [p.communicate(timeout=120) for p in procs]
+    failures = [out.strip() or err.strip()[-300:] for (out, err) in outs if out.strip() != "ok"]
+    assert not failures, failures
+    for i in range(FRESH_FILES):
+        assert len(Registry(tmp_path / f"fresh{i}").list_runs()) == FRESH_OPENERS
