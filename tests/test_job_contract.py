@@ -12,6 +12,7 @@ signal came is `stopped` or `interrupted`.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -55,13 +56,13 @@ class Copy:
 # -- how each kind is started and when it is deep in its work ----------------------------------------------
 
 
-def _cli_argv(kind: str, model: Path) -> list[str]:
+def _cli_argv(kind: str, model: Path, home: Path) -> list[str]:
     m = str(model)
     return {
         "train": ["agent.training", "--hidden", "8", "--epochs", "500", "--batch-size", "8"],
         "serve": ["agent.serving", "--model", m, "--port", "0", "--runtime", "keras"],
         "swarm": ["loadtest", "--serve", m, "--runtime", "keras", "--users", "2", "--spawn-rate", "2",
-                  "--run-time", f"{LONG_S}s"],
+                  "--run-time", f"{LONG_S}s", "--report-dir", str(home / "reports")],
         "sweep": ["tuning", "--model", m, "--grid", "max_batch_size=1,8", "--users", "1,2", "--step-s", str(LONG_S),
                   "--verify-top", "0"],
         "model_sweep": ["tuning", "--mode", "models", "--train-grid", "hidden=4,8", "--epochs", "1", "--users", "1",
@@ -208,9 +209,9 @@ def test_signals_and_kill_leave_nothing_running(
             if launcher == "cli":
                 env = {**os.environ, "TUNESWARM_HOME": str(home), "PYTHONPATH": str(ROOT)}
                 log = open(home / "cli.log", "wb")  # noqa: SIM115 (closed with the process)
-                proc = subprocess.Popen([sys.executable, "-m", *_cli_argv(kind, trained_model)], cwd=ROOT, env=env,
-                                        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
+                argv = [sys.executable, "-m", *_cli_argv(kind, trained_model, home)]
+                proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
                 log.close()
                 copies.append(Copy(home, registry, proc.pid, proc))
             else:
@@ -251,6 +252,10 @@ def test_signals_and_kill_leave_nothing_running(
             for run_id in before:
                 r = runs[run_id]
                 assert r.status in ("stopped", "interrupted"), (kind, launcher, sig.name, r.kind, r.status, r.error)
+            if kind == "swarm" and launcher == "cli" and sig != signal.SIGKILL:
+                # the partial results reach --report-dir too
+                summary = json.loads((copy.home / "reports" / "summary.json").read_text())
+                assert summary["status"] == "stopped" and summary["requests"] > 0
     finally:
         for copy in copies:
             _kill_everything(copy)

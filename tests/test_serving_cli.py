@@ -54,6 +54,7 @@ def cli_server(trained_model: Path) -> Iterator[subprocess.Popen[str]]:
         proc.wait(10)
 
 
+@pytest.mark.slow
 def test_sigterm_finishes_in_flight_requests_and_exits_0(
     cli_server: subprocess.Popen[str], trained_model: Path
 ) -> None:

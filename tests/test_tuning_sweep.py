@@ -187,6 +187,7 @@ def test_exported_json_loads_back_into_the_endpoint_through_its_cli(home: Path, 
             proc.wait(10)
 
 
+@pytest.mark.slow
 def test_model_sweep_cli_trains_serves_and_marks_the_pareto_front(home: Path, tmp_path: Path) -> None:
     out = tmp_path / "models"
     proc = _cli("--mode", "models", "--dataset", "digits", "--train-grid", "hidden=4,32", "--epochs", "1",
