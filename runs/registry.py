@@ -363,16 +363,8 @@ class Registry:
         return self.transition(run_id, status, error)
 
     def update_config(self, run_id: str, updates: Mapping[str, Any]) -> None:
-        with self._write() as conn:
-            row = conn.execute("SELECT config FROM runs WHERE id=?", (run_id,)).fetchone()
-            if row is None:
-                raise KeyError(f"no run with id {run_id!r}")
-            config = json.loads(row["config"])
-            config.update(updates)
-            conn.execute(
-                "UPDATE runs SET config=? WHERE id=?",
-                (json.dumps(config, sort_keys=True, default=str), run_id),
-            )
+        """Merge ``updates`` into the run's config (e.g. a path known only once the run exists)."""
+        self._merge_json(run_id, "config", updates)
 
     def set_progress(self, run_id: str, progress: Mapping[str, Any]) -> None:
         with self._write() as conn:
@@ -382,15 +374,19 @@ class Registry:
 
     def update_summary(self, run_id: str, updates: Mapping[str, Any]) -> None:
         """Merge ``updates`` into the run's summary (final results, reports, flags)."""
+        self._merge_json(run_id, "summary", updates)
+
+    def _merge_json(self, run_id: str, column: str, updates: Mapping[str, Any]) -> None:
+        if column not in ("config", "summary"):
+            raise ValueError(f"column must be config or summary; got {column!r}")
         with self._write() as conn:
-            row = conn.execute("SELECT summary FROM runs WHERE id=?", (run_id,)).fetchone()
+            row = conn.execute(f"SELECT {column} FROM runs WHERE id=?", (run_id,)).fetchone()
             if row is None:
                 raise KeyError(f"no run with id {run_id!r}")
-            summary = json.loads(row["summary"])
-            summary.update(updates)
+            merged = {**json.loads(row[column]), **updates}
             conn.execute(
-                "UPDATE runs SET summary=? WHERE id=?",
-                (json.dumps(summary, default=_json_default), run_id),
+                f"UPDATE runs SET {column}=? WHERE id=?",
+                (json.dumps(merged, sort_keys=column == "config", default=_json_default), run_id),
             )
 
     def request_stop(self, run_id: str) -> None:
