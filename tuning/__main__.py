@@ -280,8 +280,13 @@ def _run_job(registry, run_id: str, out: str | None) -> int:
         if is_alive(run):
             raise UsageError(f"sweep {run_id} is running already (pid {run.pid})")
     done = len(run.summary.get("points") or run.summary.get("models") or [])
-    print(f"sweep {run_id}: {'resuming with ' + str(done) + ' points measured' if done else 'starting'}", flush=True)
-    status = _execute(registry, run_id)
+    if run.status == "completed":  # nothing to resume: report it (and write --out) as it ended
+        print(f"sweep {run_id}: completed with {done} points", flush=True)
+        status = run.status
+    else:
+        print(f"sweep {run_id}: {'resuming with ' + str(done) + ' points measured' if done else 'starting'}",
+              flush=True)
+        status = _execute(registry, run_id)
     if run.config.get("mode") == "models":
         return _report_models(registry, run_id, status, out)
     return _report(registry, run_id, status, out)
