@@ -78,6 +78,10 @@ def test_killed_sweep_resumes_without_remeasuring_finished_points(registry: Regi
         assert sorted(p.name for p in out.iterdir()) == sorted(UNINTERRUPTED_OUT)
         assert all(oct(p.stat().st_mode & 0o777) == "0o644" for p in out.iterdir())
         assert len(json.loads((out / "points.json").read_text())) == 2
+        again = registry.home / "again-out"  # a finished sweep: reported and written again, not re-measured
+        proc = _cli("--run-id", run_id, "--out", str(again), home=registry.home, timeout=60)
+        assert proc.returncode == 0 and "completed with 2 points" in proc.stdout, proc.stdout + proc.stderr
+        assert {p.name: p.read_text() for p in again.iterdir()} == {p.name: p.read_text() for p in out.iterdir()}
         assert all(oct(p.stat().st_mode & 0o777) == "0o644" for p in Path(done.summary["exports"]["serving_config"])
                    .parent.iterdir())
         after = load_points(registry, run_id)
