@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from agent.data import DataSpec
+from runs.configs import atomic_write_text
 
 if TYPE_CHECKING:
     import keras
@@ -71,18 +71,6 @@ class ModelMetadata:
         )
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    # Write-then-rename: a reader never sees a half-written file.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_bundle(
     folder: Path,
     model: keras.Model,
@@ -96,12 +84,12 @@ def save_bundle(
     tmp_model = folder / (MODEL_FILENAME + ".tmp.keras")
     model.save(tmp_model)
     os.replace(tmp_model, model_path)
-    _atomic_write_text(folder / METADATA_FILENAME, json.dumps(metadata.to_dict(), indent=2, default=_plain))
+    atomic_write_text(folder / METADATA_FILENAME, json.dumps(metadata.to_dict(), indent=2, default=_plain))
     rows = samples_x[:MAX_SAMPLES]
     samples: dict[str, Any] = {"instances": rows.astype(float).tolist()}
     if samples_y is not None:
         samples["targets"] = samples_y[:MAX_SAMPLES].tolist()
-    _atomic_write_text(folder / SAMPLES_FILENAME, json.dumps(samples))
+    atomic_write_text(folder / SAMPLES_FILENAME, json.dumps(samples))
     return model_path
 
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from agent.data import BUILTIN_IMAGE_SHAPES, DataSpec
+from runs.configs import known_fields, plain_dict
 
 if TYPE_CHECKING:
     import keras
@@ -86,22 +87,11 @@ class ModelConfig:
         _integer("seed", self.seed, 0, 2**31 - 1)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["hidden"] = list(self.hidden)
-        d["filters"] = list(self.filters)
-        return d
+        return plain_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown ModelConfig fields {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        kwargs = dict(d)
-        for name in ("hidden", "filters"):
-            if name in kwargs:
-                kwargs[name] = tuple(kwargs[name])
-        return cls(**kwargs)
+        return cls(**known_fields(cls, d, "model config"))
 
     @property
     def summary(self) -> str:

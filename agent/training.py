@@ -1,17 +1,18 @@
 """Training: ``train()`` runs Keras ``fit`` and streams its progress into the run registry.
 
-Run as a job with ``python -m agent.training ...`` (see ``--help``); the dashboard
-and the model sweep start it through ``runs.jobs``.
+The ``train`` job kind: :func:`start` records a :class:`TrainJob` and launches
+``python -m agent.training --run-id ID`` (what the Train page does); the CLI with
+flags records the same config and runs the same job in the foreground.
 """
 
 from __future__ import annotations
 
 import argparse
-import signal
+import os
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,13 +28,67 @@ from agent.data import (
     split,
 )
 from agent.model import ACTIVATIONS, FAMILIES, OPTIMIZERS, POOLINGS, ModelConfig, image_shape_for, parse_filters
-from runs.registry import Registry
+from runs import jobs, lifecycle
+from runs.configs import atomic_write_text
+from runs.registry import Registry, State
 
 if TYPE_CHECKING:
     import keras
 
 PROGRESS_INTERVAL_S = 0.25  # how often batch progress is written for progress bars
 STOP_POLL_INTERVAL_S = 0.05  # how often the registry's stop flag is read between batches
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """The frozen config of a ``train`` run: the model and the data it learns from."""
+
+    model: ModelConfig
+    data: DataSource
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model.to_dict(), "data": self.data.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainJob:
+        if "model" not in d:
+            raise ValueError("a train run's config needs a 'model' (a ModelConfig dict)")
+        return cls(ModelConfig.from_dict(dict(d["model"])), DataSource(**dict(d.get("data") or {})))
+
+    @property
+    def label(self) -> str:
+        return f"train {(self.data.csv_path and Path(self.data.csv_path).stem) or self.data.dataset}"
+
+
+UPLOAD_FILENAME = "data.csv"
+
+
+def start(registry: Registry, job: TrainJob, *, name: str | None = None, parent_id: str | None = None,
+          upload: bytes | None = None) -> str:
+    """Record ``job`` as a new ``train`` run and launch its process; returns the run id at once.
+
+    ``upload``: the bytes of an uploaded CSV, saved with the run (deleted with it) and
+    trained on in place of ``job.data.csv_path``.
+    """
+    run_id = jobs.create(registry, "train", job.to_dict(), name=name or job.label, parent_id=parent_id)
+    if upload is not None:
+        try:
+            path = atomic_write_text(registry.artifacts_dir(run_id) / UPLOAD_FILENAME, upload)
+            data = replace(job.data, dataset="csv", csv_path=str(path))
+            registry.update_config(run_id, {"data": data.to_dict()})
+        except (OSError, ValueError) as exc:
+            registry.finish_if_active(run_id, State.FAILED, lifecycle.one_line_error(exc))
+            raise
+    jobs.launch(registry, run_id)
+    return run_id
+
+
+def execute(registry: Registry, run_id: str, *, extra_callbacks: list[keras.callbacks.Callback] | None = None) -> str:
+    """The job: train the run's recorded config inside ``job_context``; returns the final status."""
+    job = TrainJob.from_dict(registry.get_run(run_id).config)
+    with lifecycle.job_context(registry, run_id):
+        train(job.model, job.data, registry, run_id, extra_callbacks=extra_callbacks)
+    return registry.get_run(run_id).status
 
 
 @dataclass(frozen=True)
@@ -65,7 +120,6 @@ def make_streamer(registry: Registry, run_id: str, n_train: int) -> keras.callba
 
         def __init__(self) -> None:
             super().__init__()
-            self.stop_signalled = False  # set from the SIGTERM handler
             self.stopped_early_by_request = False
 
         def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
@@ -86,15 +140,16 @@ def make_streamer(registry: Registry, run_id: str, n_train: int) -> keras.callba
             now = time.monotonic()
             if now - self._last_progress >= PROGRESS_INTERVAL_S:
                 self._write_progress(batch=batch + 1)
-            if self.stop_signalled or (
-                now - self._last_stop_poll >= STOP_POLL_INTERVAL_S and self._poll_stop(now)
-            ):
+            # A signal reaches this flag too: job_context turns it into the registry's stop flag.
+            if now - self._last_stop_poll >= STOP_POLL_INTERVAL_S and self._poll_stop(now):
                 self.stopped_early_by_request = True
                 self.model.stop_training = True
 
         def _poll_stop(self, now: float) -> bool:
             self._last_stop_poll = now
-            return registry.stop_requested(run_id)
+            # The job this training runs in (itself, or a model sweep training in-process) may be stopping too.
+            ctx = lifecycle.current()
+            return registry.stop_requested(run_id) or (ctx is not None and ctx.stopping)
 
         def _write_progress(self, batch: int) -> None:
             self._last_progress = time.monotonic()
@@ -155,28 +210,22 @@ def train(
     extra_callbacks: list[keras.callbacks.Callback] | None = None,
     on_streamer: Callable[[keras.callbacks.Callback], None] | None = None,
 ) -> TrainResult:
-    """Train a model for ``run_id`` (created if None) and save its bundle.
+    """Train a model for ``run_id`` (created if None) in this process and save its bundle.
 
-    Errors are recorded on the run (status ``failed`` with the message) and re-raised.
+    The run records this process's pid, so a reaper marks it ``interrupted`` if
+    the process is killed (e.g. a model sweep training in-process). Errors are
+    recorded on the run (status ``failed`` with one line) and re-raised.
     """
     if run_id is None:
-        run_id = registry.create_run(
-            "train", {"model": config.to_dict(), "data": source.to_dict()},
-            name=f"train {(source.csv_path and Path(source.csv_path).stem) or source.dataset}",
-            status="running",
-        )
-    else:
-        registry.set_status(run_id, "running")
+        job = TrainJob(config, source)
+        run_id = jobs.create(registry, "train", job.to_dict(), name=job.label)
+    if lifecycle.current() is None or lifecycle.current().run_id != run_id:  # type: ignore[union-attr]
+        registry.mark_started(run_id, os.getpid(), lifecycle.process_start_time(os.getpid()))
     try:
         return _train(config, source, registry, run_id, extra_callbacks or [], on_streamer)
     except BaseException as exc:
-        registry.finish_if_active(run_id, "failed", _one_line(exc))
+        registry.finish_if_active(run_id, State.FAILED, lifecycle.one_line_error(exc))
         raise
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 def _train(
@@ -233,13 +282,17 @@ def _train(
         output_name=model.output_names[0] if getattr(model, "output_names", None) else "predictions",
     )
     model_path = save_bundle(folder, model, meta, test_x, splits.test.y)
-    status = "stopped" if stopped else "completed"
     registry.update_summary(
         run_id,
         {"test_metrics": metrics, "param_count": param_count, "model_path": str(model_path),
          "epochs_run": len(streamer.history)},
     )
-    registry.set_status(run_id, status, "stopped by request" if stopped else None)
+    if stopped:
+        reason = ctx.reason if (ctx := lifecycle.current()) is not None and ctx.signalled else "stopped by request"
+        registry.finish_if_active(run_id, State.STOPPED, reason)
+    else:
+        registry.finish_if_active(run_id, State.COMPLETED)
+    status = registry.get_run(run_id).status
     return TrainResult(run_id, status, len(streamer.history), metrics, param_count, model_path, streamer.history)
 
 
@@ -319,80 +372,82 @@ def build_parser() -> argparse.ArgumentParser:
                        help="early-stopping patience in epochs on val_loss; 0 turns it off")
     model.add_argument("--seed", type=int, default=d.seed, help="seed for the split, weights and shuffling")
     run = p.add_argument_group("run")
-    run.add_argument("--run-id", help="record into this existing run (set by the job supervisor)")
+    run.add_argument("--run-id", help="run the train job recorded in this registry run (what start() launches); "
+                     "the other flags are then ignored")
     run.add_argument("--home", help="state directory (default: $TUNESWARM_HOME or .tuneswarm/)")
     return p
+
+
+def job_from_args(args: argparse.Namespace) -> TrainJob:
+    """The :class:`TrainJob` the flags describe (ValueError names a bad value)."""
+    config = ModelConfig(
+        hidden=args.hidden, activation=args.activation, output_activation=args.output_activation,
+        dropout=args.dropout, optimizer=args.optimizer, learning_rate=args.lr, momentum=args.momentum,
+        batch_size=args.batch_size, epochs=args.epochs, patience=args.patience, seed=args.seed,
+        family=args.family, filters=args.filters, kernel_size=args.kernel_size, pooling=args.pooling,
+    )
+    source = DataSource(
+        dataset=args.dataset if not args.csv else "csv", csv_path=args.csv, target=args.target,
+        task=args.task, missing=args.missing, synthetic_activation=args.synthetic_activation,
+        noise=args.noise, seed=args.seed,
+        image_shape=image_shape_for(config, "csv" if args.csv else args.dataset, args.image_shape),
+    )
+    if config.family == "cnn" and not source.image_shape:
+        raise ValueError("--family cnn needs image-shaped data: give --image-shape H,W,C")
+    return TrainJob(config, source)
+
+
+def _printer() -> keras.callbacks.Callback:
+    import keras
+
+    class Print(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            logs = logs or {}
+            parts = " ".join(f"{k}={float(v):.4f}" for k, v in logs.items() if k != "learning_rate")
+            print(f"epoch {epoch + 1}/{self.params.get('epochs')} {parts}", flush=True)
+
+    return Print()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        config = ModelConfig(
-            hidden=args.hidden, activation=args.activation, output_activation=args.output_activation,
-            dropout=args.dropout, optimizer=args.optimizer, learning_rate=args.lr, momentum=args.momentum,
-            batch_size=args.batch_size, epochs=args.epochs, patience=args.patience, seed=args.seed,
-            family=args.family, filters=args.filters, kernel_size=args.kernel_size, pooling=args.pooling,
-        )
-        source = DataSource(
-            dataset=args.dataset if not args.csv else "csv", csv_path=args.csv, target=args.target,
-            task=args.task, missing=args.missing, synthetic_activation=args.synthetic_activation,
-            noise=args.noise, seed=args.seed,
-            image_shape=image_shape_for(config, "csv" if args.csv else args.dataset, args.image_shape),
-        )
-        if config.family == "cnn" and not source.image_shape:
-            raise ValueError("--family cnn needs image-shaped data: give --image-shape H,W,C")
-        if args.csv or source.image_shape:
-            source.load()  # fail fast, before any run is recorded, on a bad file or image shape
-    except ValueError as exc:
-        parser.exit(2, f"{parser.prog}: error: {exc}\n")
-
+    if args.home:
+        os.environ["TUNESWARM_HOME"] = args.home  # children of this job use the same registry
     registry = Registry(args.home)
-    run_id = args.run_id
-    if run_id is not None:
+    if args.run_id is not None:
         try:
-            registry.get_run(run_id)
+            job = TrainJob.from_dict(registry.get_run(args.run_id).config)
         except KeyError as exc:
             parser.exit(2, f"{parser.prog}: error: {exc.args[0]}\n")
+        except ValueError as exc:
+            registry.finish_if_active(args.run_id, State.FAILED, lifecycle.one_line_error(exc))
+            parser.exit(2, f"{parser.prog}: error: {exc}\n")
+        run_id = args.run_id
     else:
-        run_id = registry.create_run(
-            "train", {"model": config.to_dict(), "data": source.to_dict()},
-            name=f"train {Path(args.csv).stem if args.csv else args.dataset}", status="running",
-        )
+        try:
+            job = job_from_args(args)
+            if args.csv or job.data.image_shape:
+                job.data.load()  # fail fast, before any run is recorded, on a bad file or image shape
+        except ValueError as exc:
+            parser.exit(2, f"{parser.prog}: error: {exc}\n")
+        # The same run a page's start() records, run here in the foreground.
+        run_id = jobs.create(registry, "train", job.to_dict(), name=job.label)
 
-    holder: dict[str, Any] = {}
-
-    def on_sigterm(signum: int, frame: Any) -> None:
-        # Finish the current batch, then save the model and metrics so far.
-        if "streamer" in holder:
-            holder["streamer"].stop_signalled = True
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-
-    def printer() -> keras.callbacks.Callback:
-        import keras
-
-        class Print(keras.callbacks.Callback):
-            def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-                logs = logs or {}
-                parts = " ".join(f"{k}={float(v):.4f}" for k, v in logs.items() if k != "learning_rate")
-                print(f"epoch {epoch + 1}/{self.params.get('epochs')} {parts}", flush=True)
-
-        return Print()
-
-    print(f"run {run_id}: training {config.summary} on {source.csv_path or source.dataset}",
+    print(f"run {run_id}: training {job.model.summary} on {job.data.csv_path or job.data.dataset}",
           flush=True)
     try:
-        result = train(config, source, registry, run_id, extra_callbacks=[printer()],
-                       on_streamer=lambda s: holder.__setitem__("streamer", s))
+        status = execute(registry, run_id, extra_callbacks=[_printer()])
     except Exception as exc:
-        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        print(f"error: {lifecycle.one_line_error(exc)}", file=sys.stderr)
         return 1
-    scalars = {k: v for k, v in result.metrics.items() if isinstance(v, float)}
-    print(f"{result.status} after {result.epochs_run} epochs; params={result.param_count}; "
+    run = registry.get_run(run_id)
+    scalars = {k: v for k, v in (run.summary.get("test_metrics") or {}).items() if isinstance(v, float)}
+    print(f"{status} after {run.summary.get('epochs_run', 0)} epochs; params={run.summary.get('param_count')}; "
           + " ".join(f"{k}={v:.4f}" for k, v in scalars.items()))
-    print(f"model: {result.model_path}")
-    return 0
+    if run.summary.get("model_path"):
+        print(f"model: {run.summary['model_path']}")
+    return lifecycle.exit_code(status)
 
 
 if __name__ == "__main__":

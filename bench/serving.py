@@ -56,13 +56,11 @@ import asyncio
 import json
 import math
 import os
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,13 +72,12 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.serving.config import DEFAULT_CONFIG, NO_BATCHING, RUNTIMES, ServingConfig
-from agent.serving.metrics import parse_metrics, server_cpu_seconds, snapshot_delta
+from bench.wrk import CLIENT_CORE, WARMUP_S, LoadStats, drive_wrk
+from runs.metrics_scrape import scrape, server_cpu_seconds, snapshot_delta
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_CORE = 0
-CLIENT_CORE = 1
 READY_TIMEOUT_S = 180.0
-WARMUP_S = 1.5
 CEILING_TARGET = 1.25  # c_best CPU/request <= 1.25 x ceiling
 NO_BATCH_TARGET = 0.25  # c_best CPU/request <= 1/4 of batching off
 # A round in which the server used less of its core than this was not saturated:
@@ -320,17 +317,12 @@ def stop_server(proc: subprocess.Popen[str]) -> None:
             proc.wait(10)
 
 
-def scrape(port: int) -> object:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
-        return parse_metrics(resp.read().decode(), at=time.monotonic())
-
-
 def measure(sc: Scenario, model: Path, bodies: Sequence[bytes], clients: int, seconds: float,
             wrk: str | None) -> Result:
     """One scenario: start its server, drive it (wrk when given, else the Python client), stop it."""
     proc, port = start_server(sc, model)
     try:
-        before = scrape(port) if sc.server == "endpoint" else None
+        before = scrape(f"http://127.0.0.1:{port}") if sc.server == "endpoint" else None
         path = f"/v1/models/{MODEL_NAME}:predict"
         if wrk is not None:
             stats = drive_wrk(wrk, port, path, bodies, clients, seconds, proc.pid)
@@ -341,100 +333,11 @@ def measure(sc: Scenario, model: Path, bodies: Sequence[bytes], clients: int, se
             stats = LoadStats(len(lat), secs, cpu, p50, p99, errors)
         mean_batch = None
         if before is not None:
-            mean_batch = snapshot_delta(before, scrape(port)).mean_batch_size  # type: ignore[arg-type]
+            mean_batch = snapshot_delta(before, scrape(f"http://127.0.0.1:{port}")).mean_batch_size
     finally:
         stop_server(proc)
     return Result(sc.label, sc.runtime, stats.requests, stats.seconds, stats.cpu_s, stats.p50_ms, stats.p99_ms,
                   stats.errors, mean_batch)
-
-
-@dataclass(frozen=True)
-class LoadStats:
-    requests: int
-    seconds: float
-    cpu_s: float  # server CPU seconds over the measured interval
-    p50_ms: float
-    p99_ms: float
-    errors: int
-
-
-# -- the load generator when installed: wrk (C, epoll), far faster than any Python client -------------
-
-WRK_SCRIPT = """
--- Round-robin over pre-built requests: one body per slot, like the Python client's connections.
-local reqs = {}
-local bodies = %(bodies)s
-local i = 0
-init = function(args)
-  for k, b in ipairs(bodies) do
-    reqs[k] = wrk.format("POST", "%(path)s", {["Content-Type"] = "application/json"}, b)
-  end
-end
-request = function()
-  i = i %% #reqs + 1
-  return reqs[i]
-end
-"""
-WRK_TIME_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
-
-
-def wrk_script(path: str, bodies: Sequence[bytes]) -> str:
-    """The Lua script that makes wrk POST ``bodies`` in turn to ``path``."""
-    lua_bodies = "{" + ", ".join(_lua_string(b.decode()) for b in bodies) + "}"
-    return WRK_SCRIPT % {"bodies": lua_bodies, "path": path}
-
-
-def _lua_string(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-
-
-def parse_wrk(out: str) -> tuple[int, float, float, float, int]:
-    """(requests, seconds, p50 ms, p99 ms, errors) from ``wrk --latency`` output."""
-    m = re.search(r"^\s*(\d+) requests in ([\d.]+)(us|ms|s|m|h)", out, re.M)
-    if m is None:
-        raise RuntimeError(f"unexpected wrk output: {out.strip()[:300]!r}")
-    requests = int(m[1])
-    seconds = float(m[2]) * WRK_TIME_UNITS[m[3]] / 1000.0
-
-    def pct(q: str) -> float:
-        pm = re.search(rf"^\s*{q}%\s+([\d.]+)(us|ms|s|m|h)", out, re.M)
-        return float(pm[1]) * WRK_TIME_UNITS[pm[2]] if pm else math.nan
-
-    errors = 0
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    if non2xx:
-        errors += int(non2xx[1])
-    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    if sock:
-        errors += sum(int(g) for g in sock.groups())
-    return requests, seconds, pct("50"), pct("99"), errors
-
-
-def drive_wrk(wrk: str, port: int, path: str, bodies: Sequence[bytes], clients: int, seconds: float,
-              pid: int) -> LoadStats:
-    """A warm-up wrk run, then a measured one; server CPU is read just before and after the measured run
-    (the server is idle outside it, so its CPU over that span is the CPU of the requests wrk counted)."""
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(wrk_script(path, bodies))
-    url = f"http://127.0.0.1:{port}{path}"
-
-    def run(duration_s: int) -> str:
-        out = subprocess.run(["taskset", "-c", str(CLIENT_CORE), wrk, "-t1", f"-c{clients}", f"-d{duration_s}s",
-                              "--latency", "-s", f.name, url], capture_output=True, text=True,
-                             timeout=duration_s + 30, check=False)
-        if out.returncode != 0:
-            raise RuntimeError(f"wrk failed ({out.returncode}): {out.stderr.strip()[:300]}")
-        return out.stdout
-
-    try:
-        run(max(1, math.ceil(WARMUP_S)))
-        cpu0 = server_cpu_seconds(pid)
-        out = run(max(1, round(seconds)))
-        cpu1 = server_cpu_seconds(pid)
-    finally:
-        os.unlink(f.name)
-    requests, secs, p50, p99, errors = parse_wrk(out)
-    return LoadStats(requests, secs, cpu1 - cpu0, p50, p99, errors)
 
 
 # -- model and payloads -------------------------------------------------------------------------------
@@ -524,6 +427,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                  f"{', wrk not installed' if not args.python_client else ''})")
     plan = scenarios(runtimes, ["tflite"] if args.baseline_tflite_only else runtimes)
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
+        # The servers record serve runs like any CLI; the bench's scaffolding stays out of the user's registry.
+        os.environ["TUNESWARM_HOME"] = str(Path(tmp) / "state")
         model = args.model or train_digits(Path(tmp) / "state")
         bodies = request_bodies(model)
         print(f"model {model}  clients {args.clients}  {args.seconds:g}s x {args.rounds} rounds per scenario  "

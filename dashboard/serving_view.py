@@ -2,23 +2,17 @@
 
 The endpoint's counters are cumulative since it started; the page keeps the
 last few scrapes per endpoint and turns consecutive pairs into per-interval
-rates here (via ``agent.serving.metrics.snapshot_delta``), so the figures say
+rates here (via ``runs.metrics_scrape.snapshot_delta``), so the figures say
 what happened in the last seconds, not since start-up.
 """
 
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
 SCRAPE_TIMEOUT_S = 1.0
-PREDICT_TIMEOUT_S = 10.0
-MAX_RESPONSE_BYTES = 4 * 1024 * 1024
-# Local endpoints only: never route these requests through an HTTP proxy from the environment.
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def histogram_counts(cumulative: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -51,29 +45,6 @@ def delta_row(delta: Any, snapshot: Any, t: float) -> dict[str, float | None]:
         "queue_depth_rows": snapshot.queue_depth_rows,
         "cpu_ms_per_request": ms(delta.cpu_per_request_s),
     }
-
-
-def fetch_text(url: str, timeout_s: float = SCRAPE_TIMEOUT_S) -> str:
-    """GET ``url`` as text (raises OSError/URLError on failure)."""
-    with _OPENER.open(url, timeout=timeout_s) as resp:
-        return resp.read(MAX_RESPONSE_BYTES).decode("utf-8", errors="replace")
-
-
-def predict(url: str, model_name: str, rows: Sequence[Sequence[float]],
-            timeout_s: float = PREDICT_TIMEOUT_S) -> tuple[int, dict[str, Any]]:
-    """POST one TF Serving ``:predict`` request; returns (HTTP status, decoded JSON body)."""
-    body = json.dumps({"instances": [list(map(float, r)) for r in rows]}).encode()
-    req = urllib.request.Request(f"{url.rstrip('/')}/v1/models/{model_name}:predict", data=body,
-                                 headers={"Content-Type": "application/json"}, method="POST")
-    try:
-        with _OPENER.open(req, timeout=timeout_s) as resp:
-            return resp.status, json.loads(resp.read(MAX_RESPONSE_BYTES) or b"{}")
-    except urllib.error.HTTPError as exc:
-        try:
-            payload = json.loads(exc.read(MAX_RESPONSE_BYTES) or b"{}")
-        except ValueError:
-            payload = {"error": f"HTTP {exc.code} with a non-JSON body"}
-        return exc.code, payload
 
 
 def describe_prediction(prediction: Any, class_labels: Sequence[str]) -> tuple[str, float | None]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import streamlit as st
 
 from dashboard import format as fmt
-from dashboard.widgets import Check
+from dashboard.forms import Check
 from runs.registry import Registry, Run
 
 
@@ -121,3 +121,12 @@ def ship_section(root: Path, write: Callable[[], object], *, key: str, what: str
     st.caption(f"Written to `{root}`")
     with st.expander("SERVE.md: how to run it on TensorFlow Serving", expanded=False):
         st.markdown(serve_md.read_text())
+
+
+def widget_keys(prefix: str) -> Callable[[str], str]:
+    """``key = widget_keys("train.")``: ``key("epochs")`` is the page's session-state key for that widget."""
+
+    def key(name: str) -> str:
+        return prefix + name
+
+    return key

@@ -4,8 +4,14 @@
         --slo 'p95<=50ms' --slo 'fail_ratio<=0.01' --report-dir reports/
     python -m loadtest --host http://127.0.0.1:8501 --samples samples.json --shape rate --target-rps 500 ...
 
+The run is recorded as a ``loadtest`` run (the same job the Load test page starts,
+run here in the foreground); ``--serve`` starts the endpoint as a ``serve`` job
+through the job contract and stops it at the end. SIGTERM, SIGINT (Ctrl-C) and
+SIGHUP stop the swarm: the partial results are kept, copied to ``--report-dir``,
+and the endpoint is stopped; a kill -9 leaves no process behind either.
+
 Exit codes: 0 every gate passed, 1 a gate failed or the run did not complete,
-2 bad usage (one line on stderr, no traceback).
+2 bad usage (one line on stderr, no traceback), including a model the endpoint refused.
 """
 
 from __future__ import annotations
@@ -18,12 +24,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from loadtest import shapes, slo
-from loadtest.runner import LoadTestConfig, LoadTestResult, run_loadtest
+from loadtest import runner, shapes, slo
+from loadtest.runner import LoadTestConfig, LoadTestResult
+from runs import jobs, lifecycle
+from runs.configs import int_list
 from runs.registry import Registry
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-# Serving flags forwarded to agent.serving: CLI dest -> ServingConfig field.
+# Serving flags forwarded to the serve job (validated there): CLI dest -> ServingConfig field.
 SERVING_FLAGS = {
     "runtime": "runtime",
     "max_batch_size": "max_batch_size",
@@ -47,13 +55,6 @@ class UsageError(Exception):
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see --help)")
-
-
-def _sizes(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 8,16,32; got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     serving.add_argument("--workers", type=int, help="server worker processes")
     serving.add_argument("--request-timeout-ms", type=float, help="server-side deadline per request (504 after)")
     serving.add_argument(
-        "--allowed-batch-sizes", type=_sizes, metavar="N,N,...", help="pad batches up to these sizes (e.g. 8,16,32)"
+        "--allowed-batch-sizes", type=int_list, metavar="N,N,...", help="pad batches up to these sizes (e.g. 8,16,32)"
     )
     serving.add_argument("--intra-op-threads", type=int, help="threads inside one TF/TFLite op (0 = library default)")
     serving.add_argument("--inter-op-threads", type=int, help="TF threads across independent ops (0 = default)")
@@ -153,16 +154,24 @@ def config_from_args(args: argparse.Namespace, host: str) -> LoadTestConfig:
         raise UsageError(str(exc)) from None
 
 
-def serving_config_from_args(args: argparse.Namespace) -> Any:
-    """``agent.serving.config.ServingConfig`` from --serving-config and the serving flags."""
-    from agent.serving.config import ServingConfig
+def serving_config_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The serving config (a dict) from --serving-config and the serving flags.
 
-    try:
-        base = ServingConfig.from_json_file(args.serving_config) if args.serving_config else ServingConfig()
-        changes = {f: getattr(args, dest) for dest, f in SERVING_FLAGS.items() if getattr(args, dest) is not None}
-        return base.with_changes(**changes) if changes else base
-    except (OSError, ValueError, TypeError) as exc:
-        raise UsageError(f"serving config: {exc}") from None
+    The serve job validates it (loadtest does not import the endpoint's code); a bad
+    value ends that job before it is ready, which is reported as bad usage.
+    """
+    base: dict[str, Any] = {}
+    if args.serving_config:
+        try:
+            base = json.loads(Path(args.serving_config).read_text())
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"--serving-config {args.serving_config}: {exc}") from None
+        if not isinstance(base, dict):
+            raise UsageError(f"--serving-config {args.serving_config}: expected a JSON object")
+    changes = {f: getattr(args, dest) for dest, f in SERVING_FLAGS.items() if getattr(args, dest) is not None}
+    if "allowed_batch_sizes" in changes:
+        changes["allowed_batch_sizes"] = list(changes["allowed_batch_sizes"])
+    return {**base, **changes}
 
 
 def _fmt(value: Any, unit: str = "", digits: int = 1) -> str:
@@ -232,30 +241,44 @@ def write_reports(result: LoadTestResult, report_dir: Path) -> list[Path]:
 
 
 def run(args: argparse.Namespace, registry: Registry) -> LoadTestResult:
-    """Start the endpoint if asked, run the swarm, and always stop the endpoint."""
+    """Start the endpoint if asked, run the swarm in the foreground, and always stop the endpoint."""
     if args.host:
-        return run_loadtest(registry, config_from_args(args, args.host), name=args.name)
+        return _swarm(registry, config_from_args(args, args.host), None, args.name)
     model = Path(args.serve)
     if not model.is_file():
         raise UsageError(f"--serve {model}: no such model file (expected a .keras file)")
-    serving_config = serving_config_from_args(args)
-    from agent.serving.process import start_endpoint, stop_endpoint
-
     # Validate the load test before paying for the endpoint's start-up.
     config_from_args(args, "http://127.0.0.1:1")
+    serve = {"model_path": str(model.resolve()), "name": args.model_name, "port": 0,
+             "serving": serving_config_from_args(args)}
+    serve_id = jobs.start(registry, "serve", serve, name=f"serve {model.parent.name}/{model.name} for a swarm")
     try:
-        handle = start_endpoint(registry, model, serving_config, name=args.model_name, port=0,
-                                ready_timeout_s=ENDPOINT_READY_TIMEOUT_S)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    try:
-        config = config_from_args(args, handle.url)
-        return run_loadtest(registry, config, serve_run_id=handle.run_id, name=args.name)
+        try:
+            ready = jobs.wait_ready(registry, serve_id, ENDPOINT_READY_TIMEOUT_S)
+        except jobs.JobNotReady as exc:
+            raise UsageError(f"--serve {model}: {exc}") from None
+        return _swarm(registry, config_from_args(args, str(ready.summary["url"])), serve_id, args.name)
     finally:
-        stop_endpoint(registry, handle.run_id)
+        jobs.stop_job(registry, serve_id)
+
+
+def _swarm(registry: Registry, config: LoadTestConfig, serve_id: str | None, name: str | None) -> LoadTestResult:
+    run_id = runner.create(registry, config, serve_run_id=serve_id, name=name)
+    print(f"run {run_id}: {config.users} users on {config.host} for {config.run_time_s:g}s "
+          f"(results in {registry.artifacts_dir(run_id)})", flush=True)
+    try:
+        runner.execute(registry, run_id)
+    except Exception as exc:  # recorded on the run as failed, with this line
+        print(f"python -m loadtest: error: {lifecycle.one_line_error(exc)}", file=sys.stderr)
+    return runner.load_result(registry, run_id)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    with lifecycle.foreground():  # what this command starts (the endpoint, Locust) dies with it
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     try:
         args = build_parser().parse_args(argv)
         for expr in args.slo:
@@ -268,13 +291,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"python -m loadtest: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except RuntimeError as exc:  # e.g. the endpoint did not become ready
+    except RuntimeError as exc:  # e.g. the endpoint did not become ready in time
         print(f"python -m loadtest: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    except KeyboardInterrupt:  # run_loadtest has stopped the swarm, run() the endpoint
-        print("python -m loadtest: interrupted; the run was stopped and keeps its partial results", file=sys.stderr)
+    except KeyboardInterrupt:  # a signal before the swarm started: the endpoint was stopped on the way out
+        print("python -m loadtest: interrupted before the swarm started", file=sys.stderr)
         return EXIT_FAILED
     print(format_summary(result))
+    if result.status == "stopped":
+        print(f"stopped: the partial results are kept in {registry.artifacts_dir(result.run_id)}")
     if args.report_dir:
         paths = write_reports(result, args.report_dir)
         print(f"reports: {', '.join(str(p) for p in paths)}")

@@ -8,16 +8,14 @@ from __future__ import annotations
 import csv
 import os
 import time
-import urllib.request
 from pathlib import Path
-from typing import Any
 
 import psutil
 
 from loadtest import results
+from runs import metrics_scrape
 
 SCRAPE_TIMEOUT_S = 0.5
-MAX_SCRAPE_BYTES = 2_000_000
 
 
 class HistoryTail:
@@ -106,37 +104,26 @@ class ServerScraper:
     """
 
     def __init__(self, host: str) -> None:
-        self.url = f"{host}/metrics"
-        self.previous: Any = None
-        try:
-            from agent.serving import metrics as serving_metrics  # no TensorFlow behind this import
-        except ImportError:
-            serving_metrics = None
-        self.metrics = serving_metrics
+        self.host = host
+        self.previous: metrics_scrape.ServerSnapshot | None = None
 
     def sample(self) -> dict[str, float | None] | None:
-        if self.metrics is None:
-            return None
         try:
-            with urllib.request.urlopen(self.url, timeout=SCRAPE_TIMEOUT_S) as resp:  # our own target, http(s) only
-                text = resp.read(MAX_SCRAPE_BYTES).decode("utf-8", errors="replace")
-            if "tuneswarm_" not in text:
-                return None
-            snapshot = self.metrics.parse_metrics(text, at=time.monotonic())
-        except (OSError, ValueError):  # URLError and HTTPError are OSErrors
+            snapshot = metrics_scrape.scrape(self.host, timeout_s=SCRAPE_TIMEOUT_S)
+        except (OSError, ValueError):  # unreachable, or not our endpoint
             return None
         previous, self.previous = self.previous, snapshot
         if previous is None:
             return None
         try:
-            delta = self.metrics.snapshot_delta(previous, snapshot)
+            delta = metrics_scrape.snapshot_delta(previous, snapshot)
         except (ValueError, ZeroDivisionError):
             return None
         return server_frame(delta)
 
 
-def server_frame(delta: Any) -> dict[str, float | None]:
-    """Registry metrics (``server_*``) from ``agent.serving.metrics.SnapshotDelta``."""
+def server_frame(delta: metrics_scrape.SnapshotDelta) -> dict[str, float | None]:
+    """Registry metrics (``server_*``) from the difference of two scrapes."""
 
     def ms(seconds: float | None) -> float | None:
         return None if seconds is None else 1000.0 * seconds
@@ -156,8 +143,6 @@ def server_cpu_seconds(pid: int | None) -> float | None:
     if pid is None:
         return None
     try:
-        from agent.serving.metrics import server_cpu_seconds
-
-        return server_cpu_seconds(pid)
-    except (ImportError, psutil.Error):
+        return metrics_scrape.server_cpu_seconds(pid)
+    except psutil.Error:
         return None

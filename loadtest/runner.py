@@ -1,9 +1,11 @@
 """Headless Locust runs as registry jobs, with live stats, CPU accounting and server-side scrapes.
 
-A load test is a ``loadtest`` run whose job is ``python -m loadtest.runner
---run-id ID``. That process starts ``locust --headless`` as its child in the same
-process group (so stopping the job ends Locust and its ``--processes`` workers
-too), then once a second:
+The ``swarm`` job kind: :func:`start` records a ``loadtest`` run and launches
+``python -m loadtest.runner --run-id ID``; ``python -m loadtest`` runs the same
+job in the foreground. Inside ``runs.lifecycle.job_context`` the job starts
+``locust --headless`` as its child in the same process group (so stopping the job
+ends Locust and its ``--processes`` workers too; a kill -9 of the job sends Locust
+SIGTERM through PDEATHSIG), then once a second:
 
 - reads the new complete lines of ``<prefix>_stats_history.csv`` and writes them
   to the registry as frames (users, rps, fail_per_s, p50..p99, avg);
@@ -27,7 +29,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -37,13 +39,15 @@ import psutil
 from loadtest import results, shapes, slo
 from loadtest.payload import MAX_INSTANCES_PER_REQUEST, predict_path
 from loadtest.probes import CpuMeter, HistoryTail, ServerScraper, load_generator_cores, server_cpu_seconds
-from runs import jobs
-from runs.registry import Registry
+from runs import jobs, lifecycle
+from runs.configs import known_fields, plain_dict
+from runs.registry import Registry, State
 
 LOCUSTFILE = Path(__file__).resolve().with_name("locustfile.py")
 STARTUP_GRACE_S = 30.0  # Locust's import and start-up, bounded
 EXIT_GRACE_S = 8.0  # after asking Locust to stop, how long it may take to write its reports
 STOP_GRACE_S = 15.0
+OWN_SIGNAL_WAIT_S = 1.0
 MAX_PROCESSES = 64
 LOCUST_LOG = "locust.log"
 REPORT_PREFIX = "locust"
@@ -139,22 +143,11 @@ class LoadTestConfig:
         return slo.parse_slos(self.slos)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["slos"] = list(self.slos)
-        return d
+        return plain_dict(self)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> LoadTestConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown load-test field(s) {', '.join(unknown)}; expected some of {', '.join(sorted(known))}"
-            )
-        values = dict(d)
-        if "slos" in values and values["slos"] is not None and not isinstance(values["slos"], str):
-            values["slos"] = tuple(values["slos"])
-        return cls(**values)
+        return cls(**known_fields(cls, d, "load-test config"))
 
     def with_changes(self, **changes: Any) -> LoadTestConfig:
         return LoadTestConfig.from_dict({**self.to_dict(), **changes})
@@ -184,7 +177,7 @@ class LoadTestResult:
 # -- public API: start / stop / run ------------------------------------------------------------
 
 
-def start_loadtest(
+def create(
     registry: Registry,
     config: LoadTestConfig,
     *,
@@ -192,17 +185,26 @@ def start_loadtest(
     name: str | None = None,
     parent_id: str | None = None,
 ) -> str:
-    """Create a ``loadtest`` run and start its job; returns the run id at once.
+    """Record a pending ``loadtest`` run of ``config`` (run it with :func:`execute` or launch it).
 
     ``serve_run_id`` names the ``serve`` run of the target when it is our own
     endpoint (its process's CPU time is then measured too).
     """
     run_config = {**config.to_dict(), "serve_run_id": serve_run_id}
     run_name = name or f"swarm {config.shape} {config.host}"
-    run_id = registry.create_run("loadtest", run_config, name=run_name, parent_id=parent_id)
+    run_id = jobs.create(registry, "swarm", run_config, name=run_name, parent_id=parent_id)
     registry.update_summary(run_id, {"target": config.host, "offered_rps": shapes.offered_rps(config.shape_spec())})
-    jobs.start_job(registry, run_id, jobs.python_module_argv("loadtest.runner", "--run-id", run_id))
     return run_id
+
+
+def start(registry: Registry, config: LoadTestConfig, **options: str | None) -> str:
+    """:func:`create` (same options) and launch its job; returns the run id at once."""
+    run_id = create(registry, config, **options)
+    jobs.launch(registry, run_id)
+    return run_id
+
+
+start_loadtest = start  # the name pages and tuning know
 
 
 def stop_loadtest(registry: Registry, run_id: str, grace_s: float = STOP_GRACE_S) -> str:
@@ -229,7 +231,8 @@ def run_loadtest(
         jobs.wait_job(registry, run_id, wait_timeout_s(config))
     except TimeoutError:
         stop_loadtest(registry, run_id)
-        registry.set_status(run_id, "failed", f"load test did not finish within {wait_timeout_s(config):.0f}s")
+        registry.finish_if_active(run_id, State.FAILED,
+                                  f"load test did not finish within {wait_timeout_s(config):.0f}s")
     except BaseException:
         stop_loadtest(registry, run_id)
         raise
@@ -294,19 +297,18 @@ def locust_argv(config: LoadTestConfig, prefix: Path) -> list[str]:
     return argv
 
 
-class _StopFlag:
-    def __init__(self) -> None:
-        self.set = False
-
-    def __call__(self, signum: int, frame: Any) -> None:
-        self.set = True
-
-
 def _terminate(proc: subprocess.Popen[bytes], grace_s: float, *, signal_first: bool = True) -> None:
-    """SIGTERM Locust (it writes its reports on SIGTERM), then SIGKILL it and its workers."""
+    """SIGTERM Locust (it writes its reports on SIGTERM), then SIGKILL it and its workers.
+
+    ``signal_first=False``: the signal that stopped the job may have reached Locust too (Ctrl-C
+    reaches the whole terminal group); a second one could cut its report writing, so it gets a
+    moment to stop on its own before it is sent SIGTERM.
+    """
+    if proc.poll() is None and not signal_first:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=OWN_SIGNAL_WAIT_S)
     if proc.poll() is None:
-        if signal_first:
-            proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=grace_s)
     try:
@@ -350,7 +352,6 @@ class SwarmJob:
         self.log_path = out_dir / LOCUST_LOG
         self.state = "starting"
         self.stop_reason: str | None = None
-        self.signalled = _StopFlag()
         self.history: list[results.HistoryRow] = []
         self.cpu_samples: list[float] = []
         self.server_frames: list[dict[str, float | None]] = []
@@ -361,10 +362,13 @@ class SwarmJob:
     # -- life cycle -------------------------------------------------------------------------
 
     def execute(self) -> str:
-        """Run Locust to its end (or a stop), record everything; returns the final status."""
-        signal.signal(signal.SIGTERM, self.signalled)
-        signal.signal(signal.SIGINT, self.signalled)
-        self.registry.set_status(self.run_id, "running")
+        """Run the swarm inside ``job_context``; returns the final status."""
+        with lifecycle.job_context(self.registry, self.run_id) as ctx:
+            self._execute(ctx)
+        return self.registry.get_run(self.run_id).status
+
+    def _execute(self, ctx: lifecycle.JobContext) -> None:
+        """Run Locust to its end (or a stop) and record everything."""
         server_pid = self.registry.get_run(self.serve_run_id).pid if self.serve_run_id else None
         server_cpu_start = server_cpu_seconds(server_pid)
         self.start_wall = time.time()
@@ -377,6 +381,7 @@ class SwarmJob:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.out_dir,
+                preexec_fn=lifecycle.die_with_parent,
             )
         self.state = "running"
         self.tail = HistoryTail(Path(f"{self.prefix}_stats_history.csv"))
@@ -391,10 +396,9 @@ class SwarmJob:
             time.sleep(max(0.0, self.start_ts + tick + 0.5 - time.time()))
             self._sample(step=tick)
             self._drain()
-            if self.state == "running" and (self.signalled.set or self.registry.stop_requested(self.run_id)):
+            if self.state == "running" and ctx.stopping:
                 self.state, self.stop_reason = "stopping", "stopped"
-                # A stop through the job's group signal reached Locust already; a registry-only one did not.
-                _terminate(self.proc, EXIT_GRACE_S, signal_first=not self.signalled.set)
+                _terminate(self.proc, EXIT_GRACE_S, signal_first=not ctx.signalled)
             elif self.state == "running" and time.monotonic() > deadline:
                 self.state, self.stop_reason = "stopping", "overran"
                 _terminate(self.proc, EXIT_GRACE_S)
@@ -411,9 +415,8 @@ class SwarmJob:
         status, error = _outcome(stopped, self.proc.returncode, summary, _read_text(self.log_path))
         if self.stop_reason == "overran":
             status, error = "failed", f"Locust did not finish within {wait_timeout_s(self.config):.0f}s; stopped"
-        self.registry.finish_if_active(self.run_id, status, error)
+        ctx.finish(status, error)
         self.state = "finished"
-        return self.registry.get_run(self.run_id).status
 
     # -- per tick ---------------------------------------------------------------------------
 
@@ -526,7 +529,7 @@ def _outcome(stopped: bool, exit_code: int | None, summary: Mapping[str, Any], l
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m loadtest.runner",
-        description="Run the load test recorded as a registry run (started by loadtest.runner.start_loadtest).",
+        description="Run the load test recorded as a registry run (launched by loadtest.runner.start).",
     )
     parser.add_argument("--run-id", required=True, help="id of the 'loadtest' run whose config to execute")
     args = parser.parse_args(argv)
@@ -536,9 +539,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (KeyError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         with contextlib.suppress(KeyError):
-            registry.finish_if_active(args.run_id, "failed", str(exc))
+            registry.finish_if_active(args.run_id, State.FAILED, lifecycle.one_line_error(exc))
         return 2
-    return 0 if status in ("completed", "stopped") else 1
+    except Exception as exc:  # recorded on the run by job_context
+        print(f"error: {lifecycle.one_line_error(exc)}", file=sys.stderr)
+        return 1
+    return 0 if status in (State.COMPLETED, State.STOPPED) else 1
 
 
 if __name__ == "__main__":

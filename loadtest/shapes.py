@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Protocol
+
+from runs.configs import known_fields, plain_dict
 
 SHAPES = ("constant", "steps", "spike", "rate")
 MAX_USERS = 100_000
@@ -100,17 +102,11 @@ class ShapeSpec:
             raise ValueError(f"target_rps must be > 0 requests/s for the rate shape, got {self.target_rps}")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return plain_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ShapeSpec:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown shape parameter(s) {', '.join(unknown)}; expected some of {', '.join(sorted(known))}"
-            )
-        return cls(**d)
+        return cls(**known_fields(cls, d, "shape parameter"))
 
 
 _DEFAULT = ShapeSpec()

@@ -9,6 +9,7 @@ lock, and the busy timeout makes a contended writer wait instead of failing with
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -28,8 +29,36 @@ DB_FILENAME = "registry.sqlite3"
 ARTIFACTS_DIRNAME = "artifacts"
 
 KINDS = ("train", "serve", "loadtest", "sweep")
-STATUSES = ("pending", "running", "completed", "failed", "stopped", "interrupted")
-ACTIVE_STATUSES = ("pending", "running")
+LOCK_FILENAME = "registry.lock"
+WAL_RETRIES = 50  # journal_mode=WAL can fail with "locked" without waiting on the busy timeout
+WAL_RETRY_S = 0.05
+
+
+class State:
+    """The named states of a run. Only :meth:`Registry.transition` moves a run between them."""
+
+    PENDING = "pending"  # created, process not started yet
+    RUNNING = "running"  # its process is alive (pid and start time recorded)
+    COMPLETED = "completed"  # the work ended on its own
+    FAILED = "failed"  # the work ended with an error (one line in ``error``)
+    STOPPED = "stopped"  # a stop was asked for (signal, Stop button, parent gone) and honoured
+    INTERRUPTED = "interrupted"  # the process vanished without recording an outcome (killed)
+
+
+STATUSES = (State.PENDING, State.RUNNING, State.COMPLETED, State.FAILED, State.STOPPED, State.INTERRUPTED)
+ACTIVE_STATUSES = (State.PENDING, State.RUNNING)
+TERMINAL_STATUSES = tuple(s for s in STATUSES if s not in ACTIVE_STATUSES)
+# Allowed moves. A terminal state is final: whoever records an outcome first wins, so a
+# supervisor that notices later never overwrites what the job itself recorded.
+TRANSITIONS: dict[str, tuple[str, ...]] = {
+    State.PENDING: (State.RUNNING, *TERMINAL_STATUSES),
+    State.RUNNING: TERMINAL_STATUSES,
+    State.COMPLETED: (),
+    # A resumable job (a sweep) that ended early goes back to pending to be started again.
+    State.FAILED: (State.PENDING,),
+    State.STOPPED: (State.PENDING,),
+    State.INTERRUPTED: (State.PENDING,),
+}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -149,7 +178,7 @@ class Registry:
             conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
             conn.row_factory = sqlite3.Row
             conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA journal_mode=WAL")
+            _set_wal(conn)
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
             self._local.conn = conn
@@ -170,6 +199,16 @@ class Registry:
             conn.execute("COMMIT")
 
     def _migrate(self) -> None:
+        # Processes opening a brand-new file at once would race on switching it to WAL and on
+        # creating the schema; an advisory file lock makes them take turns (held only here).
+        with open(self.home / LOCK_FILENAME, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                self._migrate_locked()
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _migrate_locked(self) -> None:
         conn = self._conn()
         with self._write():
             version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -257,27 +296,61 @@ class Registry:
         return [_row_to_run(r) for r in self._conn().execute(sql, params)]
 
     def mark_started(self, run_id: str, pid: int, pid_started: float | None) -> None:
-        with self._write() as conn:
-            conn.execute(
-                "UPDATE runs SET status='running', pid=?, pid_started=?,"
-                " started_at=COALESCE(started_at, ?) WHERE id=?",
-                (pid, pid_started, time.time(), run_id),
-            )
+        """Record the process doing the run (its pid and start time) and make it ``running``.
 
-    def set_status(self, run_id: str, status: str, error: str | None = None) -> None:
-        """Set a run's status; a terminal status also stamps ``ended_at``."""
-        _check_choice("status", status, STATUSES)
-        ended = None if status in ACTIVE_STATUSES else time.time()
+        Called by the launcher right after the fork and again by the job itself, so
+        a run always names a live process the reaper can check (a foreground CLI
+        run records its own pid this way).
+        """
         with self._write() as conn:
             cur = conn.execute(
-                "UPDATE runs SET status=?, error=COALESCE(?, error),"
-                " ended_at=CASE WHEN ? IS NULL THEN NULL ELSE COALESCE(ended_at, ?) END,"
-                " started_at=COALESCE(started_at, ?)"
-                " WHERE id=?",
-                (status, error, ended, ended, time.time(), run_id),
+                "UPDATE runs SET status=?, pid=?, pid_started=?, started_at=COALESCE(started_at, ?)"
+                " WHERE id=? AND status IN (?, ?)",
+                (State.RUNNING, pid, pid_started, time.time(), run_id, *ACTIVE_STATUSES),
             )
             if cur.rowcount == 0:
+                run = self.get_run(run_id)  # KeyError for an unknown id
+                raise ValueError(f"run {run_id} is already {run.status}; a finished run cannot be started again")
+
+    def transition(self, run_id: str, status: str, error: str | None = None) -> bool:
+        """Move a run to ``status`` if :data:`TRANSITIONS` allows it from where it is; True if it moved.
+
+        The one place a run's status changes. A terminal status stamps ``ended_at``;
+        a refused move (e.g. ``completed`` after ``stopped``) changes nothing.
+        """
+        _check_choice("status", status, STATUSES)
+        sources = [s for s, targets in TRANSITIONS.items() if status in targets]
+        if not sources:
+            return False
+        now = time.time()
+        ended = None if status in ACTIVE_STATUSES else now
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE runs SET status=?, error=COALESCE(?, error), ended_at=?, started_at=COALESCE(started_at, ?)"
+                f" WHERE id=? AND status IN ({','.join('?' * len(sources))})",
+                (status, error, ended, now, run_id, *sources),
+            )
+            if cur.rowcount == 0 and conn.execute("SELECT 1 FROM runs WHERE id=?", (run_id,)).fetchone() is None:
                 raise KeyError(f"no run with id {run_id!r}")
+            return cur.rowcount > 0
+
+    def reopen(self, run_id: str) -> None:
+        """Make a stopped, interrupted or failed run pending again, to be resumed (keeps its results)."""
+        run = self.get_run(run_id)
+        if run.status == State.PENDING:
+            return
+        if State.PENDING not in TRANSITIONS[run.status]:
+            raise ValueError(f"run {run_id} is {run.status}; only a stopped, interrupted or failed run can resume")
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE runs SET status=?, error=NULL, ended_at=NULL, stop_requested=0, pid=NULL, pid_started=NULL"
+                " WHERE id=?",
+                (State.PENDING, run_id),
+            )
+
+    def set_status(self, run_id: str, status: str, error: str | None = None) -> bool:
+        """Record ``status`` (see :meth:`transition`); kept for the jobs that record their own outcome."""
+        return self.transition(run_id, status, error)
 
     def finish_if_active(self, run_id: str, status: str, error: str | None = None) -> bool:
         """Set a terminal status only if the run is still active; True if it changed.
@@ -285,26 +358,13 @@ class Registry:
         Used by supervisors, so that a run which already recorded its own outcome
         is never overwritten by a later observer.
         """
-        _check_choice("status", status, STATUSES)
-        with self._write() as conn:
-            cur = conn.execute(
-                "UPDATE runs SET status=?, error=COALESCE(?, error), ended_at=?"
-                " WHERE id=? AND status IN ('pending', 'running')",
-                (status, error, time.time(), run_id),
-            )
-            return cur.rowcount > 0
+        if status in ACTIVE_STATUSES:
+            raise ValueError(f"finish_if_active needs a terminal status, one of {', '.join(TERMINAL_STATUSES)}")
+        return self.transition(run_id, status, error)
 
     def update_config(self, run_id: str, updates: Mapping[str, Any]) -> None:
-        with self._write() as conn:
-            row = conn.execute("SELECT config FROM runs WHERE id=?", (run_id,)).fetchone()
-            if row is None:
-                raise KeyError(f"no run with id {run_id!r}")
-            config = json.loads(row["config"])
-            config.update(updates)
-            conn.execute(
-                "UPDATE runs SET config=? WHERE id=?",
-                (json.dumps(config, sort_keys=True, default=str), run_id),
-            )
+        """Merge ``updates`` into the run's config (e.g. a path known only once the run exists)."""
+        self._merge_json(run_id, "config", updates)
 
     def set_progress(self, run_id: str, progress: Mapping[str, Any]) -> None:
         with self._write() as conn:
@@ -314,15 +374,19 @@ class Registry:
 
     def update_summary(self, run_id: str, updates: Mapping[str, Any]) -> None:
         """Merge ``updates`` into the run's summary (final results, reports, flags)."""
+        self._merge_json(run_id, "summary", updates)
+
+    def _merge_json(self, run_id: str, column: str, updates: Mapping[str, Any]) -> None:
+        if column not in ("config", "summary"):
+            raise ValueError(f"column must be config or summary; got {column!r}")
         with self._write() as conn:
-            row = conn.execute("SELECT summary FROM runs WHERE id=?", (run_id,)).fetchone()
+            row = conn.execute(f"SELECT {column} FROM runs WHERE id=?", (run_id,)).fetchone()
             if row is None:
                 raise KeyError(f"no run with id {run_id!r}")
-            summary = json.loads(row["summary"])
-            summary.update(updates)
+            merged = {**json.loads(row[column]), **updates}
             conn.execute(
-                "UPDATE runs SET summary=? WHERE id=?",
-                (json.dumps(summary, default=_json_default), run_id),
+                f"UPDATE runs SET {column}=? WHERE id=?",
+                (json.dumps(merged, sort_keys=column == "config", default=_json_default), run_id),
             )
 
     def request_stop(self, run_id: str) -> None:
@@ -407,6 +471,18 @@ class Registry:
         return self._conn().execute(
             "SELECT COUNT(*) FROM metrics WHERE run_id=?", (run_id,)
         ).fetchone()[0]
+
+
+def _set_wal(conn: sqlite3.Connection) -> None:
+    """Switch to WAL; retried (bounded) because the switch does not wait on the busy timeout."""
+    for attempt in range(WAL_RETRIES):
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == WAL_RETRIES - 1:
+                raise
+            time.sleep(WAL_RETRY_S)
 
 
 def _json_default(value: Any) -> Any:

@@ -14,6 +14,18 @@ from runs.registry import Registry
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Every CLI records its run: without a test's own ``home``, they go here, never to the project's .tuneswarm/."""
+    previous = os.environ.get("TUNESWARM_HOME")
+    os.environ["TUNESWARM_HOME"] = str(tmp_path_factory.mktemp("session-home"))
+    yield
+    if previous is None:
+        os.environ.pop("TUNESWARM_HOME", None)
+    else:
+        os.environ["TUNESWARM_HOME"] = previous
+
+
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh state directory; child processes inherit it through TUNESWARM_HOME."""

@@ -12,8 +12,8 @@ from streamlit.testing.v1 import AppTest
 
 from agent.data import DataSource, load_csv, parse_image_shape, with_image_shape
 from agent.model import ModelConfig, build_model, image_shape_for
-from agent.training import build_parser, main, train
-from dashboard import widgets
+from agent.training import TrainJob, build_parser, job_from_args, main, train
+from dashboard import forms
 from runs.jobs import stop_job, wait_job
 from runs.registry import Registry
 
@@ -91,23 +91,28 @@ def test_training_cli_refuses_bad_cnn_usage(argv: list[str], message: str, regis
     assert not registry.list_runs()  # nothing recorded for bad usage
 
 
-def test_train_form_carries_the_cnn_to_the_training_cli(tmp_path: Path) -> None:
-    form = widgets.TrainForm(family="cnn", filters="8,16", kernel_size=5, pooling="avg", layers=1)
-    config, source = widgets.model_config(form), widgets.data_source(form)
+def test_train_form_and_cli_record_the_same_cnn_job(tmp_path: Path) -> None:
+    form = forms.TrainForm(family="cnn", filters="8,16", kernel_size=5, pooling="avg", layers=1)
+    config, source = forms.model_config(form), forms.data_source(form)
     assert (config.family, config.filters, config.kernel_size, config.pooling) == ("cnn", (8, 16), 5, "avg")
     assert source.image_shape == (8, 8, 1)
-    args = build_parser().parse_args(widgets.training_args(config, source, "R"))
-    assert (args.family, args.filters, args.kernel_size, args.pooling, args.image_shape) == (
-        "cnn", (8, 16), 5, "avg", (8, 8, 1))
-    assert widgets.model_config(widgets.TrainForm(filters="junk")).filters == ModelConfig().filters  # mlp ignores
-    assert "filters must be comma-separated" in widgets.train_check(
-        widgets.TrainForm(family="cnn", filters="junk")).errors[0]
-    assert "a CNN needs image-shaped data" in widgets.train_check(
-        widgets.TrainForm(family="cnn", dataset="wine")).errors[0]
-    csv = widgets.TrainForm(dataset="csv", csv_target="y", family="cnn", image_shape="4,4")
-    assert widgets.data_source(csv, tmp_path / "d.csv").image_shape == (4, 4, 1)
-    assert "image shape must be" in widgets.train_check(
-        widgets.TrainForm(dataset="csv", csv_target="y", family="cnn", image_shape="4,4,0"), has_csv=True).errors[0]
+    job = TrainJob(config, source)
+    assert TrainJob.from_dict(job.to_dict()) == job  # the frozen config survives the registry's JSON
+    args = build_parser().parse_args(["--family", "cnn", "--filters", "8,16", "--kernel-size", "5",
+                                      "--pooling", "avg", "--hidden", str(config.hidden[0])])
+    cli = job_from_args(args)
+    assert (cli.model.family, cli.model.filters, cli.model.kernel_size, cli.model.pooling) == (
+        "cnn", (8, 16), 5, "avg")
+    assert cli.data.image_shape == (8, 8, 1)
+    assert forms.model_config(forms.TrainForm(filters="junk")).filters == ModelConfig().filters  # mlp ignores
+    assert "filters must be comma-separated" in forms.train_check(
+        forms.TrainForm(family="cnn", filters="junk")).errors[0]
+    assert "a CNN needs image-shaped data" in forms.train_check(
+        forms.TrainForm(family="cnn", dataset="wine")).errors[0]
+    csv = forms.TrainForm(dataset="csv", csv_target="y", family="cnn", image_shape="4,4")
+    assert forms.data_source(csv, tmp_path / "d.csv").image_shape == (4, 4, 1)
+    assert "image shape must be" in forms.train_check(
+        forms.TrainForm(dataset="csv", csv_target="y", family="cnn", image_shape="4,4,0"), has_csv=True).errors[0]
 
 
 # -- real training -------------------------------------------------------------------------------

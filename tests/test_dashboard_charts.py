@@ -13,8 +13,8 @@ import pytest
 from agent.model import ModelConfig
 from agent.serving.config import ServingConfig
 from agent.serving.metrics import HistogramValue, ServerSnapshot, snapshot_delta
-from agent.training import build_parser
-from dashboard import charts, serving_view, widgets
+from agent.training import TrainJob
+from dashboard import charts, endpoint_client, forms, serving_view
 from dashboard import format as fmt
 from loadtest.runner import LoadTestConfig
 from runs.registry import Registry
@@ -120,27 +120,27 @@ def test_config_diff_lists_only_what_differs_with_dotted_keys() -> None:
 # -- forms -> configs ---------------------------------------------------------------------------
 
 
-def test_train_form_round_trips_through_the_training_cli() -> None:
-    form = widgets.TrainForm(dataset="wine", layers=3, units=32, activation="tanh", dropout=0.1, optimizer="sgd",
+def test_train_form_round_trips_through_the_train_job_config() -> None:
+    form = forms.TrainForm(dataset="wine", layers=3, units=32, activation="tanh", dropout=0.1, optimizer="sgd",
                              learning_rate=0.01, batch_size=16, epochs=7, patience=2, seed=5)
-    config = widgets.model_config(form)
+    config = forms.model_config(form)
     assert config == ModelConfig(hidden=(32, 32, 32), activation="tanh", dropout=0.1, optimizer="sgd",
                                  learning_rate=0.01, batch_size=16, epochs=7, patience=2, seed=5)
-    source = widgets.data_source(form)
-    args = build_parser().parse_args(widgets.training_args(config, source, "RUN"))
-    assert args.run_id == "RUN" and args.dataset == "wine"
-    assert args.hidden == (32, 32, 32) and args.lr == 0.01 and args.epochs == 7 and args.patience == 2
-    no_hidden = widgets.training_args(widgets.model_config(widgets.TrainForm(layers=0)), source, "R")
-    assert build_parser().parse_args(no_hidden).hidden == ()
+    source = forms.data_source(form)
+    job = TrainJob.from_dict(json.loads(json.dumps(TrainJob(config, source).to_dict())))  # as the registry keeps it
+    assert job == TrainJob(config, source) and job.data.dataset == "wine"
+    no_hidden = TrainJob(forms.model_config(forms.TrainForm(layers=0)), source)
+    assert TrainJob.from_dict(no_hidden.to_dict()).model.hidden == ()
 
 
 def test_csv_form_points_training_at_the_saved_upload(tmp_path) -> None:
-    form = widgets.TrainForm(dataset="csv", csv_target="label", csv_missing="drop")
-    source = widgets.data_source(form, tmp_path / "data.csv")
-    args = build_parser().parse_args(widgets.training_args(widgets.model_config(form), source, "R"))
-    assert args.csv == str(tmp_path / "data.csv") and args.target == "label" and args.missing == "drop"
+    form = forms.TrainForm(dataset="csv", csv_target="label", csv_missing="drop")
+    source = forms.data_source(form, tmp_path / "data.csv")
+    job = TrainJob.from_dict(TrainJob(forms.model_config(form), source).to_dict())
+    assert job.data.csv_path == str(tmp_path / "data.csv") and job.data.target == "label"
+    assert job.data.missing == "drop"
     with pytest.raises(ValueError, match="uploaded file"):
-        widgets.data_source(form)
+        forms.data_source(form)
 
 
 @pytest.mark.parametrize(
@@ -156,7 +156,7 @@ def test_csv_form_points_training_at_the_saved_upload(tmp_path) -> None:
     ],
 )
 def test_train_check_sorts_errors_from_advice_in_one_line_each(changes, message, is_error) -> None:
-    check = widgets.train_check(widgets.TrainForm(**changes))
+    check = forms.train_check(forms.TrainForm(**changes))
     hits_in_errors = [m for m in check.errors if message in m]
     hits_in_advice = [m for m in check.advice if message in m]
     assert (hits_in_errors if is_error else hits_in_advice), check
@@ -169,58 +169,58 @@ def test_train_check_errors_are_modelconfigs_own() -> None:
     """Whatever ModelConfig refuses, the form refuses with the same message (and nothing it accepts)."""
     for changes in ({"units": 0}, {"layers": 9}, {"dropout": 0.95}, {"batch_size": 0}, {"patience": -1},
                     {"seed": -1}, {"activation": "softplus"}, {"optimizer": "adagrad"}):
-        form = widgets.TrainForm(**changes)
+        form = forms.TrainForm(**changes)
         with pytest.raises(ValueError) as raised:
-            widgets.model_config(form)
-        assert widgets.train_check(form).errors == (str(raised.value),)
+            forms.model_config(form)
+        assert forms.train_check(form).errors == (str(raised.value),)
     for changes in ({"dropout": 0.9}, {"learning_rate": 10.0}, {"learning_rate": 1e-6}, {"layers": 8},
                     {"units": 4096, "layers": 1}, {"patience": 0, "epochs": 1}):
-        assert widgets.train_check(widgets.TrainForm(**changes)).ok
+        assert forms.train_check(forms.TrainForm(**changes)).ok
 
 
 def test_train_check_of_a_csv_form_asks_for_the_file_then_the_target() -> None:
-    form = widgets.TrainForm(dataset="csv")
-    assert widgets.train_check(form).errors == ("upload a CSV file, or pick a built-in dataset",)
-    assert widgets.train_check(form, has_csv=True).errors == ("choose the target column of the CSV file",)
-    assert widgets.train_check(widgets.TrainForm(dataset="csv", csv_target="y"), has_csv=True).ok
+    form = forms.TrainForm(dataset="csv")
+    assert forms.train_check(form).errors == ("upload a CSV file, or pick a built-in dataset",)
+    assert forms.train_check(form, has_csv=True).errors == ("choose the target column of the CSV file",)
+    assert forms.train_check(forms.TrainForm(dataset="csv", csv_target="y"), has_csv=True).ok
 
 
 def test_every_builtin_dataset_is_described() -> None:
     from agent.data import BUILTIN_DATASETS
 
-    assert set(widgets.BUILTIN_INFO) == set(BUILTIN_DATASETS)
+    assert set(forms.BUILTIN_INFO) == set(BUILTIN_DATASETS)
 
 
 def test_every_load_shape_is_described() -> None:
     from loadtest.shapes import SHAPES
 
-    assert set(widgets.SHAPE_HELP) == set(SHAPES)
+    assert set(forms.SHAPE_HELP) == set(SHAPES)
 
 
 def test_default_train_form_has_no_problems() -> None:
-    assert widgets.train_check(widgets.TrainForm()) == widgets.Check()
-    assert widgets.train_check(widgets.DEFAULT_TRAIN) == widgets.Check()
-    small = widgets.train_check(widgets.TrainForm(batch_size=128), n_rows=100)
+    assert forms.train_check(forms.TrainForm()) == forms.Check()
+    assert forms.train_check(forms.DEFAULT_TRAIN) == forms.Check()
+    small = forms.train_check(forms.TrainForm(batch_size=128), n_rows=100)
     assert small.ok and "larger than the 100 rows" in " ".join(small.advice)
 
 
 def test_serve_form_builds_the_endpoint_config_and_flags_useless_combinations() -> None:
-    form = widgets.ServeForm(runtime="keras", max_batch_size=8, batch_timeout_ms=1.5, max_enqueued_batches=10,
+    form = forms.ServeForm(runtime="keras", max_batch_size=8, batch_timeout_ms=1.5, max_enqueued_batches=10,
                              num_batch_threads=2, workers=1)
-    assert widgets.serve_check(form) == widgets.Check()
-    cfg = widgets.serving_config(form)
+    assert forms.serve_check(form) == forms.Check()
+    cfg = forms.serving_config(form)
     assert isinstance(cfg, ServingConfig)
     assert (cfg.runtime, cfg.max_batch_size, cfg.batch_timeout_ms, cfg.max_enqueued_batches,
             cfg.num_batch_threads) == ("keras", 8, 1.5, 10, 2)
-    useless = widgets.serve_check(widgets.ServeForm(max_batch_size=1, batch_timeout_ms=2.0))
-    assert useless == widgets.Check(advice=(
+    useless = forms.serve_check(forms.ServeForm(max_batch_size=1, batch_timeout_ms=2.0))
+    assert useless == forms.Check(advice=(
         "batch timeout has no effect with max batch size 1 (every batch is full at once); set it to 0",))
-    assert widgets.serve_check(widgets.ServeForm(max_batch_size=1, batch_timeout_ms=0.0)) == widgets.Check()
-    slow = widgets.serve_check(widgets.ServeForm(batch_timeout_ms=250.0))
+    assert forms.serve_check(forms.ServeForm(max_batch_size=1, batch_timeout_ms=0.0)) == forms.Check()
+    slow = forms.serve_check(forms.ServeForm(batch_timeout_ms=250.0))
     assert slow.ok and "adds that much latency" in slow.advice[0]
-    assert widgets.serve_check(widgets.ServeForm(workers=0)).errors == ("workers must be in [1, 32]; got 0",)
-    assert "model name must be a non-empty name" in widgets.serve_check(widgets.ServeForm(model_name="")).errors[0]
-    assert not widgets.serve_check(widgets.ServeForm(model_name="a/b")).ok
+    assert forms.serve_check(forms.ServeForm(workers=0)).errors == ("workers must be in [1, 32]; got 0",)
+    assert "model name must be a non-empty name" in forms.serve_check(forms.ServeForm(model_name="")).errors[0]
+    assert not forms.serve_check(forms.ServeForm(model_name="a/b")).ok
 
 
 @pytest.mark.parametrize(
@@ -239,8 +239,8 @@ def test_serve_form_builds_the_endpoint_config_and_flags_useless_combinations() 
     ],
 )
 def test_serve_check_accepts_exactly_what_servingconfig_accepts(changes, accepted) -> None:
-    form = widgets.ServeForm(**changes)
-    check = widgets.serve_check(form)
+    form = forms.ServeForm(**changes)
+    check = forms.serve_check(form)
     values = {k: v for k, v in form.__dict__.items() if k != "model_name"}
     if accepted:
         assert ServingConfig(**values) and check.errors == ()
@@ -251,11 +251,11 @@ def test_serve_check_accepts_exactly_what_servingconfig_accepts(changes, accepte
 
 
 def test_load_form_validation_messages() -> None:
-    ok = widgets.LoadForm(host="http://127.0.0.1:8600", slos="p95<=50ms")
-    assert widgets.load_check(ok, n_features=8) == widgets.Check()
+    ok = forms.LoadForm(host="http://127.0.0.1:8600", slos="p95<=50ms")
+    assert forms.load_check(ok, n_features=8) == forms.Check()
 
     def check(**changes):
-        return widgets.load_check(widgets.LoadForm(**{**ok.__dict__, **changes}), n_features=8)
+        return forms.load_check(forms.LoadForm(**{**ok.__dict__, **changes}), n_features=8)
 
     def errors(**changes):
         return " | ".join(check(**changes).errors)
@@ -270,7 +270,7 @@ def test_load_form_validation_messages() -> None:
     assert "choose a target" in errors(host="   ") and "host must be" not in errors(host="")
     assert "spawn_rate must be > 0" in errors(host="", spawn_rate=0.0)  # the rest is still checked
     assert "only local targets" in errors(host="http://example.com:80")
-    assert widgets.load_check(widgets.LoadForm(host="http://[::1]:8600"), n_features=8).ok
+    assert forms.load_check(forms.LoadForm(host="http://[::1]:8600"), n_features=8).ok
     assert "host must be an http(s) URL like http://127.0.0.1:8600" in errors(host="127.0.0.1:8600")
     assert "malformed SLO 'p95 under 50'" in errors(slos="p95 under 50")
     two_bad = check(slos="p95 under 50\np99<=1s\nlatency<5ms").errors
@@ -279,7 +279,7 @@ def test_load_form_validation_messages() -> None:
                                                                                   max_users=5)
     assert "target_rps must be > 0 requests/s for the rate shape" in errors(shape="rate", target_rps=0.0)
     assert "model_name: model name must be a non-empty name" in errors(model_name=" ")
-    assert "samples_path must name a samples.json" in " | ".join(widgets.load_check(ok).errors)
+    assert "samples_path must name a samples.json" in " | ".join(forms.load_check(ok).errors)
     assert "spike ends after the run" in advice(shape="spike", spike_at_s=15.0, spike_duration_s=10.0)
     assert "the ladder never climbs" in advice(shape="steps", step_time_s=30.0)
     assert "takes longer than the 20 s run" in advice(users=100, spawn_rate=2.0)
@@ -287,31 +287,31 @@ def test_load_form_validation_messages() -> None:
 
 def test_load_check_accepts_exactly_what_loadtestconfig_accepts() -> None:
     """Boundary values: the form's verdict is LoadTestConfig's, with its own message."""
-    base = widgets.LoadForm(host="http://127.0.0.1:8600")
+    base = forms.LoadForm(host="http://127.0.0.1:8600")
     for changes in ({"processes": 0}, {"processes": 64}, {"instances_per_request": 4096},
                     {"shape": "steps", "users": 0, "max_users": 1}):
-        assert widgets.load_check(widgets.LoadForm(**{**base.__dict__, **changes}), n_features=8).ok, changes
+        assert forms.load_check(forms.LoadForm(**{**base.__dict__, **changes}), n_features=8).ok, changes
     for changes in ({"processes": 65}, {"instances_per_request": 4097}, {"timeout_s": 0.0},
                     {"shape": "constant", "users": 0}, {"shape": "burst"}):
-        form = widgets.LoadForm(**{**base.__dict__, **changes})
+        form = forms.LoadForm(**{**base.__dict__, **changes})
         with pytest.raises(ValueError) as raised:
-            widgets.loadtest_config(form, n_features=8)
-        assert widgets.load_check(form, n_features=8).errors == (str(raised.value),), changes
+            forms.loadtest_config(form, n_features=8)
+        assert forms.load_check(form, n_features=8).errors == (str(raised.value),), changes
 
 
 def test_load_form_builds_the_runner_config(tmp_path) -> None:
     samples = tmp_path / "samples.json"
     samples.write_text(json.dumps({"instances": [[0.0, 1.0]]}))
-    form = widgets.LoadForm(host="http://127.0.0.1:9/", model_name="digits", users=8, spawn_rate=4, run_time_s=10,
+    form = forms.LoadForm(host="http://127.0.0.1:9/", model_name="digits", users=8, spawn_rate=4, run_time_s=10,
                             shape="rate", target_rps=100.0, processes=1, slos="p95<=50ms, fail_ratio<=0.01")
-    cfg = widgets.loadtest_config(form, samples_path=samples)
+    cfg = forms.loadtest_config(form, samples_path=samples)
     assert isinstance(cfg, LoadTestConfig)
     assert cfg.host == "http://127.0.0.1:9" and cfg.model_name == "digits"
     assert (cfg.users, cfg.run_time_s, cfg.shape, cfg.target_rps, cfg.processes) == (8, 10.0, "rate", 100.0, 0)
     assert cfg.slos == ("p95<=50ms", "fail_ratio<=0.01")
-    external = widgets.loadtest_config(widgets.LoadForm(host="http://127.0.0.1:9"), n_features=64)
+    external = forms.loadtest_config(forms.LoadForm(host="http://127.0.0.1:9"), n_features=64)
     assert external.n_features == 64 and external.samples_path == ""
-    assert widgets.slo_limits_ms(["p95<=50ms", "p99<0.2s", "rps>=10", "nonsense"]) == {"p95_ms": 50.0, "p99_ms": 200.0}
+    assert forms.slo_limits_ms(["p95<=50ms", "p99<0.2s", "rps>=10", "nonsense"]) == {"p95_ms": 50.0, "p99_ms": 200.0}
 
 
 # -- formatting and scrapes -------------------------------------------------------------------
@@ -393,7 +393,7 @@ def fake_endpoint() -> Iterator[str]:
 
 
 def test_predict_sends_tf_serving_rows_and_reads_errors(fake_endpoint: str) -> None:
-    status, body = serving_view.predict(fake_endpoint, "m", [[1.0, 2.0]])
+    status, body = endpoint_client.predict(fake_endpoint, "m", [[1.0, 2.0]])
     assert status == 200 and body == {"predictions": [[0.25, 0.75]]}
-    status, body = serving_view.predict(fake_endpoint, "m", [[1.0]])
+    status, body = endpoint_client.predict(fake_endpoint, "m", [[1.0]])
     assert status == 400 and "2 features" in body["error"]

@@ -23,7 +23,7 @@ from streamlit.testing.v1 import AppTest
 from agent.data import DataSpec
 from agent.export import ModelMetadata
 from agent.serving.metrics import ServingMetrics
-from dashboard import widgets
+from dashboard import forms
 from runs.jobs import stop_job, wait_job
 from runs.registry import Registry
 
@@ -131,13 +131,14 @@ def test_train_first_run_shows_the_one_click_path_and_defaults(home: Path) -> No
     _assert_widgets_have_help(at)
 
 
+@pytest.mark.integration  # starts a real training job
 def test_train_the_default_model_in_one_click(home: Path, registry: Registry) -> None:
     at = _page("train")
     at.button(key="train.first_run").click().run()
     assert not at.exception
     run = registry.list_runs(kind="train")[0]
     try:
-        assert run.config["model"] == widgets.model_config(widgets.DEFAULT_TRAIN).to_dict()
+        assert run.config["model"] == forms.model_config(forms.DEFAULT_TRAIN).to_dict()
         assert run.config["data"]["dataset"] == "digits" and run.pid is not None
         assert "train.first_run" not in [b.key for b in at.button]  # the first-run box is gone
     finally:
@@ -191,6 +192,7 @@ def test_train_csv_upload_preview_target_and_missing_values(home: Path) -> None:
     assert not at.button(key="train.start").disabled
 
 
+@pytest.mark.integration  # starts a real training job
 def test_train_on_an_uploaded_csv_saves_it_with_the_run_and_trains(home: Path, registry: Registry) -> None:
     at = _page("train")
     at.selectbox(key="train.dataset").set_value("csv").run()
@@ -217,6 +219,7 @@ def test_train_on_an_uploaded_csv_saves_it_with_the_run_and_trains(home: Path, r
         stop_job(registry, run.id, grace_s=5)
 
 
+@pytest.mark.integration  # starts a real training job
 def test_train_button_starts_a_job_that_stop_ends(home: Path, registry: Registry) -> None:
     at = _page("train")
     at.selectbox(key="train.dataset").set_value("iris")
@@ -581,6 +584,7 @@ def test_loadtest_page_renders_a_finished_swarm(home: Path, registry: Registry) 
     assert sorted(b.label for b in at.get("download_button")) == ["csv report", "html report"]
 
 
+@pytest.mark.integration  # a fresh interpreter per page
 @pytest.mark.parametrize("page", ["train", "serve", "load_test", "run_history"])
 def test_pages_do_not_import_tensorflow(page: str, home: Path, registry: Registry) -> None:
     """First paint must not wait for TensorFlow: rendering a page (with a run to show) leaves it unloaded."""

@@ -15,6 +15,8 @@ import pytest
 from runs import jobs
 from runs.registry import Registry
 
+pytestmark = pytest.mark.integration  # every test here starts real child processes
+
 # A job that starts a grandchild in the same process group, then sleeps.
 SPAWNING_JOB = textwrap.dedent(
     """

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -107,6 +111,7 @@ def _writer(home: str, run_id: str, worker: int, start: mp.synchronize.Event) ->
             reg.update_summary(run_id, {f"w{worker}": i})
 
 
+@pytest.mark.integration  # real processes
 def test_concurrent_writers_from_three_processes(registry: Registry) -> None:
     run_id = registry.create_run("loadtest", status="running")
     ctx = mp.get_context("spawn")
@@ -122,3 +127,43 @@ def test_concurrent_writers_from_three_processes(registry: Registry) -> None:
     per_worker = registry.metric_series(run_id)["w"]
     assert sorted({int(v) for _, v in per_worker}) == list(range(WRITERS))
     assert sorted(registry.get_run(run_id).summary) == [f"w{w}" for w in range(WRITERS)]
+
+
+FRESH_OPENERS = 8
+FRESH_FILES = 60
+# Each opener waits for the go file, then opens the same brand-new registries in the same order
+# (the race is at creating the file and switching it to WAL), writing one run in each.
+OPENER = """
+import os, sys, time
+go, root, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+from runs.registry import Registry
+deadline = time.monotonic() + 30
+while not os.path.exists(go) and time.monotonic() < deadline:
+    time.sleep(0.0005)
+errors = []
+for i in range(n):
+    try:
+        reg = Registry(os.path.join(root, f"fresh{i}"))
+        reg.create_run("train")
+        reg.close()
+    except Exception as exc:
+        errors.append(f"fresh{i}: {type(exc).__name__}: {exc}")
+print("\\n".join(errors) or "ok")
+"""
+
+
+@pytest.mark.integration  # real processes
+def test_processes_opening_the_same_fresh_registry_at_once_all_succeed(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    go = tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, "-c", OPENER, str(go), str(tmp_path), str(FRESH_FILES)], env=env,
+                              cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(FRESH_OPENERS)]
+    time.sleep(1.0)  # let them all import and reach the wait (a late one only makes the race milder)
+    go.touch()
+    outs = [p.communicate(timeout=120) for p in procs]
+    failures = [out.strip() or err.strip()[-300:] for (out, err) in outs if out.strip() != "ok"]
+    assert not failures, failures
+    for i in range(FRESH_FILES):
+        assert len(Registry(tmp_path / f"fresh{i}").list_runs()) == FRESH_OPENERS

@@ -54,6 +54,7 @@ def cli_server(trained_model: Path) -> Iterator[subprocess.Popen[str]]:
         proc.wait(10)
 
 
+@pytest.mark.slow
 def test_sigterm_finishes_in_flight_requests_and_exits_0(
     cli_server: subprocess.Popen[str], trained_model: Path
 ) -> None:
@@ -95,7 +96,8 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(
         (lambda d: d / "notzip.keras", "not a Keras v3 archive"),
     ],
 )
-def test_cli_refuses_bad_model_files_with_one_line(tmp_path: Path, make: Callable[[Path], Path], fragment: str) -> None:
+def test_cli_refuses_bad_model_files_with_one_line(tmp_path: Path, make: Callable[[Path], Path], fragment: str,
+                                                   home: Path) -> None:
     path = make(tmp_path)
     if path.name != "missing.keras":
         path.write_bytes(b"\x89HDF\r\n\x1a\n not a keras archive")
@@ -104,6 +106,33 @@ def test_cli_refuses_bad_model_files_with_one_line(tmp_path: Path, make: Callabl
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], result.stderr
+    (run,) = Registry(home).list_runs(kind="serve")  # recorded like any other serve run, as failed
+    assert run.status == "failed" and fragment in run.error
+
+
+def _lambda_model(path: Path) -> Path:
+    """A model safe mode refuses to load: a Lambda layer holds arbitrary Python."""
+    import keras
+
+    inp = keras.Input((4,), name="features")
+    keras.Model(inp, keras.layers.Lambda(lambda x: x * 2.0)(inp)).save(path)
+    return path
+
+
+def test_model_refused_at_load_exits_2_and_records_failed(tmp_path: Path, home: Path, registry: Registry) -> None:
+    model = _lambda_model(tmp_path / "lambda.keras")
+    result = _run_cli("--model", str(model), "--port", "0", "--runtime", "keras")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ") and "Lambda" in result.stderr
+    (cli_run,) = registry.list_runs(kind="serve")
+    assert cli_run.status == "failed" and "Lambda" in cli_run.error and "\n" not in cli_run.error
+    # the same through the function the pages use
+    with pytest.raises(EndpointError, match="Lambda"):
+        start_endpoint(registry, model, ServingConfig(runtime="keras"))
+    page_run = registry.list_runs(kind="serve")[0]
+    assert page_run.id != cli_run.id and page_run.status == "failed" and "Lambda" in page_run.error
+    log = (registry.artifacts_dir(page_run.id) / "job.log").read_text()
+    assert "error: " in log and "Traceback" not in log
 
 
 @pytest.mark.parametrize(
@@ -172,12 +201,14 @@ def test_start_endpoint_reports_a_model_that_fails_to_load(registry: Registry, t
     broken = tmp_path / "broken.keras"
     with zipfile.ZipFile(broken, "w") as z:
         z.writestr("config.json", "{not valid")
-    with pytest.raises(EndpointError, match="exited before it was ready"):
+    with pytest.raises(EndpointError, match="ended before it was ready"):
         start_endpoint(registry, broken, ServingConfig(runtime="keras"), ready_timeout_s=120)
     run = registry.list_runs(kind="serve")[0]
     assert run.status == "failed" and run.error
     with pytest.raises(ModelFormatError):
         start_endpoint(registry, tmp_path / "model.h5", ServingConfig())
+    refused = registry.list_runs(kind="serve")[0]
+    assert refused.status == "failed" and ".h5" in refused.error and refused.pid is None  # nothing was started
 
 
 def test_ceiling_endpoint(registry: Registry) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from agent.serving.config import ServingConfig
-from runs.jobs import reap, start_job, stop_job, wait_job
+from runs.jobs import reap, stop_job
 from runs.registry import Registry
 from tuning.exports import write_exports
 from tuning.sweep import SweepSpec, create_sweep, load_points, start_sweep_job
@@ -23,6 +23,8 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
 STEP_S = 2.0  # the shortest step a sweep accepts: these tests check behaviour, not numbers
 LAX_SLOS = ("p95<=5000ms", "fail_ratio<=0.5")
+# What `python -m tuning ... --out DIR` writes when a config met the SLO.
+UNINTERRUPTED_OUT = ("points.json", "serving_config.json", "batching_parameters.txt", "recommendation.json")
 
 
 def _wait(predicate, timeout_s: float, what: str) -> None:
@@ -63,13 +65,25 @@ def test_killed_sweep_resumes_without_remeasuring_finished_points(registry: Regi
         os.killpg(job.pid, signal.SIGKILL)  # no clean-up at all: as if the machine lost the process
         _wait(lambda: _group_gone(job.pid, registry), 10, "the sweep's process group to die")
         killed = registry.get_run(run_id)
-        assert killed.status == "failed"
+        assert killed.status == "interrupted" and "SIGKILL" in killed.error
         before = load_points(registry, run_id)
         assert len(before) == 1 and before[0].params == {"max_batch_size": 1}
 
-        start_sweep_job(registry, run_id)  # same run id: resume
-        done = wait_job(registry, run_id, 240)
+        out = registry.home / "resumed-out"
+        proc = _cli("--run-id", run_id, "--out", str(out), home=registry.home)  # same run id: resume
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        done = registry.get_run(run_id)
         assert done.status == "completed", done.error
+        # the same files an uninterrupted sweep writes to --out, readable by others
+        assert sorted(p.name for p in out.iterdir()) == sorted(UNINTERRUPTED_OUT)
+        assert all(oct(p.stat().st_mode & 0o777) == "0o644" for p in out.iterdir())
+        assert len(json.loads((out / "points.json").read_text())) == 2
+        again = registry.home / "again-out"  # a finished sweep: reported and written again, not re-measured
+        proc = _cli("--run-id", run_id, "--out", str(again), home=registry.home, timeout=60)
+        assert proc.returncode == 0 and "completed with 2 points" in proc.stdout, proc.stdout + proc.stderr
+        assert {p.name: p.read_text() for p in again.iterdir()} == {p.name: p.read_text() for p in out.iterdir()}
+        assert all(oct(p.stat().st_mode & 0o777) == "0o644" for p in Path(done.summary["exports"]["serving_config"])
+                   .parent.iterdir())
         after = load_points(registry, run_id)
         # the point finished before the kill is kept as it was, not measured again
         assert after[0] == before[0]
@@ -150,28 +164,36 @@ def test_cli_exit_1_names_the_closest_when_no_config_meets_the_slo(home: Path, t
         _stop_everything(Registry(home))
 
 
-def test_exported_json_loads_back_into_the_endpoint_through_its_cli(registry: Registry, trained_model: Path,
+def test_exported_json_loads_back_into_the_endpoint_through_its_cli(home: Path, trained_model: Path,
                                                                     tmp_path: Path) -> None:
-    from agent.serving.process import endpoint_argv
-
     config = ServingConfig(runtime="keras", max_batch_size=16, batch_timeout_ms=1.0, num_batch_threads=1,
                            max_enqueued_batches=32, allowed_batch_sizes=(4, 16))
     paths = write_exports(tmp_path / "export", config)
-    run_id = registry.create_run("serve", {"model_path": str(trained_model)}, name="serve exported config")
+    env = {**os.environ, "TUNESWARM_HOME": str(home), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "agent.serving", "--model", str(trained_model), "--name", "digits",
+                             "--port", "0", "--config", str(paths["serving_config"])], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
     try:
-        start_job(registry, run_id, endpoint_argv(trained_model, paths["serving_config"], "digits", 0, run_id=run_id))
-        _wait(lambda: registry.get_run(run_id).summary.get("ready_at") or not registry.get_run(run_id).active,
-              120, "the endpoint to be ready")
-        summary = registry.get_run(run_id).summary
-        assert summary.get("ready_at"), registry.get_run(run_id).error
-        assert ServingConfig.from_dict(summary["config"]) == config
-        with urllib.request.urlopen(f"{summary['url']}/v1/models/digits/metadata", timeout=10) as resp:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # bounded: the process exits (EOF) if it cannot serve
+        assert line.startswith("ready: "), line
+        url = line.split(" ", 1)[1].strip()
+        run = Registry(home).list_runs(kind="serve")[0]  # the CLI records its run like a page's start()
+        assert run.status == "running" and run.pid == proc.pid
+        assert ServingConfig.from_dict(run.summary["config"]) == config
+        with urllib.request.urlopen(f"{url}/v1/models/digits/metadata", timeout=10) as resp:
             assert resp.status == 200
             assert "signature_def" in json.loads(resp.read())["metadata"]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        assert Registry(home).get_run(run.id).status == "stopped"
     finally:
-        stop_job(registry, run_id, grace_s=10)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
 
 
+@pytest.mark.slow
 def test_model_sweep_cli_trains_serves_and_marks_the_pareto_front(home: Path, tmp_path: Path) -> None:
     out = tmp_path / "models"
     proc = _cli("--mode", "models", "--dataset", "digits", "--train-grid", "hidden=4,32", "--epochs", "1",

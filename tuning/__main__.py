@@ -11,15 +11,18 @@ Model sweep (train each briefly, then load-test it)::
         --train-grid learning_rate=0.001,0.01 --epochs 3 --users 16 --slo 'p99<=100ms' --out DIR
 
 As a job (the dashboard does this): ``python -m tuning --run-id ID`` runs, or resumes,
-the sweep stored in that registry run.
+the sweep stored in that registry run; with ``--out DIR`` it writes the same files
+there as an uninterrupted run. A sweep run from flags is recorded the same way and
+runs in the foreground; SIGTERM/SIGINT/SIGHUP stop it (what was measured is kept
+and recommended from), and its endpoints and Locust steps die with it.
 
 Ship the recommendation to TensorFlow Serving: add ``--export-tfserving DIR`` to a
 serving sweep, or give it with ``--run-id ID`` of a finished sweep (which is then
 only exported, not re-run). DIR gets ``model/<version>/`` (SavedModel),
 ``batching_parameters.txt``, ``models.config`` and ``SERVE.md``.
 
-Exit codes: 0 a config met the constraints, 1 none did (the closest is named),
-2 bad usage.
+Exit codes: 0 a config met the constraints, 1 none did (the closest is named) or
+the sweep did not complete, 2 bad usage.
 """
 
 from __future__ import annotations
@@ -112,26 +115,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse already printed a one-line usage error (or --help)
         return int(exc.code or 0) and EXIT_USAGE
+    from runs import lifecycle
     from runs.registry import Registry
 
     registry = Registry()
     try:
-        if args.run_id and args.export_tfserving:
-            run = registry.get_run(args.run_id)
-            code = EXIT_OK if run.status in ("completed", "stopped", "failed") else _run_job(registry, args.run_id)
-            return _ship(registry, args.run_id, args.export_tfserving) or code
-        if args.run_id:
-            return _run_job(registry, args.run_id)
-        if args.mode == "models":
-            if args.export_tfserving:
-                raise UsageError("--export-tfserving ships a serving sweep's recommendation; for a model use "
-                                 "python -m agent.tfserving --run-id ID --out DIR")
-            return _models(registry, args)
-        return _serving(registry, args)
+        with lifecycle.foreground():  # the endpoints and Locust steps it starts die with it
+            if args.run_id and args.export_tfserving:
+                run = registry.get_run(args.run_id)
+                finished = run.status in ("completed", "stopped", "failed")
+                code = EXIT_OK if finished else _run_job(registry, args.run_id, args.out)
+                return _ship(registry, args.run_id, args.export_tfserving) or code
+            if args.run_id:
+                return _run_job(registry, args.run_id, args.out)
+            if args.mode == "models":
+                if args.export_tfserving:
+                    raise UsageError("--export-tfserving ships a serving sweep's recommendation; for a model use "
+                                     "python -m agent.tfserving --run-id ID --out DIR")
+                return _models(registry, args)
+            return _serving(registry, args)
     except UsageError as exc:
         return _fail_usage(str(exc))
     except KeyError as exc:
         return _fail_usage(str(exc.args[0]) if exc.args else str(exc))
+    except KeyboardInterrupt:
+        print("error: interrupted before the sweep started", file=sys.stderr)
+        return EXIT_FAILED
 
 
 def _common(args: argparse.Namespace) -> dict:
@@ -153,7 +162,7 @@ def _serving(registry, args: argparse.Namespace) -> int:
     from agent.export import ModelFormatError, check_model_path
     from agent.serving.config import DEFAULT_CONFIG, ServingConfig
     from tuning.space import SearchSpace
-    from tuning.sweep import SweepSpec, create_sweep, run_sweep
+    from tuning.sweep import SweepSpec, create_sweep
 
     if not args.model:
         raise UsageError("--model PATH.keras is required for a serving sweep")
@@ -178,7 +187,7 @@ def _serving(registry, args: argparse.Namespace) -> int:
     ladder = f"{list(spec.rates)} req/s offered" if spec.open_loop else f"{list(spec.users)} users"
     print(f"sweep {run_id}: {space.size} configs on the grid, ladder {ladder}, "
           f"{spec.step_s:g}s per step, SLO {' and '.join(spec.slos)}", flush=True)
-    status = run_sweep(registry, run_id, on_point=_print_point)
+    status = _execute(registry, run_id)
     code = _report(registry, run_id, status, args.out)
     if args.export_tfserving:
         return _ship(registry, run_id, args.export_tfserving) or code
@@ -199,6 +208,18 @@ def _ship(registry, run_id: str, out: str) -> int:
         return EXIT_FAILED
     print(f"wrote TF Serving bundle {bundle.root} ({bundle.name}/{bundle.version}); see {bundle.serve_md}")
     return EXIT_OK
+
+
+def _execute(registry, run_id: str) -> str:
+    """Run the recorded sweep in this process as its job; a failure is recorded and printed, not raised."""
+    from runs.lifecycle import one_line_error
+    from tuning.sweep import execute
+
+    try:
+        return execute(registry, run_id, on_point=_print_point)
+    except Exception as exc:
+        print(f"error: {one_line_error(exc)}", file=sys.stderr)
+        return registry.get_run(run_id).status
 
 
 def _all_params(space) -> list[dict]:
@@ -231,9 +252,10 @@ def _report(registry, run_id: str, status: str, out: str | None) -> int:
     if status != "completed":
         print(f"sweep {status}: {run.error or ''}".rstrip(": "))
     if out:
+        from runs.configs import atomic_write_text
+
         out_dir = Path(out)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "points.json").write_text(points_to_json(points))
+        print(f"wrote {atomic_write_text(out_dir / 'points.json', points_to_json(points))}")
         if run.summary.get("recommended_config"):
             from agent.serving.config import ServingConfig
 
@@ -247,7 +269,7 @@ def _report(registry, run_id: str, status: str, out: str | None) -> int:
 
 
 def _models(registry, args: argparse.Namespace) -> int:
-    from tuning.model_sweep import ModelSweepSpec, create_model_sweep, format_models, run_model_sweep, train_grid
+    from tuning.model_sweep import ModelSweepSpec, create_model_sweep, train_grid
 
     try:
         grid_values = train_grid(args.train_grid)
@@ -262,33 +284,48 @@ def _models(registry, args: argparse.Namespace) -> int:
     run_id = create_model_sweep(registry, spec, name=args.name)
     print(f"model sweep {run_id}: {spec.size} models, {spec.epochs} epochs each, "
           f"{spec.users} users for {spec.step_s:g}s each", flush=True)
-    status = run_model_sweep(registry, run_id)
+    return _report_models(registry, run_id, _execute(registry, run_id), args.out)
+
+
+def _report_models(registry, run_id: str, status: str, out: str | None) -> int:
+    import json
+
+    from runs.configs import atomic_write_text
+    from tuning.model_sweep import format_models
+
     run = registry.get_run(run_id)
     print(format_models(run.summary.get("models", [])))
-    if args.out:
-        import json
-
-        out_dir = Path(args.out)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "models.json").write_text(json.dumps(run.summary.get("models", []), indent=1))
-        print(f"wrote {out_dir / 'models.json'}")
+    if status != "completed":
+        print(f"model sweep {status}: {run.error or ''}".rstrip(": "))
+    if out:
+        path = atomic_write_text(Path(out) / "models.json", json.dumps(run.summary.get("models", []), indent=1))
+        print(f"wrote {path}")
     return EXIT_OK if status == "completed" else EXIT_FAILED
 
 
-def _run_job(registry, run_id: str) -> int:
+def _run_job(registry, run_id: str, out: str | None) -> int:
+    """Run or resume a recorded sweep; the same report and --out files as a sweep run from flags."""
     run = registry.get_run(run_id)
     if run.kind != "sweep":
         raise UsageError(f"run {run_id} is a {run.kind} run, not a sweep")
+    if run.config.get("mode") not in ("serving", "models"):
+        raise UsageError(f"run {run_id} is a {run.config.get('mode')} run; only serving and model sweeps resume")
+    if run.active and run.pid is not None and run.pid != os.getpid():
+        from runs.jobs import is_alive
+
+        if is_alive(run):
+            raise UsageError(f"sweep {run_id} is running already (pid {run.pid})")
+    done = len(run.summary.get("points") or run.summary.get("models") or [])
+    if run.status == "completed":  # nothing to resume: report it (and write --out) as it ended
+        print(f"sweep {run_id}: completed with {done} points", flush=True)
+        status = run.status
+    else:
+        print(f"sweep {run_id}: {'resuming with ' + str(done) + ' points measured' if done else 'starting'}",
+              flush=True)
+        status = _execute(registry, run_id)
     if run.config.get("mode") == "models":
-        from tuning.model_sweep import run_model_sweep
-
-        status = run_model_sweep(registry, run_id)
-        return EXIT_OK if status == "completed" else EXIT_FAILED
-    from tuning.sweep import run_sweep
-
-    status = run_sweep(registry, run_id)
-    rec = registry.get_run(run_id).summary.get("recommendation") or {}
-    return EXIT_OK if status == "completed" and rec.get("met") else EXIT_FAILED
+        return _report_models(registry, run_id, status, out)
+    return _report(registry, run_id, status, out)
 
 
 if __name__ == "__main__":

@@ -16,12 +16,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from agent.serving.config import ServingConfig
 from agent.tfserving import tf_serving_batching_text
+from runs.configs import atomic_write_text
 
 __all__ = ["parse_batching_text", "serving_config_json", "tf_serving_batching_text", "write_exports"]
 
@@ -64,19 +64,6 @@ def parse_batching_text(text: str) -> dict[str, Any]:
     return out
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    # A reader (the endpoint started with --config) never sees a half-written file.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _json_safe(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -97,9 +84,9 @@ def write_exports(
     """Write the JSON config, the TF Serving text and (if given) the recommendation; returns the paths."""
     out = Path(out_dir)
     paths = {"serving_config": out / SERVING_JSON, "tf_serving": out / TF_SERVING_TEXT}
-    _atomic_write(paths["serving_config"], serving_config_json(config))
-    _atomic_write(paths["tf_serving"], tf_serving_batching_text(config, comment=comment))
+    atomic_write_text(paths["serving_config"], serving_config_json(config))
+    atomic_write_text(paths["tf_serving"], tf_serving_batching_text(config, comment=comment))
     if recommendation is not None:
         paths["recommendation"] = out / RECOMMENDATION_JSON
-        _atomic_write(paths["recommendation"], json.dumps(_json_safe(recommendation), indent=2) + "\n")
+        atomic_write_text(paths["recommendation"], json.dumps(_json_safe(recommendation), indent=2) + "\n")
     return paths

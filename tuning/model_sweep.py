@@ -11,15 +11,15 @@ a restarted job skips them.
 from __future__ import annotations
 
 import itertools
-import signal
-import threading
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
-from runs.registry import Registry
+from agent.serving.config import RUNTIMES
+from runs import jobs, lifecycle
+from runs.configs import known_fields, plain_dict
+from runs.registry import Registry, State
 from tuning.pareto import MODEL_OBJECTIVES, pareto_mask
-from tuning.space import RUNTIMES
 
 MODEL_PARAMS = ("hidden", "activation", "learning_rate", "runtime")
 MAX_MODELS = 32
@@ -117,13 +117,11 @@ class ModelSweepSpec:
         return kw
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["slos"] = list(self.slos)
-        return d
+        return plain_dict(self)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ModelSweepSpec:
-        return cls(**{**d, "slos": tuple(d.get("slos", ()))})
+        return cls(**known_fields(cls, d, "model sweep spec"))
 
 
 def combo_key(combo: Mapping[str, Any]) -> str:
@@ -164,8 +162,16 @@ def format_models(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def create_model_sweep(registry: Registry, spec: ModelSweepSpec, *, name: str | None = None) -> str:
-    return registry.create_run("sweep", {"mode": "models", "spec": spec.to_dict()},
-                               name=name or f"model sweep {spec.dataset}: {', '.join(spec.grid)}")
+    """A pending model sweep run holding ``spec``."""
+    return jobs.create(registry, "model_sweep", {"mode": "models", "spec": spec.to_dict()},
+                       name=name or f"model sweep {spec.dataset}: {', '.join(spec.grid)}")
+
+
+def start(registry: Registry, spec: ModelSweepSpec, *, name: str | None = None) -> str:
+    """Record a model sweep and launch its job (``python -m tuning --run-id ID``); returns the run id."""
+    run_id = create_model_sweep(registry, spec, name=name)
+    jobs.launch(registry, run_id)
+    return run_id
 
 
 def run_model_sweep(registry: Registry, run_id: str) -> str:
@@ -176,21 +182,22 @@ def run_model_sweep(registry: Registry, run_id: str) -> str:
     from agent.serving.process import start_endpoint, stop_endpoint
     from agent.training import train
     from tuning.recommend import Constraints
-    from tuning.sweep import MODEL_NAME, StopFlag, SweepSpec, SweepStopped, _warm, _warm_body, measure_step
+    from tuning.sweep import (
+        MODEL_NAME,
+        StopFlag,
+        SweepSpec,
+        SweepStopped,
+        _warm,
+        _warm_body,
+        begin_in_process,
+        measure_step,
+    )
 
     run = registry.get_run(run_id)
     spec = ModelSweepSpec.from_dict(run.config["spec"])
     constraints = Constraints.parse(spec.slos)
     stop = StopFlag(registry, run_id)
-
-    def on_signal(signum: int, frame: Any) -> None:
-        if not stop.signalled:
-            stop.signalled = True
-            raise SweepStopped()
-
-    in_main = threading.current_thread() is threading.main_thread()
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)} if in_main else {}
-    registry.set_status(run_id, "running")
+    begin_in_process(registry, run_id)
     rows: list[dict[str, Any]] = list(run.summary.get("models", []))
     done = {r["key"] for r in rows}
     base = ServingConfig.from_dict(spec.base) if spec.base else DEFAULT_CONFIG
@@ -203,8 +210,9 @@ def run_model_sweep(registry: Registry, run_id: str) -> str:
             stop.check()
             label = combo_label(combo)
             registry.set_progress(run_id, {"phase": "training", "model": label, "done": len(rows), "total": spec.size})
-            train_id = registry.create_run("train", {"model": ModelConfig(**spec.model_kwargs(combo)).to_dict()},
-                                           name=f"{run.name}: {label}", parent_id=run_id, status="running")
+            train_id = registry.create_run("train", {"model": ModelConfig(**spec.model_kwargs(combo)).to_dict(),
+                                                     "data": DataSource(spec.dataset).to_dict()},
+                                           name=f"{run.name}: {label}", parent_id=run_id)
             result = train(ModelConfig(**spec.model_kwargs(combo)), DataSource(spec.dataset), registry, train_id)
             history = result.history[-1] if result.history else {}
             stop.check()
@@ -233,16 +241,13 @@ def run_model_sweep(registry: Registry, run_id: str) -> str:
             registry.update_summary(run_id, {"models": rows, "front": [r["key"] for r in with_front(rows)
                                                                          if r["on_front"]]})
         registry.set_progress(run_id, {"phase": "done", "done": len(rows), "total": spec.size})
-        registry.set_status(run_id, "completed")
-        return "completed"
+        registry.finish_if_active(run_id, State.COMPLETED)
     except SweepStopped:
-        registry.set_status(run_id, "stopped", "stopped by request")
-        return "stopped"
+        registry.finish_if_active(run_id, State.STOPPED, "stopped by request")
     except BaseException as exc:
-        registry.finish_if_active(run_id, "failed", f"{type(exc).__name__}: {exc}".splitlines()[0])
+        registry.finish_if_active(run_id, State.FAILED, lifecycle.one_line_error(exc))
         raise
     finally:
         if endpoint is not None:
             stop_endpoint(registry, endpoint.run_id)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    return registry.get_run(run_id).status

@@ -16,10 +16,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from agent.serving.config import ServingConfig
+from agent.serving.config import RUNTIMES, ServingConfig
 from tuning.points import config_key
 
-RUNTIMES = ("keras", "tf-function", "xla", "tflite", "tflite-int8")
 # Serving parameters a sweep may vary, with how a value is parsed from the command line.
 PARAM_TYPES: dict[str, Callable[[str], Any]] = {
     "runtime": str,

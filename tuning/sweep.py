@@ -15,17 +15,18 @@ from __future__ import annotations
 
 import json
 import math
-import signal
-import threading
+import os
 import time
 import urllib.request
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from agent.serving.config import DEFAULT_CONFIG, ServingConfig
-from runs.registry import Registry
+from runs import jobs, lifecycle
+from runs.configs import known_fields, plain_dict
+from runs.registry import Registry, State
 from tuning.exports import write_exports
 from tuning.ladder import DEFAULT_USERS, MIN_THROUGHPUT_GAIN, check_levels, stop_climbing
 from tuning.points import Point, config_key, config_label, group_by_config
@@ -103,23 +104,11 @@ class SweepSpec:
         return apply_params(self.base_config(), params)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["users"] = list(self.users)
-        d["rates"] = list(self.rates)
-        d["slos"] = list(self.slos)
-        return d
+        return plain_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SweepSpec:
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown sweep spec field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        values = dict(d)
-        for key in ("users", "rates", "slos"):
-            if key in values:
-                values[key] = tuple(values[key])
-        return cls(**values)
+        return cls(**known_fields(cls, d, "sweep spec"))
 
 
 # -- reading a sweep back from the registry -----------------------------------------------
@@ -210,20 +199,21 @@ def total_configs(spec: SweepSpec) -> int:
 # -- measuring ---------------------------------------------------------------------------
 
 
-class SweepStopped(Exception):
-    """Raised inside the sweep when a stop was requested."""
+# A stop unwinds the sweep with the job contract's own exception: waits on child jobs
+# (runs.jobs.wait_job / wait_ready) raise it too when the sweep's job is asked to stop.
+SweepStopped = lifecycle.JobStopped
 
 
 @dataclass
 class StopFlag:
-    """Set by SIGTERM or by the registry's stop flag (polled between and during steps)."""
+    """The sweep's stop request: a signal to its job or the registry's flag (polled between and during steps)."""
 
     registry: Registry
     run_id: str
-    signalled: bool = False
 
     def __call__(self) -> bool:
-        return self.signalled or self.registry.stop_requested(self.run_id)
+        ctx = lifecycle.current()
+        return (ctx is not None and ctx.signalled) or self.registry.stop_requested(self.run_id)
 
     def check(self) -> None:
         if self():
@@ -267,14 +257,10 @@ def measure_step(
     ``level`` is a user count, or for an open-loop sweep the offered requests/s
     (Locust's ``rate`` shape: users paced so the offered rate holds whatever the latency).
     """
-    from agent.serving.metrics import parse_metrics, server_cpu_seconds, snapshot_delta
     from loadtest.runner import LoadTestConfig, run_loadtest
+    from runs.metrics_scrape import scrape, server_cpu_seconds, snapshot_delta
 
-    def scrape() -> Any:
-        with urllib.request.urlopen(f"{endpoint.url.rstrip('/')}/metrics", timeout=10) as resp:
-            return parse_metrics(resp.read().decode())
-
-    before, cpu_before = scrape(), server_cpu_seconds(endpoint.pid)
+    before, cpu_before = scrape(endpoint.url), server_cpu_seconds(endpoint.pid)
     rate = float(level) if spec.open_loop else None
     users = open_loop_users(level) if spec.open_loop else level
     config = LoadTestConfig(
@@ -291,7 +277,7 @@ def measure_step(
     )
     result = run_loadtest(registry, config, serve_run_id=endpoint.run_id, parent_id=sweep_id,
                           name=f"{config_label(params)} @ {level} {'req/s' if spec.open_loop else 'users'}")
-    after, cpu_after = scrape(), server_cpu_seconds(endpoint.pid)
+    after, cpu_after = scrape(endpoint.url), server_cpu_seconds(endpoint.pid)
     delta = snapshot_delta(before, after)
     summary = result.summary
     served = delta.requests or 0
@@ -445,18 +431,7 @@ def run_sweep(
     run = registry.get_run(run_id)
     spec = SweepSpec.from_dict(run.config["spec"])
     stop = StopFlag(registry, run_id)
-
-    def on_sigterm(signum: int, frame: Any) -> None:
-        # Raise once, so a blocking wait on Locust is interrupted (run_loadtest then stops
-        # its job); a second signal during the clean-up must not interrupt the clean-up.
-        if not stop.signalled:
-            stop.signalled = True
-            raise SweepStopped()
-
-    handled = (signal.SIGTERM, signal.SIGINT)
-    in_main = threading.current_thread() is threading.main_thread()
-    previous = {sig: signal.signal(sig, on_sigterm) for sig in handled} if in_main else {}
-    registry.set_status(run_id, "running")
+    begin_in_process(registry, run_id)
     _stop_leftovers(registry, run_id)
     points = load_points(registry, run_id)
     resumed = len(points)
@@ -517,21 +492,30 @@ def run_sweep(
         registry.set_progress(run_id, {"phase": "done", "configs_done": len({p.config_id for p in points}),
                                        "configs_total": n_total, "points": len(points),
                                        "resumed_points": resumed, "elapsed_s": time.monotonic() - started})
-        registry.set_status(run_id, "completed")
-        return "completed"
+        registry.finish_if_active(run_id, State.COMPLETED)
     except SweepStopped:
         _stop_leftovers(registry, run_id)  # in case the stop landed while an endpoint was being stopped
         if points:
             finalize(registry, run_id, spec, points, load_points(registry, run_id, VERIFY_KEY))
-        registry.set_status(run_id, "stopped", "stopped by request")
-        return "stopped"
+        registry.finish_if_active(run_id, State.STOPPED, "stopped by request")
     except BaseException as exc:
-        registry.finish_if_active(run_id, "failed", f"{type(exc).__name__}: {exc}".splitlines()[0])
+        registry.finish_if_active(run_id, State.FAILED, lifecycle.one_line_error(exc))
         _stop_leftovers(registry, run_id)
         raise
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    return registry.get_run(run_id).status
+
+
+def begin_in_process(registry: Registry, run_id: str) -> None:
+    """Make a sweep run ``running`` in this process: resumed from where it ended, with this pid recorded.
+
+    Inside its job, ``job_context`` has recorded the pid already; called in-process
+    (tests, benches) the run still names a live process for the reaper.
+    """
+    if not registry.get_run(run_id).active:
+        registry.reopen(run_id)
+    ctx = lifecycle.current()
+    if ctx is None or ctx.run_id != run_id:
+        registry.mark_started(run_id, os.getpid(), lifecycle.process_start_time(os.getpid()))
 
 
 def confirm(
@@ -553,7 +537,8 @@ def confirm(
     if not 1 <= rounds <= 10:
         raise ValueError(f"rounds must be 1..10; got {rounds}")
     run_id = registry.create_run("sweep", {"mode": "confirm", "spec": spec.to_dict(), "configs": configs,
-                                           "rounds": rounds}, name=name or "confirmation run", status="running")
+                                           "rounds": rounds}, name=name or "confirmation run")
+    begin_in_process(registry, run_id)
     stop = StopFlag(registry, run_id)
     try:
         for _ in range(rounds):
@@ -561,21 +546,45 @@ def confirm(
                 climb(registry, run_id, spec, params, spec.levels, [], stop, after_step=on_point)
         rec = recommend(load_points(registry, run_id), spec.constraints(), spec.objective, at_users=spec.at_users)
         registry.update_summary(run_id, {"recommendation": rec.to_dict()})
-        registry.set_status(run_id, "completed")
+        registry.finish_if_active(run_id, State.COMPLETED)
         return run_id, rec
     except BaseException as exc:
-        registry.finish_if_active(run_id, "failed", f"{type(exc).__name__}: {exc}".splitlines()[0])
+        registry.finish_if_active(run_id, State.FAILED, lifecycle.one_line_error(exc))
         raise
 
 
 def create_sweep(registry: Registry, spec: SweepSpec, *, name: str | None = None) -> str:
-    """A pending sweep run holding ``spec``; start it with ``start_sweep_job`` or ``run_sweep``."""
+    """A pending sweep run holding ``spec``; run it with ``launch_sweep`` (a job) or ``execute`` (here)."""
     label = name or f"sweep {Path(spec.model_path).parent.name}: {', '.join(spec.space)}"
-    return registry.create_run("sweep", {"mode": "serving", "spec": spec.to_dict()}, name=label)
+    return jobs.create(registry, "sweep", {"mode": "serving", "spec": spec.to_dict()}, name=label)
 
 
-def start_sweep_job(registry: Registry, run_id: str) -> Any:
-    """Start ``python -m tuning --run-id ID`` as a job (own process group, log in the artifacts)."""
-    from runs.jobs import python_module_argv, start_job
+def start(registry: Registry, spec: SweepSpec, *, name: str | None = None) -> str:
+    """Record a serving sweep and launch its job (``python -m tuning --run-id ID``); returns the run id."""
+    run_id = create_sweep(registry, spec, name=name)
+    jobs.launch(registry, run_id)
+    return run_id
 
-    return start_job(registry, run_id, python_module_argv("tuning", "--run-id", run_id))
+
+def launch_sweep(registry: Registry, run_id: str) -> jobs.JobHandle:
+    """Launch (or relaunch, to resume) the job of a recorded sweep, serving or model."""
+    if not registry.get_run(run_id).active:
+        registry.reopen(run_id)
+    return jobs.launch(registry, run_id)
+
+
+start_sweep_job = launch_sweep  # the older name
+
+
+def execute(registry: Registry, run_id: str, *, on_point: Callable[[Point], None] | None = None) -> str:
+    """The job: run (or resume) sweep ``run_id`` of either mode inside ``job_context``; returns its status."""
+    if not registry.get_run(run_id).active:
+        registry.reopen(run_id)
+    with lifecycle.job_context(registry, run_id):
+        if registry.get_run(run_id).config.get("mode") == "models":
+            from tuning.model_sweep import run_model_sweep
+
+            run_model_sweep(registry, run_id)
+        else:
+            run_sweep(registry, run_id, on_point=on_point)
+    return registry.get_run(run_id).status

@@ -4,9 +4,10 @@
         --max-batch-size 64 --batch-timeout-ms 2 --max-enqueued-batches 64 --workers 1
 
 Prints exactly one line ``ready: http://HOST:PORT`` once the model is loaded and
-warmed (``--port 0`` picks a free port). SIGTERM/SIGINT stop it gracefully:
-no new connections, in-flight requests finish (bounded), exit 0. Exit 2 on bad
-usage or a model file that is refused; 1 when serving fails.
+warmed (``--port 0`` picks a free port). Recorded as a ``serve`` run in the
+registry. SIGTERM/SIGINT/SIGHUP stop it gracefully: no new connections, in-flight
+requests finish (bounded), the run ends ``stopped``, exit 0. Exit 2 on bad usage
+or a model file that is refused (the run ends ``failed``); 1 when serving fails.
 """
 
 from __future__ import annotations
@@ -15,15 +16,23 @@ import argparse
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 import time
 from typing import Any, NoReturn
 
 from agent.serving.config import DEFAULT_CONFIG, RUNTIMES, ServingConfig
+from agent.serving.process import ServeJob
 from agent.serving.server import READY_PREFIX, ServeOptions, bind_socket, serve_single, serve_workers, url_for
+from runs import jobs, lifecycle
+from runs.configs import int_list
+from runs.registry import Registry, State
 
 DEFAULT_PORT = 8600
+EXIT_FAILED, EXIT_USAGE = 1, 2
+# A start-up error of these types means the model file itself was refused (safe mode, bad archive).
+REFUSED_PREFIXES = ("ModelFormatError:", "ValueError:")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
@@ -31,13 +40,6 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         # One line, no usage block: the caller (a job log, a test) reads the reason.
         self.exit(2, f"error: {message} (see --help)\n")
-
-
-def _positive_sizes(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(s) for s in text.split(",") if s.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 8,16,32; got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-batch-size", type=int, help=f"most rows per model execution (default: {d.max_batch_size})")
     g.add_argument("--batch-timeout-ms", type=float, help="how long a partial batch waits for more rows, ms "
                    f"(default: {d.batch_timeout_ms:g}; 0 runs at once)")
-    g.add_argument("--allowed-batch-sizes", type=_positive_sizes, metavar="N,N,...",
+    g.add_argument("--allowed-batch-sizes", type=int_list, metavar="N,N,...",
                    help="pad batches up to these sizes; the last must equal --max-batch-size (default: no padding, "
                    "except xla: powers of two)")
     g.add_argument("--num-batch-threads", type=int, help="model executions in parallel; 0 runs batches on the "
@@ -76,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-instances", type=int, help=f"most rows per request, 400 beyond (default: {d.max_instances})")
     p.add_argument("--ceiling", action="store_true", help="serve the minimal fixed-answer handler instead of a "
                    "model (the performance reference; no --model needed)")
-    p.add_argument("--run-id", help="registry run to record into (status, URL and pid in its summary)")
+    p.add_argument("--run-id", help="serve the endpoint recorded in this registry run (started by its start()); "
+                   "the other flags are then ignored")
     p.add_argument("--log-level", choices=LOG_LEVELS, default="warning", help="server log level (default: warning)")
     # Internal: how a --workers parent starts its workers.
     p.add_argument("--inherit-fd", type=int, help=argparse.SUPPRESS)
@@ -110,45 +113,107 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        config = config_from_args(args)
-        model_path = _check_model(args)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     if args.inherit_fd is not None:
-        return _worker(args, config, model_path)
+        try:
+            return _worker(args, config_from_args(args), _check_model(args))
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    registry = Registry()
+    if args.run_id is not None:
+        try:
+            job = ServeJob.from_dict(registry.get_run(args.run_id).config)
+        except KeyError as exc:
+            print(f"error: {exc.args[0]}", file=sys.stderr)
+            return EXIT_USAGE
+        except ValueError as exc:
+            registry.finish_if_active(args.run_id, State.FAILED, lifecycle.one_line_error(exc))
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        run_id = args.run_id
+    else:
+        try:
+            if not args.ceiling and not args.model:
+                raise ValueError("--model PATH.keras is required (or --ceiling for the reference handler)")
+            # The model file itself is checked inside the job, so a refused one is recorded as a failed run.
+            job = ServeJob(None if args.ceiling else args.model, args.name, args.host, args.port, args.ceiling,
+                           config_from_args(args), args.log_level)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        # The same run a page's start() records, served here in the foreground.
+        run_id = jobs.create(registry, "serve", job.to_dict(), name=job.label)
+    return serve_job(registry, run_id, job)
+
+
+def serve_job(registry: Registry, run_id: str, job: ServeJob) -> int:
+    """Serve ``job`` as run ``run_id`` until stopped; returns the exit code.
+
+    0 after a stop (an endpoint has no natural end: it serves until asked to stop),
+    2 for a model or address that is refused (the run is ``failed``), 1 for any
+    other failure.
+    """
     try:
-        sock = bind_socket(args.host, args.port)
+        with lifecycle.job_context(registry, run_id) as ctx:
+            # Stops that arrive where uvicorn does not listen (SIGHUP, the registry flag, a vanished
+            # parent) become the SIGTERM it shuts down on gracefully.
+            ctx.on_stop.append(lambda: os.kill(os.getpid(), signal.SIGTERM))
+            _serve(registry, run_id, job, ctx)
+    except ValueError as exc:
+        print(f"error: {_strip_type(str(exc))}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as exc:
+        print(f"error: {lifecycle.one_line_error(exc)}", file=sys.stderr)
+        return EXIT_FAILED
+    return 0
+
+
+def _serve(registry: Registry, run_id: str, job: ServeJob, ctx: lifecycle.JobContext) -> None:
+    model_path = None
+    if not job.ceiling:
+        from agent.export import check_model_path
+
+        model_path = str(check_model_path(job.model_path))  # ModelFormatError is a ValueError: exit 2
+    try:
+        sock = bind_socket(job.host, job.port)
     except OSError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise ValueError(str(exc)) from None
     port = sock.getsockname()[1]
-    url = url_for(args.host, port)
-    opts = ServeOptions(model_path, args.name, args.host, port, config, args.ceiling, args.log_level)
-    recorder = _RunRecorder(args.run_id, url, port, args, config)
+    url = url_for(job.host, port)
+    opts = ServeOptions(model_path, job.name, job.host, port, job.serving, job.ceiling, job.log_level)
+    summary = {"url": url, "port": port, "name": job.name,
+               "runtime": "ceiling" if job.ceiling else job.serving.runtime, "config": job.serving.to_dict()}
+    ready = {"flag": False}
 
     def announce(pids: Any = None) -> None:
-        recorder.ready(pids)
+        ready["flag"] = True
+        registry.update_summary(run_id, dict(summary, pid=os.getpid(), ready_at=time.time(),
+                                             **({"worker_pids": list(pids)} if pids else {})))
         print(f"{READY_PREFIX}{url}", flush=True)
 
     try:
-        if config.workers > 1:
+        if ctx.stopping:
+            return
+        if job.serving.workers > 1:
             error = serve_workers(opts, sock, announce)
         else:
             error = serve_single(opts, sock, lambda app: announce())
-        if error is None and not recorder.was_ready:
-            error = "stopped before the model was ready"
-    except Exception as exc:  # a fault of the server itself: record it, no traceback to the user
-        logging.getLogger("agent.serving").exception("serving failed")
-        error = f"{type(exc).__name__}: {exc}"
     finally:
         sock.close()
-    recorder.finish(error)
     if error is not None:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
+        if error.startswith(REFUSED_PREFIXES):
+            raise ValueError(_strip_type(error))  # the model file was refused at load: bad input, exit 2
+        raise lifecycle.JobFailed(error)
+    if not ready["flag"] and not ctx.stopping:
+        raise lifecycle.JobFailed("the server ended before the model was ready")
+    ctx.finish(State.STOPPED, ctx.reason)
+
+
+def _strip_type(text: str) -> str:
+    for prefix in REFUSED_PREFIXES:
+        if text.startswith(prefix):
+            return text[len(prefix):].strip()
+    return text
 
 
 def _check_model(args: argparse.Namespace) -> str | None:
@@ -171,46 +236,6 @@ def _worker(args: argparse.Namespace, config: ServingConfig, model_path: str | N
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0
-
-
-class _RunRecorder:
-    """Keeps a registry run in step with the server (when --run-id is given)."""
-
-    def __init__(self, run_id: str | None, url: str, port: int, args: argparse.Namespace,
-                 config: ServingConfig) -> None:
-        self.run_id = run_id
-        self.was_ready = False
-        self._summary = {"url": url, "port": port, "name": args.name,
-                         "runtime": "ceiling" if args.ceiling else config.runtime, "config": config.to_dict()}
-        self._registry = None
-        if run_id is not None:
-            from runs.registry import Registry
-
-            self._registry = Registry()
-            self._registry.get_run(run_id)  # KeyError early for a wrong id
-            self._registry.set_status(run_id, "running")
-
-    def ready(self, pids: Any = None) -> None:
-        self.was_ready = True
-        if self._registry is None or self.run_id is None:
-            return
-        summary = dict(self._summary, pid=os.getpid(), ready_at=time.time())
-        if pids:
-            summary["worker_pids"] = list(pids)
-        self._registry.update_summary(self.run_id, summary)
-
-    def finish(self, error: str | None) -> None:
-        if self._registry is None or self.run_id is None:
-            return
-        if error is None:
-            # A shutdown that the supervisor asked for is a stop, not the end of the work.
-            if self._registry.stop_requested(self.run_id):
-                self._registry.finish_if_active(self.run_id, "stopped", "stopped by request")
-            else:
-                self._registry.finish_if_active(self.run_id, "completed")
-        else:
-            self._registry.finish_if_active(self.run_id, "failed", error)
-        self._registry.close()
 
 
 if __name__ == "__main__":

@@ -11,9 +11,11 @@ from __future__ import annotations
 import itertools
 import json
 import os
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
+
+from runs.configs import known_fields, plain_dict
 
 RUNTIMES = ("keras", "tf-function", "xla", "tflite", "tflite-int8")
 
@@ -125,24 +127,14 @@ class ServingConfig:
         return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["allowed_batch_sizes"] = list(self.allowed_batch_sizes)
-        return d
+        return plain_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ServingConfig:
-        if not isinstance(d, dict):
-            raise ValueError(f"a serving config must be a JSON object; got {type(d).__name__}")
-        known = field_names()
-        unknown = sorted(set(d) - set(known))
-        if unknown:
-            raise ValueError(f"unknown serving config key(s) {', '.join(unknown)}; known keys: {', '.join(known)}")
-        values = dict(d)
-        if "allowed_batch_sizes" in values:
-            sizes = values["allowed_batch_sizes"]
-            if not isinstance(sizes, (list, tuple)):
-                raise ValueError(f"allowed_batch_sizes must be a list of integers; got {sizes!r}")
-            values["allowed_batch_sizes"] = tuple(sizes)
+        values = known_fields(cls, d, "serving config")
+        sizes = values.get("allowed_batch_sizes", ())
+        if not isinstance(sizes, tuple):
+            raise ValueError(f"allowed_batch_sizes must be a list of integers; got {sizes!r}")
         return cls(**values)
 
     @classmethod

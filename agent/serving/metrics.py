@@ -18,25 +18,32 @@ plus the process collector (``process_cpu_seconds_total`` ...). With
 ``--workers N`` each worker has its own registry: a scrape answers for the
 worker that took the connection.
 
-``parse_metrics`` / ``snapshot_delta`` turn two scrapes into rates and means
-(the load-test runner, the dashboard and tuning use them); ``server_cpu_seconds``
-reads CPU time of the server process tree, the base of "CPU per request".
+Reading scrapes back (``parse_metrics``, ``snapshot_delta``, ``server_cpu_seconds``)
+lives in the leaf module ``runs.metrics_scrape``, which the load-test side uses
+without importing ``agent``; the names are re-exported here for the endpoint's side.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 
 import numpy as np
-import psutil
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.utils import floatToGoString
 
-PREFIX = "tuneswarm"
+from runs.metrics_scrape import (  # noqa: F401 (re-exported: the endpoint side reads its scrapes with these)
+    PREFIX,
+    HistogramValue,
+    ServerSnapshot,
+    SnapshotDelta,
+    histogram_quantile,
+    parse_metrics,
+    server_cpu_seconds,
+    snapshot_delta,
+)
+
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
     0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -178,195 +185,3 @@ def _counter(name: str, doc: str, model: str, value: float) -> CounterMetricFami
     c = CounterMetricFamily(name, doc, labels=["model"])
     c.add_metric([model], value)
     return c
-
-
-# -- reading scrapes back --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class HistogramValue:
-    count: float = 0.0
-    sum: float = 0.0
-    buckets: tuple[tuple[float, float], ...] = ()  # (upper bound, cumulative count), +Inf last
-
-    @property
-    def mean(self) -> float | None:
-        return self.sum / self.count if self.count else None
-
-
-@dataclass(frozen=True)
-class ServerSnapshot:
-    """One scrape of ``/metrics``, summed over models. ``at`` is the scrape time (s)."""
-
-    at: float = 0.0
-    requests_by_code: dict[str, float] = field(default_factory=dict)
-    latency: HistogramValue = HistogramValue()
-    queue_wait: HistogramValue = HistogramValue()
-    compute: HistogramValue = HistogramValue()
-    batch_size: HistogramValue = HistogramValue()
-    padded_rows: float = 0.0
-    shed: float = 0.0
-    queue_depth_rows: float = 0.0
-    queue_depth_requests: float = 0.0
-    batches_in_flight: float = 0.0
-    process_cpu_seconds: float | None = None
-
-    @property
-    def requests(self) -> float:
-        return sum(self.requests_by_code.values())
-
-
-@dataclass(frozen=True)
-class SnapshotDelta:
-    """What happened between two scrapes."""
-
-    seconds: float
-    requests: float
-    requests_by_code: dict[str, float]
-    ok: float  # 2xx
-    shed_503: float
-    timeouts_504: float
-    client_errors: float  # 4xx
-    server_errors: float  # 5xx other than 503/504
-    requests_per_s: float | None
-    mean_latency_s: float | None
-    p50_latency_s: float | None
-    p99_latency_s: float | None
-    mean_queue_wait_s: float | None
-    mean_compute_s: float | None  # per batch
-    batches: float
-    mean_batch_size: float | None
-    cpu_seconds: float | None
-    cpu_per_request_s: float | None
-
-
-def parse_metrics(text: str, at: float = 0.0) -> ServerSnapshot:
-    """Parse Prometheus text from ``/metrics`` (raises ValueError on malformed text)."""
-    by_code: dict[str, float] = {}
-    hists: dict[str, dict[str, object]] = {}
-    scalars: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            name, labels, value = s.name, s.labels, float(s.value)
-            if name == f"{PREFIX}_requests_total":
-                code = labels.get("code", "")
-                by_code[code] = by_code.get(code, 0.0) + value
-            elif family.type == "histogram" and family.name.startswith(PREFIX):
-                h = hists.setdefault(family.name, {"count": 0.0, "sum": 0.0, "buckets": {}})
-                if name.endswith("_bucket"):
-                    le = float(labels["le"])
-                    buckets = h["buckets"]
-                    assert isinstance(buckets, dict)
-                    buckets[le] = buckets.get(le, 0.0) + value
-                elif name.endswith("_count"):
-                    h["count"] = float(h["count"]) + value  # type: ignore[arg-type]
-                elif name.endswith("_sum"):
-                    h["sum"] = float(h["sum"]) + value  # type: ignore[arg-type]
-            elif not name.endswith("_created"):
-                scalars[name] = scalars.get(name, 0.0) + value
-
-    def hist(short: str) -> HistogramValue:
-        h = hists.get(f"{PREFIX}_{short}")
-        if h is None:
-            return HistogramValue()
-        buckets = h["buckets"]
-        assert isinstance(buckets, dict)
-        return HistogramValue(float(h["count"]), float(h["sum"]),  # type: ignore[arg-type]
-                              tuple(sorted(buckets.items())))
-
-    return ServerSnapshot(
-        at=at,
-        requests_by_code=by_code,
-        latency=hist("request_latency_seconds"),
-        queue_wait=hist("queue_wait_seconds"),
-        compute=hist("compute_seconds"),
-        batch_size=hist("batch_size_rows"),
-        padded_rows=scalars.get(f"{PREFIX}_padded_rows_total", 0.0),
-        shed=scalars.get(f"{PREFIX}_shed_total", 0.0),
-        queue_depth_rows=scalars.get(f"{PREFIX}_queue_depth_rows", 0.0),
-        queue_depth_requests=scalars.get(f"{PREFIX}_queue_depth_requests", 0.0),
-        batches_in_flight=scalars.get(f"{PREFIX}_batches_in_flight", 0.0),
-        process_cpu_seconds=scalars.get("process_cpu_seconds_total"),
-    )
-
-
-def snapshot_delta(a: ServerSnapshot, b: ServerSnapshot) -> SnapshotDelta:
-    """Rates and means between scrape ``a`` and a later scrape ``b`` (counters only grow)."""
-    seconds = b.at - a.at
-    codes = {c: b.requests_by_code.get(c, 0.0) - a.requests_by_code.get(c, 0.0)
-             for c in set(a.requests_by_code) | set(b.requests_by_code)}
-    codes = {c: v for c, v in codes.items() if v}
-    requests = sum(codes.values())
-
-    def count(pred: Callable[[int], bool]) -> float:
-        return sum(v for c, v in codes.items() if c.isdigit() and pred(int(c)))
-
-    lat_buckets = _bucket_delta(a.latency.buckets, b.latency.buckets)
-    batches = b.batch_size.count - a.batch_size.count
-    cpu = None
-    if a.process_cpu_seconds is not None and b.process_cpu_seconds is not None:
-        cpu = b.process_cpu_seconds - a.process_cpu_seconds
-    return SnapshotDelta(
-        seconds=seconds,
-        requests=requests,
-        requests_by_code=codes,
-        ok=count(lambda c: 200 <= c < 300),
-        shed_503=count(lambda c: c == 503),
-        timeouts_504=count(lambda c: c == 504),
-        client_errors=count(lambda c: 400 <= c < 500),
-        server_errors=count(lambda c: c >= 500 and c not in (503, 504)),
-        requests_per_s=requests / seconds if seconds > 0 else None,
-        mean_latency_s=_mean_delta(a.latency, b.latency),
-        p50_latency_s=histogram_quantile(0.5, lat_buckets),
-        p99_latency_s=histogram_quantile(0.99, lat_buckets),
-        mean_queue_wait_s=_mean_delta(a.queue_wait, b.queue_wait),
-        mean_compute_s=_mean_delta(a.compute, b.compute),
-        batches=batches,
-        mean_batch_size=_mean_delta(a.batch_size, b.batch_size),
-        cpu_seconds=cpu,
-        cpu_per_request_s=(cpu / requests) if cpu is not None and requests > 0 else None,
-    )
-
-
-def _mean_delta(a: HistogramValue, b: HistogramValue) -> float | None:
-    n = b.count - a.count
-    return (b.sum - a.sum) / n if n > 0 else None
-
-
-def _bucket_delta(a: Iterable[tuple[float, float]], b: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
-    before = dict(a)
-    return [(le, c - before.get(le, 0.0)) for le, c in b]
-
-
-def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:
-    """Quantile estimate from cumulative buckets, interpolating linearly inside a bucket
-    (Prometheus' ``histogram_quantile``); None when there are no observations."""
-    if not buckets:
-        return None
-    total = buckets[-1][1]
-    if total <= 0:
-        return None
-    rank = q * total
-    prev_le, prev_c = 0.0, 0.0
-    for le, c in buckets:
-        if c >= rank:
-            if math.isinf(le):
-                return prev_le  # beyond the last finite bound: report that bound
-            if c == prev_c:
-                return le
-            return prev_le + (le - prev_le) * (rank - prev_c) / (c - prev_c)
-        prev_le, prev_c = le, c
-    return prev_le
-
-
-def server_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` and all its live descendants."""
-    proc = psutil.Process(pid)
-    total = 0.0
-    for p in [proc, *proc.children(recursive=True)]:
-        try:
-            t = p.cpu_times()
-        except psutil.Error:
-            continue  # exited between listing and reading
-        total += t.user + t.system
-    return total

@@ -1,31 +1,64 @@
-"""Starting and stopping endpoints as registry jobs (what the load-test runner,
-the dashboard and tuning call).
+"""The ``serve`` job kind: an endpoint as a registry job (what pages, the load-test CLI and tuning start).
 
-An endpoint is a ``serve`` run whose process is ``python -m agent.serving ...
---run-id ID`` started by ``runs.jobs``: its own process group, output in the
-run's ``job.log``, URL/port/pid in the run's summary once it is ready.
+:func:`start` records a :class:`ServeJob` and launches ``python -m agent.serving
+--run-id ID`` (own process group, output in the run's ``job.log``); the job puts
+URL, port and pid in the run's summary once the model is warm. :func:`start_endpoint`
+also waits for that. ``python -m agent.serving --model ...`` records the same run
+and serves in the foreground.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from agent.serving.config import ServingConfig
-from runs.jobs import python_module_argv, reap, start_job, stop_job
-from runs.registry import Registry
+from agent.serving.config import DEFAULT_CONFIG, ServingConfig
+from runs import jobs
+from runs.configs import known_fields
+from runs.registry import Registry, State
 
 READY_TIMEOUT_S = 120.0
-POLL_S = 0.1
-CONFIG_FILENAME = "serving_config.json"
-LOG_TAIL_LINES = 5
 
 
 class EndpointError(RuntimeError):
-    """An endpoint that could not be started (the message carries the job log's last lines)."""
+    """An endpoint that could not be started (the message carries the job's one-line reason)."""
+
+
+@dataclass(frozen=True)
+class ServeJob:
+    """The frozen config of a ``serve`` run."""
+
+    model_path: str | None  # None with ceiling
+    name: str = "model"
+    host: str = "127.0.0.1"
+    port: int = 0
+    ceiling: bool = False
+    serving: ServingConfig = field(default_factory=lambda: DEFAULT_CONFIG)
+    log_level: str = "warning"
+
+    def __post_init__(self) -> None:
+        if not self.ceiling and not self.model_path:
+            raise ValueError("model_path is required unless ceiling=True")
+        if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be an integer in 0..65535 (0: a free one); got {self.port!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model_path": None if self.ceiling else str(self.model_path), "name": self.name, "host": self.host,
+                "port": self.port, "ceiling": self.ceiling, "serving": self.serving.to_dict(),
+                "log_level": self.log_level}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ServeJob:
+        values = known_fields(cls, d, "serve job config")
+        values["serving"] = ServingConfig.from_dict(dict(values.get("serving") or {}))
+        return cls(**values)
+
+    @property
+    def label(self) -> str:
+        return f"serve {'ceiling' if self.ceiling else self.name} ({self.serving.runtime})"
 
 
 @dataclass(frozen=True)
@@ -45,29 +78,29 @@ class EndpointHandle:
         return f"{self.url}/metrics"
 
 
-def endpoint_argv(
-    model_path: str | os.PathLike[str] | None,
-    config_file: Path,
-    name: str,
-    port: int,
-    *,
-    ceiling: bool = False,
-    run_id: str | None = None,
-    host: str = "127.0.0.1",
-    log_level: str = "warning",
-) -> list[str]:
-    """argv of the endpoint CLI."""
-    args = ["--name", name, "--host", host, "--port", str(port), "--config", str(config_file),
-            "--log-level", log_level]
-    if ceiling:
-        args.append("--ceiling")
-    else:
-        if model_path is None:
-            raise ValueError("model_path is required unless ceiling=True")
-        args += ["--model", str(model_path)]
-    if run_id is not None:
-        args += ["--run-id", run_id]
-    return python_module_argv("agent.serving", *args)
+def start(registry: Registry, job: ServeJob, *, name: str | None = None, parent_id: str | None = None) -> str:
+    """Record ``job`` as a new ``serve`` run and launch it; returns the run id at once (not yet ready).
+
+    A refused model file (.h5, not a Keras archive) raises ModelFormatError before
+    any process starts; the run is recorded ``failed`` with the reason.
+    """
+    run_id = jobs.create(registry, "serve", job.to_dict(), name=name or job.label, parent_id=parent_id)
+    if not job.ceiling:
+        from agent.export import ModelFormatError, check_model_path
+
+        try:
+            check_model_path(job.model_path)
+        except ModelFormatError as exc:
+            registry.finish_if_active(run_id, State.FAILED, str(exc))
+            raise
+    jobs.launch(registry, run_id)
+    return run_id
+
+
+def handle_of(run: Any) -> EndpointHandle:
+    """The handle of a ready ``serve`` run."""
+    s = run.summary
+    return EndpointHandle(run.id, str(s["url"]), int(s["port"]), int(s.get("pid") or run.pid), str(s.get("name")))
 
 
 def start_endpoint(
@@ -83,56 +116,32 @@ def start_endpoint(
     parent_id: str | None = None,
     host: str = "127.0.0.1",
     log_level: str = "warning",
-    env: dict[str, str] | None = None,
 ) -> EndpointHandle:
-    """Start an endpoint job and wait (bounded) until it is ready.
+    """Start a ``serve`` job and wait (bounded) until it is ready.
 
-    Raises EndpointError (with the job log's last lines) if the process dies or is
-    not ready within ``ready_timeout_s`` (it is then stopped).
+    Raises EndpointError (with the job's one-line reason) if the process ends or
+    is not ready within ``ready_timeout_s`` (it is then stopped).
     """
-    if model_path is not None and not ceiling:
-        from agent.export import check_model_path
-
-        check_model_path(model_path)  # refuse .h5 etc. before starting anything
-    run_config = {"model_path": None if ceiling else str(model_path), "name": name, "port": port,
-                  "ceiling": ceiling, "serving": config.to_dict()}
-    label = run_name or f"serve {'ceiling' if ceiling else name} ({config.runtime})"
-    run_id = registry.create_run("serve", run_config, name=label, parent_id=parent_id)
-    config_file = registry.artifacts_dir(run_id) / CONFIG_FILENAME
-    config_file.write_text(json.dumps(config.to_dict(), indent=2))
-    argv = endpoint_argv(model_path, config_file, name, port, ceiling=ceiling, run_id=run_id, host=host,
-                         log_level=log_level)
+    job = ServeJob(None if ceiling else str(Path(model_path)) if model_path is not None else None, name, host, port,
+                   ceiling, config, log_level)
+    run_id = start(registry, job, name=run_name, parent_id=parent_id)
     try:
-        job = start_job(registry, run_id, argv, env=env)
-    except OSError as exc:
-        registry.finish_if_active(run_id, "failed", f"could not start the endpoint: {exc}")
-        raise EndpointError(f"could not start the endpoint: {exc}") from None
-    deadline = time.monotonic() + ready_timeout_s
-    while True:
-        run = registry.get_run(run_id)
-        url = run.summary.get("url") if run.summary else None
-        if url and run.summary.get("ready_at"):
-            return EndpointHandle(run_id, str(url), int(run.summary["port"]), job.pid, name)
-        reap(registry)
-        run = registry.get_run(run_id)
-        if not run.active:
-            raise EndpointError(f"endpoint exited before it was ready ({run.status}): {_log_tail(job.log_path)}")
-        if time.monotonic() >= deadline:
-            stop_job(registry, run_id)
-            raise EndpointError(f"endpoint not ready after {ready_timeout_s:.0f}s: {_log_tail(job.log_path)}")
-        time.sleep(POLL_S)
+        return handle_of(jobs.wait_ready(registry, run_id, ready_timeout_s))
+    except jobs.JobNotReady as exc:
+        raise EndpointError(str(exc)) from None
+    except BaseException:
+        jobs.stop_job(registry, run_id)  # e.g. a stop request reached the job waiting for it
+        raise
 
 
 def stop_endpoint(registry: Registry, run_id: str, grace_s: float = 30.0) -> str:
     """SIGTERM the endpoint's process group (SIGKILL after ``grace_s``); returns the final status."""
-    return stop_job(registry, run_id, grace_s=grace_s)
+    return jobs.stop_job(registry, run_id, grace_s=grace_s)
 
 
-def _log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
-    try:
-        text = path.read_text(errors="replace").strip().splitlines()
-    except OSError:
-        return "(no job log)"
-    # TensorFlow's start-up chatter is not the reason anything failed.
-    useful = [t.strip() for t in text if t.strip() and not t.startswith(("I0000", "W0000"))]
-    return " | ".join(useful[-lines:]) or "(empty job log)"
+def restart_endpoint(registry: Registry, model_path: str, config: ServingConfig, name: str = "model") -> EndpointHandle:
+    """Stop the user's endpoints of ``model_path`` (not those a sweep or swarm owns); start one with ``config``."""
+    for serve in registry.list_runs(kind="serve", status=("pending", "running")):
+        if serve.parent_id is None and serve.config.get("model_path") == str(model_path):
+            stop_endpoint(registry, serve.id)
+    return start_endpoint(registry, model_path, config, name=name)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.serving.config import ServingConfig
+from runs.lifecycle import die_with_parent
 
 log = logging.getLogger("agent.serving")
 
@@ -104,7 +105,12 @@ def _ignore_signal(signum: int, frame: Any) -> None:
 def serve_single(opts: ServeOptions, sock: socket.socket, on_ready: Callable[[Any], None]) -> str | None:
     """Serve in this process; returns the start-up error (None after a clean shutdown)."""
     app = build_app(opts, on_ready)
-    run_uvicorn(app, sock, opts.log_level)
+    try:
+        run_uvicorn(app, sock, opts.log_level)
+    except SystemExit:
+        # uvicorn exits with its own code 3 when the app's start-up fails; the caller decides the code.
+        if getattr(app, "startup_error", None) is None:
+            raise
     return getattr(app, "startup_error", None)
 
 
@@ -140,7 +146,8 @@ def serve_workers(opts: ServeOptions, sock: socket.socket, on_ready: Callable[[l
     old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         for i in range(opts.config.workers):
-            procs.append(subprocess.Popen(worker_argv(opts, fd, i), stdout=subprocess.PIPE, pass_fds=(fd,)))
+            procs.append(subprocess.Popen(worker_argv(opts, fd, i), stdout=subprocess.PIPE, pass_fds=(fd,),
+                                          preexec_fn=die_with_parent))  # a kill -9 of this parent ends them
         error = _wait_workers_ready(procs, stopping)
         if error is None and not stopping["flag"]:
             on_ready([p.pid for p in procs])

@@ -8,7 +8,7 @@ from typing import Any
 
 import streamlit as st
 
-from dashboard import charts, ui, widgets
+from dashboard import charts, forms, ui
 from dashboard import format as fmt
 from dashboard.state import get_registry, init_defaults
 from loadtest.shapes import SHAPES
@@ -18,24 +18,26 @@ from runs.registry import Registry, Run
 LIVE_REFRESH_S = 1.0
 SATURATION_CPU_PCT = 90.0  # Locust's own warning threshold (locust/runners.py)
 MAX_REPORT_BYTES = 50 * 1024 * 1024
-K = "load."
+KEY_PREFIX = "load."
+key = ui.widget_keys(KEY_PREFIX)  # key("x") -> the page's widget key for x
 TARGET_ENDPOINT = "running endpoint"
 TARGET_URL = "URL"
 ZEROS = "zeros"
 
-D = widgets.LoadForm()
+DEFAULTS = forms.LoadForm()
 init_defaults({
-    K + "target_kind": TARGET_ENDPOINT, K + "url": "http://127.0.0.1:8600", K + "url_model": "model",
-    K + "n_features": 64, K + "payload": ZEROS,
-    K + "users": D.users, K + "spawn_rate": D.spawn_rate, K + "run_time_s": D.run_time_s,
-    K + "shape": D.shape, K + "step_users": D.step_users, K + "step_time_s": D.step_time_s,
-    K + "max_users": D.max_users, K + "spike_users": D.spike_users, K + "spike_at_s": D.spike_at_s,
-    K + "spike_duration_s": D.spike_duration_s, K + "target_rps": D.target_rps,
-    K + "instances_per_request": D.instances_per_request, K + "processes": D.processes,
-    K + "timeout_s": D.timeout_s, K + "slos": widgets.DEFAULT_SLOS,
+    key("target_kind"): TARGET_ENDPOINT, key("url"): "http://127.0.0.1:8600", key("url_model"): "model",
+    key("n_features"): 64, key("payload"): ZEROS,
+    key("users"): DEFAULTS.users, key("spawn_rate"): DEFAULTS.spawn_rate, key("run_time_s"): DEFAULTS.run_time_s,
+    key("shape"): DEFAULTS.shape, key("step_users"): DEFAULTS.step_users, key("step_time_s"): DEFAULTS.step_time_s,
+    key("max_users"): DEFAULTS.max_users, key("spike_users"): DEFAULTS.spike_users,
+    key("spike_at_s"): DEFAULTS.spike_at_s,
+    key("spike_duration_s"): DEFAULTS.spike_duration_s, key("target_rps"): DEFAULTS.target_rps,
+    key("instances_per_request"): DEFAULTS.instances_per_request, key("processes"): DEFAULTS.processes,
+    key("timeout_s"): DEFAULTS.timeout_s, key("slos"): forms.DEFAULT_SLOS,
 })
 registry = get_registry()
-ss = st.session_state
+state = st.session_state
 
 
 def samples_for_model(model_path: str | None) -> Path | None:
@@ -60,7 +62,7 @@ st.caption("Locust swarms against the TF Serving REST API. Closed-loop users slo
 endpoints = [r for r in registry.list_runs(kind="serve", status=("running", "pending")) if r.summary.get("url")]
 st.subheader("Target")
 target_kind = st.radio(
-    "Target", (TARGET_ENDPOINT, TARGET_URL), key=K + "target_kind", horizontal=True,
+    "Target", (TARGET_ENDPOINT, TARGET_URL), key=key("target_kind"), horizontal=True,
     help="target: the endpoint started on the Serve page (its model's real test rows are the payload), "
          "or any local TF Serving-compatible URL",
 )
@@ -69,7 +71,7 @@ if target_kind == TARGET_ENDPOINT:
     if not endpoints:
         st.info("No endpoint is running. Start one on the **Serve** page, or choose *URL*.")
     else:
-        serve_run = ui.run_picker("Endpoint", endpoints, key=K + "endpoint",
+        serve_run = ui.run_picker("Endpoint", endpoints, key=key("endpoint"),
                                   help="which running endpoint to swarm")
         if serve_run is not None:
             host = str(serve_run.summary.get("url", ""))
@@ -79,18 +81,18 @@ if target_kind == TARGET_ENDPOINT:
                        + (f" · payload rows from {samples_path.parent.name}" if samples_path else ""))
 else:
     c1, c2, c3 = st.columns([3, 1, 1])
-    host = c1.text_input("URL", key=K + "url",
+    host = c1.text_input("URL", key=key("url"),
                          help="host: base URL of a TF Serving-compatible REST endpoint (local only), "
                               "e.g. http://127.0.0.1:8600")
-    model_name = c2.text_input("Model name", key=K + "url_model",
+    model_name = c2.text_input("Model name", key=key("url_model"),
                                help="model_name: the {name} in /v1/models/{name}:predict")
     trained = [r for r in registry.list_runs(kind="train", status=("completed", "stopped"))
                if samples_for_model(r.summary.get("model_path"))]
     by_id = {r.id: r for r in trained}
-    if ss[K + "payload"] not in by_id:
-        ss[K + "payload"] = ZEROS  # the chosen run was deleted
+    if state[key("payload")] not in by_id:
+        state[key("payload")] = ZEROS  # the chosen run was deleted
     payload = st.selectbox(
-        "Payload rows", [ZEROS, *by_id], key=K + "payload",
+        "Payload rows", [ZEROS, *by_id], key=key("payload"),
         format_func=lambda i: "rows of zeros" if i == ZEROS else f"test rows of {fmt.run_label(by_id[i])}",
         help="samples: real held-out rows of a trained model (use the model this URL serves), "
              "or rows of zeros of the given width",
@@ -98,7 +100,7 @@ else:
     if payload in by_id:
         samples_path = samples_for_model(by_id[payload].summary.get("model_path"))
     else:
-        n_features = int(c3.number_input("Features", 1, 100_000, step=1, key=K + "n_features",
+        n_features = int(c3.number_input("Features", 1, 100_000, step=1, key=key("n_features"),
                                          help="n_features: width of the all-zeros rows sent when no model "
                                               "samples are given"))
 
@@ -106,71 +108,72 @@ else:
 
 st.subheader("Swarm")
 c1, c2, c3, c4 = st.columns(4)
-c1.number_input("Users", 1, widgets.MAX_USERS, step=1, key=K + "users",
+c1.number_input("Users", 1, forms.MAX_USERS, step=1, key=key("users"),
                 help="users: concurrent simulated clients (closed loop: each waits for its answer before the "
                      "next request); for steps, the ladder's first rung; for spike, the baseline")
-c2.number_input("Spawn rate (users/s)", 0.0, 1000.0, step=1.0, key=K + "spawn_rate",
+c2.number_input("Spawn rate (users/s)", 0.0, 1000.0, step=1.0, key=key("spawn_rate"),
                 help="spawn_rate: users started per second at the beginning of the run; must be > 0")
-c3.number_input("Duration (s)", 1, widgets.MAX_RUN_TIME_S, step=5, key=K + "run_time_s",
+c3.number_input("Duration (s)", 1, forms.MAX_RUN_TIME_S, step=5, key=key("run_time_s"),
                 help="run_time: how long the swarm runs; reports keep whatever was measured if stopped early")
-c4.selectbox("Shape", SHAPES, key=K + "shape", format_func=lambda s: s if s != "rate" else "rate (open loop)",
-             help="shape: " + "; ".join(f"{k}: {v}" for k, v in widgets.SHAPE_HELP.items()))
-shape = ss[K + "shape"]
-st.caption(widgets.SHAPE_HELP[shape])
+c4.selectbox("Shape", SHAPES, key=key("shape"), format_func=lambda s: s if s != "rate" else "rate (open loop)",
+             help="shape: " + "; ".join(f"{k}: {v}" for k, v in forms.SHAPE_HELP.items()))
+shape = state[key("shape")]
+st.caption(forms.SHAPE_HELP[shape])
 if shape == "steps":
     s1, s2, s3 = st.columns(3)
-    s1.number_input("Users per step", 1, widgets.MAX_USERS, key=K + "step_users",
+    s1.number_input("Users per step", 1, forms.MAX_USERS, key=key("step_users"),
                     help="step_users: users added at each rung of the ladder")
-    s2.number_input("Step duration (s)", 0.5, 3600.0, step=1.0, key=K + "step_time_s",
+    s2.number_input("Step duration (s)", 0.5, 3600.0, step=1.0, key=key("step_time_s"),
                     help="step_time: seconds spent on each rung")
-    s3.number_input("Top of the ladder (users)", 1, widgets.MAX_USERS, key=K + "max_users",
+    s3.number_input("Top of the ladder (users)", 1, forms.MAX_USERS, key=key("max_users"),
                     help="max_users: the ladder stops climbing here and holds")
 elif shape == "spike":
     s1, s2, s3 = st.columns(3)
-    s1.number_input("Spike users", 1, widgets.MAX_USERS, key=K + "spike_users",
+    s1.number_input("Spike users", 1, forms.MAX_USERS, key=key("spike_users"),
                     help="spike_users: users during the spike (the baseline is the user count)")
-    s2.number_input("Spike at (s)", 0.0, 3600.0, step=1.0, key=K + "spike_at_s",
+    s2.number_input("Spike at (s)", 0.0, 3600.0, step=1.0, key=key("spike_at_s"),
                     help="spike_at: seconds into the run when the spike starts")
-    s3.number_input("Spike duration (s)", 0.5, 3600.0, step=1.0, key=K + "spike_duration_s",
+    s3.number_input("Spike duration (s)", 0.5, 3600.0, step=1.0, key=key("spike_duration_s"),
                     help="spike_duration: how long the spike lasts")
 elif shape == "rate":
-    st.number_input("Target rate (requests/s)", 0.0, 100_000.0, step=50.0, key=K + "target_rps",
+    st.number_input("Target rate (requests/s)", 0.0, 100_000.0, step=50.0, key=key("target_rps"),
                     help="target_rps: offered request rate, split across the users (each paced with "
                          "constant_throughput); above capacity this shows 503s or queueing, not a slowdown")
 c1, c2, c3 = st.columns(3)
-c1.number_input("Instances per request", 1, widgets.MAX_INSTANCES_PER_REQUEST, key=K + "instances_per_request",
+c1.number_input("Instances per request", 1, forms.MAX_INSTANCES_PER_REQUEST, key=key("instances_per_request"),
                 help="instances_per_request: rows in each :predict body; more rows = fewer, bigger requests")
-c2.number_input("Locust processes", 1, widgets.MAX_PROCESSES, key=K + "processes",
+c2.number_input("Locust processes", 1, forms.MAX_PROCESSES, key=key("processes"),
                 help="processes: Locust worker processes (one core each, ~3k req/s per core here); "
                      "raise it when the saturation warning shows")
-c3.number_input("Request timeout (s)", 0.1, 120.0, step=0.5, key=K + "timeout_s",
+c3.number_input("Request timeout (s)", 0.1, 120.0, step=0.5, key=key("timeout_s"),
                 help="timeout: a request slower than this counts as a failure (timeout)")
-st.text_area("SLOs (one per line)", key=K + "slos", height=90,
+st.text_area("SLOs (one per line)", key=key("slos"), height=90,
              help="slo: gates judged on the finished run, e.g. p95<=50ms, p99<=100ms, fail_ratio<=0.01, "
                   "rps>=500; the verdict shows PASS/FAIL per line")
 
-form = widgets.LoadForm(
-    host=host or "", model_name=model_name or "", users=int(ss[K + "users"]), spawn_rate=float(ss[K + "spawn_rate"]),
-    run_time_s=int(ss[K + "run_time_s"]), shape=shape, step_users=int(ss[K + "step_users"]),
-    step_time_s=float(ss[K + "step_time_s"]), max_users=int(ss[K + "max_users"]),
-    spike_users=int(ss[K + "spike_users"]), spike_at_s=float(ss[K + "spike_at_s"]),
-    spike_duration_s=float(ss[K + "spike_duration_s"]), target_rps=float(ss[K + "target_rps"]),
-    instances_per_request=int(ss[K + "instances_per_request"]), processes=int(ss[K + "processes"]),
-    timeout_s=float(ss[K + "timeout_s"]), slos=ss[K + "slos"],
+form = forms.LoadForm(
+    host=host or "", model_name=model_name or "", users=int(state[key("users")]),
+    spawn_rate=float(state[key("spawn_rate")]),
+    run_time_s=int(state[key("run_time_s")]), shape=shape, step_users=int(state[key("step_users")]),
+    step_time_s=float(state[key("step_time_s")]), max_users=int(state[key("max_users")]),
+    spike_users=int(state[key("spike_users")]), spike_at_s=float(state[key("spike_at_s")]),
+    spike_duration_s=float(state[key("spike_duration_s")]), target_rps=float(state[key("target_rps")]),
+    instances_per_request=int(state[key("instances_per_request")]), processes=int(state[key("processes")]),
+    timeout_s=float(state[key("timeout_s")]), slos=state[key("slos")],
 )
-check = widgets.load_check(form, samples_path=samples_path, n_features=n_features)
+check = forms.load_check(form, samples_path=samples_path, n_features=n_features)
 ui.show_check(check)
 config: Any = None
 if check.ok:
     try:  # checked just above; only a samples.json deleted in between could fail here
-        config = widgets.loadtest_config(form, samples_path=samples_path, n_features=n_features)
+        config = forms.loadtest_config(form, samples_path=samples_path, n_features=n_features)
     except ValueError as exc:
         st.error(str(exc).splitlines()[0], icon=":material/block:")
 if config is not None:
     with st.expander("Config to run"):
         st.json(config.to_dict())
 
-if st.button("Start swarm", key=K + "start", type="primary", icon=":material/play_arrow:",
+if st.button("Start swarm", key=key("start"), type="primary", icon=":material/play_arrow:",
              disabled=config is None, help="Start Locust headless as a background job with these settings"):
     from loadtest.runner import start_loadtest
 
@@ -180,7 +183,7 @@ if st.button("Start swarm", key=K + "start", type="primary", icon=":material/pla
     except (ValueError, OSError) as exc:
         st.error(f"Could not start the swarm: {exc}")
     else:
-        ui.show_next(K + "view", run_id)
+        ui.show_next(key("view"), run_id)
         st.rerun()
 
 # -- a run -----------------------------------------------------------------------------------
@@ -199,10 +202,10 @@ def _frames(registry: Registry, run: Run) -> list[dict[str, Any]]:
     return registry.metric_rows(run.id)
 
 
-def _chart(registry: Registry, run: Run, key: str) -> list[dict[str, Any]]:
+def _chart(registry: Registry, run: Run, chart_key: str) -> list[dict[str, Any]]:
     rows = _frames(registry, run)
-    limits = widgets.slo_limits_ms(run.config.get("slos") or [])
-    st.plotly_chart(charts.loadtest_figure(rows, slo_lines=limits), key=key, config={"displaylogo": False})
+    limits = forms.slo_limits_ms(run.config.get("slos") or [])
+    st.plotly_chart(charts.loadtest_figure(rows, slo_lines=limits), key=chart_key, config={"displaylogo": False})
     return rows
 
 
@@ -228,10 +231,10 @@ def _live(run_id: str) -> None:
     if cpu is not None and cpu >= SATURATION_CPU_PCT:
         st.warning(f"Locust is using {cpu:.0f}% CPU: the load generator is saturated, so these numbers "
                    "measure Locust, not the server. Add Locust processes or lower the user count.")
-    limits = widgets.slo_limits_ms(run.config.get("slos") or [])
-    st.plotly_chart(charts.loadtest_figure(rows, slo_lines=limits), key=K + "live_chart",
+    limits = forms.slo_limits_ms(run.config.get("slos") or [])
+    st.plotly_chart(charts.loadtest_figure(rows, slo_lines=limits), key=key("live_chart"),
                     config={"displaylogo": False})
-    ui.stop_button(registry, run, key=K + "stop", stopper=_stop)
+    ui.stop_button(registry, run, key=key("stop"), stopper=_stop)
 
 
 def _n(value: Any, spec: str, unit: str = "") -> str:
@@ -260,16 +263,16 @@ def _results(registry: Registry, run: Run) -> None:
         server = s.get("server") or {}
         table.update({f"server {k}": v for k, v in server.items()})
         st.markdown("**Summary**")
-        st.dataframe([{"metric": k, "value": v} for k, v in table.items()], hide_index=True, key=K + "summary",
+        st.dataframe([{"metric": k, "value": v} for k, v in table.items()], hide_index=True, key=key("summary"),
                      height=220)
-    _chart(registry, run, K + "result_chart")
+    _chart(registry, run, key("result_chart"))
     c1, c2 = st.columns(2)
     with c1:
         st.markdown("**Failures by reason**")
         reasons = s.get("failures_by_reason") or {}
         if reasons:
             st.dataframe([{"reason": k, "count": v} for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])],
-                         hide_index=True, key=K + "failures")
+                         hide_index=True, key=key("failures"))
         else:
             st.caption("no failures")
     with c2:
@@ -278,7 +281,7 @@ def _results(registry: Registry, run: Run) -> None:
         if gates:
             st.dataframe([{"gate": g.get("expr"), "measured": g.get("measured"), "limit": g.get("limit"),
                            "verdict": "PASS" if g.get("passed") else "FAIL"} for g in gates],
-                         hide_index=True, key=K + "gates")
+                         hide_index=True, key=key("gates"))
         else:
             st.caption("no SLOs set for this run")
     reports = s.get("reports") or {}
@@ -289,12 +292,12 @@ def _results(registry: Registry, run: Run) -> None:
             p = Path(path)
             if p.is_file() and p.stat().st_size <= MAX_REPORT_BYTES:
                 col.download_button(f"{kind.replace('_', ' ')} report", p.read_bytes(), file_name=p.name,
-                                    mime=mimes.get(kind, "application/octet-stream"), key=K + f"dl.{kind}",
+                                    mime=mimes.get(kind, "application/octet-stream"), key=key(f"dl.{kind}"),
                                     icon=":material/download:",
                                     help=f"Locust's {kind} output for this run ({p.name})")
 
 
 load_runs = registry.list_runs(kind="loadtest")
-ui.run_view("Load-test run", load_runs, key=K + "view", help="which swarm to show; a running one updates live",
+ui.run_view("Load-test run", load_runs, key=key("view"), help="which swarm to show; a running one updates live",
             empty_text="No load tests yet. Pick a target and press **Start swarm**.",
             live=_live, results=functools.partial(_results, registry), refresh_s=LIVE_REFRESH_S)

@@ -9,7 +9,8 @@ from dashboard import format as fmt
 from dashboard.state import get_registry, init_defaults
 from runs.registry import KINDS, STATUSES, Registry, Run
 
-K = "runs."
+KEY_PREFIX = "runs."
+key = ui.widget_keys(KEY_PREFIX)  # key("x") -> the page's widget key for x
 MAX_LISTED = 500
 # What can be overlaid per kind, first = default; x axis label.
 OVERLAY_METRICS = {
@@ -20,16 +21,16 @@ OVERLAY_METRICS = {
     "serve": ((), "step"),
 }
 
-init_defaults({K + "kinds": [], K + "statuses": [], K + "compare": []})
+init_defaults({key("kinds"): [], key("statuses"): [], key("compare"): []})
 registry = get_registry()
 
 st.title(":material/history: Runs")
 st.caption("Every training, serving, load-test and sweep run recorded in the registry.")
 
 f1, f2 = st.columns(2)
-kinds = f1.multiselect("Kind", KINDS, key=K + "kinds",
+kinds = f1.multiselect("Kind", KINDS, key=key("kinds"),
                        help="kind: show only these kinds of run (empty = all)")
-statuses = f2.multiselect("Status", STATUSES, key=K + "statuses",
+statuses = f2.multiselect("Status", STATUSES, key=key("statuses"),
                           help="status: show only runs in these states (empty = all)")
 runs = registry.list_runs(kind=kinds or None, status=statuses or None, limit=MAX_LISTED)
 
@@ -38,19 +39,19 @@ if not runs:
     st.stop()
 
 table = fmt.runs_table(runs)
-st.dataframe(table, hide_index=True, key=K + "table",
+st.dataframe(table, hide_index=True, key=key("table"),
              column_config={"id": st.column_config.TextColumn("id", width="small")})
 st.download_button("Export this list (CSV)", fmt.rows_to_csv(table), file_name="tuneswarm-runs.csv",
-                   mime="text/csv", key=K + "export_list", icon=":material/download:",
+                   mime="text/csv", key=key("export_list"), icon=":material/download:",
                    help="the runs shown above (after the kind/status filters) as a CSV file")
 by_id = {r.id: r for r in runs}
 
 # -- compare -----------------------------------------------------------------------------
 
 st.subheader("Compare")
-st.session_state[K + "compare"] = [i for i in st.session_state[K + "compare"] if i in by_id]
+st.session_state[key("compare")] = [i for i in st.session_state[key("compare")] if i in by_id]
 chosen_ids = st.multiselect(
-    "Runs to compare", list(by_id), key=K + "compare", format_func=lambda i: fmt.run_label(by_id[i]),
+    "Runs to compare", list(by_id), key=key("compare"), format_func=lambda i: fmt.run_label(by_id[i]),
     help="pick two or more runs: their curves are overlaid (loss for training runs, latency and "
          "throughput for load tests) and their configs diffed side by side",
 )
@@ -74,20 +75,20 @@ def _overlay(registry: Registry, chosen: list[Run]) -> None:
         if not present:
             st.caption(f"{kind} runs: no metric series recorded")
             continue
-        if st.session_state.get(K + f"metric.{kind}") not in present:
-            st.session_state.pop(K + f"metric.{kind}", None)  # chosen for runs no longer selected
-        metric = st.selectbox(f"{kind} metric", present, key=K + f"metric.{kind}",
+        if st.session_state.get(key(f"metric.{kind}")) not in present:
+            st.session_state.pop(key(f"metric.{kind}"), None)  # chosen for runs no longer selected
+        metric = st.selectbox(f"{kind} metric", present, key=key(f"metric.{kind}"),
                               format_func=lambda m: charts.LABELS.get(m, m),
                               help=f"the metric drawn for each selected {kind} run")
         st.plotly_chart(charts.overlay_figure(series, metric, x_title=x_title,
                                               title=f"{charts.LABELS.get(metric, metric)} — {kind} runs"),
-                        key=K + f"overlay.{kind}", config={"displaylogo": False})
+                        key=key(f"overlay.{kind}"), config={"displaylogo": False})
 
 
 if len(chosen) >= 2:
     _overlay(registry, chosen)
     labels = _labels(chosen)
-    only_diff = st.toggle("Only parameters that differ", value=True, key=K + "only_diff",
+    only_diff = st.toggle("Only parameters that differ", value=True, key=key("only_diff"),
                           help="hide the config lines where every selected run has the same value")
     diff = charts.config_diff({labels[r.id]: r.config for r in chosen}, only_different=only_diff)
     if diff:
@@ -102,17 +103,17 @@ def _delete(registry: Registry, run_id: str) -> None:
     try:
         registry.delete_run(run_id)
     except (ValueError, KeyError) as exc:
-        st.session_state[K + "delete_error"] = str(exc)
+        st.session_state[key("delete_error")] = str(exc)
         return
-    st.session_state.pop(K + "detail", None)
-    st.session_state[K + "confirm_delete"] = False
-    st.session_state[K + "compare"] = [i for i in st.session_state.get(K + "compare", []) if i != run_id]
+    st.session_state.pop(key("detail"), None)
+    st.session_state[key("confirm_delete")] = False
+    st.session_state[key("compare")] = [i for i in st.session_state.get(key("compare"), []) if i != run_id]
 
 
 # -- one run -------------------------------------------------------------------------------
 
 st.subheader("Details")
-run = ui.run_picker("Run", runs, key=K + "detail", help="the run to inspect, export or delete")
+run = ui.run_picker("Run", runs, key=key("detail"), help="the run to inspect, export or delete")
 if run is not None:
     ui.status_line(run)
     c1, c2 = st.columns(2)
@@ -125,18 +126,18 @@ if run is not None:
     rows = registry.metric_rows(run.id)
     e1, e2, e3 = st.columns(3)
     e1.download_button("Export JSON", fmt.run_export_json(run, rows), file_name=f"{run.id}.json",
-                       mime="application/json", key=K + "export_json", icon=":material/download:",
+                       mime="application/json", key=key("export_json"), icon=":material/download:",
                        help="config, summary and every metric row of this run as one JSON file")
     e2.download_button("Export metrics CSV", fmt.rows_to_csv(rows), file_name=f"{run.id}-metrics.csv",
-                       mime="text/csv", key=K + "export_csv", icon=":material/download:", disabled=not rows,
+                       mime="text/csv", key=key("export_csv"), icon=":material/download:", disabled=not rows,
                        help="the run's metric series, one row per step")
-    confirm = e3.checkbox("Confirm delete", key=K + "confirm_delete", disabled=run.active,
+    confirm = e3.checkbox("Confirm delete", key=key("confirm_delete"), disabled=run.active,
                           help="deleting removes the run, its metrics and its artifact folder; active runs "
                                "must be stopped first")
-    e3.button("Delete run", key=K + "delete", icon=":material/delete:", disabled=run.active or not confirm,
+    e3.button("Delete run", key=key("delete"), icon=":material/delete:", disabled=run.active or not confirm,
               on_click=_delete, args=(registry, run.id),
               help="delete this run (not possible while it is running)")
-    if st.session_state.get(K + "delete_error"):
-        st.error(st.session_state.pop(K + "delete_error"))
+    if st.session_state.get(key("delete_error")):
+        st.error(st.session_state.pop(key("delete_error")))
     if run.active:
         st.caption("This run is active; stop it from its page before deleting it.")

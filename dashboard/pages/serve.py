@@ -10,7 +10,7 @@ from typing import Any
 import streamlit as st
 
 from agent.serving.config import RUNTIMES
-from dashboard import charts, serving_view, ui, widgets
+from dashboard import charts, endpoint_client, forms, serving_view, ui
 from dashboard import format as fmt
 from dashboard.state import get_registry, init_defaults
 from runs.jobs import reap
@@ -19,16 +19,18 @@ from runs.registry import Registry, Run
 LIVE_REFRESH_S = 1.0
 HISTORY_POINTS = 120  # scrapes kept per endpoint for the timeline (2 minutes at 1/s)
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
-K = "serve."
+KEY_PREFIX = "serve."
+key = ui.widget_keys(KEY_PREFIX)  # key("x") -> the page's widget key for x
 
-D = widgets.ServeForm()
+DEFAULTS = forms.ServeForm()
 init_defaults({
-    K + "runtime": D.runtime, K + "max_batch_size": D.max_batch_size, K + "batch_timeout_ms": D.batch_timeout_ms,
-    K + "max_enqueued_batches": D.max_enqueued_batches, K + "num_batch_threads": D.num_batch_threads,
-    K + "workers": D.workers, K + "model_name": "model", K + "sample_index": 0,
+    key("runtime"): DEFAULTS.runtime, key("max_batch_size"): DEFAULTS.max_batch_size,
+    key("batch_timeout_ms"): DEFAULTS.batch_timeout_ms,
+    key("max_enqueued_batches"): DEFAULTS.max_enqueued_batches, key("num_batch_threads"): DEFAULTS.num_batch_threads,
+    key("workers"): DEFAULTS.workers, key("model_name"): "model", key("sample_index"): 0,
 })
 registry = get_registry()
-ss = st.session_state
+state = st.session_state
 
 
 def trained_models(registry: Registry) -> list[Run]:
@@ -39,17 +41,17 @@ def trained_models(registry: Registry) -> list[Run]:
 
 def model_path_of(serve: Run) -> str | None:
     cfg = serve.config
-    for key in ("model_path", "model"):
-        if isinstance(cfg.get(key), str):
-            return cfg[key]
+    for field in ("model_path", "model"):
+        if isinstance(cfg.get(field), str):
+            return cfg[field]
     return serve.summary.get("model_path")
 
 
-def start(registry: Registry, model_path: str, form: widgets.ServeForm, name: str) -> str:
+def start(registry: Registry, model_path: str, form: forms.ServeForm, name: str) -> str:
     """Start an endpoint job for ``model_path``; returns its serve run id once it is ready."""
     from agent.serving.process import start_endpoint
 
-    handle = start_endpoint(registry, Path(model_path), widgets.serving_config(form), name=name, port=0)
+    handle = start_endpoint(registry, Path(model_path), forms.serving_config(form), name=name, port=0)
     return handle.run_id
 
 
@@ -73,7 +75,7 @@ if not models:
 left, right = st.columns([1, 1], gap="large")
 with left:
     st.subheader("Model")
-    model_run = ui.run_picker("Trained model", models, key=K + "model",
+    model_run = ui.run_picker("Trained model", models, key=key("model"),
                               help="model: a finished training run whose model.keras the endpoint loads "
                                    "(safe mode; .keras only)")
     assert model_run is not None
@@ -84,46 +86,47 @@ with left:
     c2.metric("parameters", f"{s.get('param_count', 0):,}")
     quality = ("accuracy", tm["accuracy"]) if "accuracy" in tm else ("MSE", tm.get("mse"))
     c3.metric(f"test {quality[0]}", "—" if quality[1] is None else f"{quality[1]:.4f}")
-    st.text_input("Model name in URLs", key=K + "model_name",
+    st.text_input("Model name in URLs", key=key("model_name"),
                   help="name: the {name} in /v1/models/{name}:predict (letters, digits, - and _)")
 with right:
     st.subheader("Serving knobs")
     c1, c2 = st.columns(2)
-    c1.selectbox("Runtime", RUNTIMES, key=K + "runtime",
+    c1.selectbox("Runtime", RUNTIMES, key=key("runtime"),
                  help="runtime: keras (eager model call), tf-function (traced graph), xla (jit-compiled), "
                       "tflite (TFLite interpreter, float32), tflite-int8 (dynamic-range quantized)")
-    c2.select_slider("Max batch size", BATCH_SIZES, key=K + "max_batch_size",
+    c2.select_slider("Max batch size", BATCH_SIZES, key=key("max_batch_size"),
                      help="max_batch_size: most rows in one model execution; 1 turns batching off")
-    c1.slider("Batch timeout (ms)", 0.0, 50.0, step=0.5, key=K + "batch_timeout_ms",
+    c1.slider("Batch timeout (ms)", 0.0, 50.0, step=0.5, key=key("batch_timeout_ms"),
               help="batch_timeout_ms: how long a partial batch waits for more rows; trades a little latency "
                    "at low load for much higher throughput at high load")
-    c2.number_input("Queue bound (batches)", 1, 100_000, step=8, key=K + "max_enqueued_batches",
+    c2.number_input("Queue bound (batches)", 1, 100_000, step=8, key=key("max_enqueued_batches"),
                     help="max_enqueued_batches: queued batches before new requests are shed with 503 at once "
                          "(bounded latency instead of an unbounded queue)")
-    c1.slider("Batch threads", 0, 8, key=K + "num_batch_threads",
+    c1.slider("Batch threads", 0, 8, key=key("num_batch_threads"),
               help="num_batch_threads: 0 runs each batch on the event loop itself (no thread hand-off; "
                    "cheapest for tiny models, but requests wait while the model runs); 1 or more = model "
                    "executions that may run in parallel, each in its own thread")
-    c2.slider("Workers", 1, 4, key=K + "workers",
+    c2.slider("Workers", 1, 4, key=key("workers"),
               help="workers: server processes sharing the port, each with its own batcher and model copy")
 
-form = widgets.ServeForm(
-    runtime=ss[K + "runtime"], max_batch_size=int(ss[K + "max_batch_size"]),
-    batch_timeout_ms=float(ss[K + "batch_timeout_ms"]), max_enqueued_batches=int(ss[K + "max_enqueued_batches"]),
-    num_batch_threads=int(ss[K + "num_batch_threads"]), workers=int(ss[K + "workers"]),
-    model_name=ss[K + "model_name"].strip(),
+form = forms.ServeForm(
+    runtime=state[key("runtime")], max_batch_size=int(state[key("max_batch_size")]),
+    batch_timeout_ms=float(state[key("batch_timeout_ms")]),
+    max_enqueued_batches=int(state[key("max_enqueued_batches")]),
+    num_batch_threads=int(state[key("num_batch_threads")]), workers=int(state[key("workers")]),
+    model_name=state[key("model_name")].strip(),
 )
-check = widgets.serve_check(form)
+check = forms.serve_check(form)
 ui.show_check(check)
 if check.ok:
     with st.expander("Config to start"):
-        st.json(widgets.serving_config(form).to_dict())
+        st.json(forms.serving_config(form).to_dict())
 
 # -- endpoints ---------------------------------------------------------------------------------
 
 endpoints = registry.list_runs(kind="serve", status=("pending", "running"))
 b1, b2 = st.columns([1, 4])
-if b1.button("Start endpoint", key=K + "start", type="primary", icon=":material/play_arrow:",
+if b1.button("Start endpoint", key=key("start"), type="primary", icon=":material/play_arrow:",
              disabled=not check.ok,
              help="Start the endpoint on a free local port with these knobs (returns once the model is warm)"):
     with st.spinner("Starting the endpoint: loading TensorFlow, the model and warming it up…"):
@@ -132,7 +135,7 @@ if b1.button("Start endpoint", key=K + "start", type="primary", icon=":material/
         except (ValueError, OSError, TimeoutError, RuntimeError, ImportError) as exc:
             st.error(f"The endpoint did not start: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
         else:
-            ui.show_next(K + "endpoint", run_id)
+            ui.show_next(key("endpoint"), run_id)
             st.rerun()
 if endpoints:
     b2.caption(f"{len(endpoints)} endpoint(s) running. Start another to compare, or restart one below.")
@@ -140,7 +143,7 @@ if endpoints:
 st.divider()
 st.subheader("Endpoint")
 all_serve = registry.list_runs(kind="serve", limit=50)
-endpoint = ui.run_picker("Endpoint run", all_serve, key=K + "endpoint",
+endpoint = ui.run_picker("Endpoint run", all_serve, key=key("endpoint"),
                          help="which endpoint to inspect; running ones update live") if all_serve else None
 
 
@@ -162,15 +165,14 @@ def _status(run: Run) -> None:
 
 def _scrape(run: Run) -> None:
     """Read /metrics once and keep the scrape in this session's short history."""
-    from agent.serving.metrics import parse_metrics
+    from runs.metrics_scrape import scrape
 
     url = run.summary.get("url")
     if not url:
         return
-    hist = ss.setdefault(K + "scrapes", {}).setdefault(run.id, [])
+    hist = state.setdefault(key("scrapes"), {}).setdefault(run.id, [])
     try:
-        text = serving_view.fetch_text(f"{url}/metrics")
-        snap = parse_metrics(text, at=time.time())
+        snap = scrape(url, timeout_s=serving_view.SCRAPE_TIMEOUT_S, at=time.time())
     except (OSError, ValueError) as exc:
         st.caption(f"/metrics not reachable: {exc}")
         return
@@ -179,9 +181,9 @@ def _scrape(run: Run) -> None:
 
 
 def _panel(run: Run) -> None:
-    from agent.serving.metrics import snapshot_delta
+    from runs.metrics_scrape import snapshot_delta
 
-    hist = ss.get(K + "scrapes", {}).get(run.id, [])
+    hist = state.get(key("scrapes"), {}).get(run.id, [])
     if not hist:
         st.caption("waiting for the first /metrics scrape…")
         return
@@ -199,16 +201,16 @@ def _panel(run: Run) -> None:
     m[5].metric("503 shed", f"{codes.get('503', 0):.0f}", help="requests refused because the queue was full (total)")
     c1, c2 = st.columns(2)
     c1.plotly_chart(charts.timeline_figure(rows, ("p50_ms", "p99_ms", "server_queue_ms", "server_compute_ms"),
-                                           "Server latency", "ms"), key=K + "lat_chart",
+                                           "Server latency", "ms"), key=key("lat_chart"),
                     config={"displaylogo": False})
     c2.plotly_chart(charts.timeline_figure(rows, ("server_rps", "server_shed_per_s"), "Requests", "per second"),
-                    key=K + "rps_chart", config={"displaylogo": False})
+                    key=key("rps_chart"), config={"displaylogo": False})
     c1, c2 = st.columns(2)
     c1.plotly_chart(charts.latency_split_figure(_ms(snap.queue_wait.mean), _ms(snap.compute.mean),
-                                                _other(snap)), key=K + "split_chart",
+                                                _other(snap)), key=key("split_chart"),
                     config={"displaylogo": False})
     c2.plotly_chart(charts.batch_size_figure(serving_view.histogram_counts(snap.batch_size.buckets)),
-                    key=K + "batch_chart", config={"displaylogo": False})
+                    key=key("batch_chart"), config={"displaylogo": False})
     st.caption(f"requests by status since start: {', '.join(f'{k}: {v:.0f}' for k, v in sorted(codes.items())) or '—'}")
 
 
@@ -253,15 +255,15 @@ def _try_it(run: Run) -> None:
         return
     labels = list(meta.spec.class_labels) if meta else []
     c1, c2 = st.columns([1, 3])
-    idx = int(c1.number_input("Sample row", 0, len(samples) - 1, step=1, key=K + "sample_index",
+    idx = int(c1.number_input("Sample row", 0, len(samples) - 1, step=1, key=key("sample_index"),
                               help="which held-out test row to send as one instance"))
     row = samples[idx]
     c2.caption(f"{len(row)} features: " + ", ".join(f"{v:g}" for v in row[:16]) + (" …" if len(row) > 16 else ""))
-    if st.button("Send request", key=K + "send", icon=":material/send:",
+    if st.button("Send request", key=key("send"), icon=":material/send:",
                  help="POST {\"instances\": [row]} to :predict and show the answer"):
         t = time.perf_counter()
         try:
-            status, body = serving_view.predict(run.summary["url"], run.summary.get("name", "model"), [row])
+            status, body = endpoint_client.predict(run.summary["url"], run.summary.get("name", "model"), [row])
         except OSError as exc:
             st.error(f"request failed: {exc}")
             return
@@ -299,19 +301,19 @@ else:
     if endpoint.active:
         a1, a2, _ = st.columns([1, 2, 3])
         with a1:
-            ui.stop_button(registry, endpoint, key=K + "stop", label="Stop endpoint", stopper=stop)
-        if a2.button("Restart with new settings", key=K + "restart", icon=":material/restart_alt:",
+            ui.stop_button(registry, endpoint, key=key("stop"), label="Stop endpoint", stopper=stop)
+        if a2.button("Restart with new settings", key=key("restart"), icon=":material/restart_alt:",
                      disabled=not check.ok,
                      help="Stop this endpoint and start the same model with the knobs above"):
             mp = model_path_of(endpoint) or model_run.summary["model_path"]
             with st.spinner("Restarting the endpoint…"):
                 stop(registry, endpoint.id)
                 try:
-                    new_id = start(registry, mp, form, str(endpoint.summary.get("name") or ss[K + "model_name"]))
+                    new_id = start(registry, mp, form, str(endpoint.summary.get("name") or state[key("model_name")]))
                 except (ValueError, OSError, TimeoutError, RuntimeError) as exc:
                     st.error(f"The endpoint did not restart: {exc}")
                 else:
-                    ui.show_next(K + "endpoint", new_id)
+                    ui.show_next(key("endpoint"), new_id)
                     st.rerun()
         st.fragment(run_every=LIVE_REFRESH_S)(_live)(endpoint.id)
         if endpoint.summary.get("url"):

@@ -10,31 +10,33 @@ import streamlit as st
 
 from agent.data import BUILTIN_DATASETS, MAX_CSV_BYTES, MISSING_POLICIES, SYNTHETIC_ACTIVATIONS, CsvError
 from agent.model import ACTIVATIONS, FAMILIES, MAX_LAYERS, OPTIMIZERS, POOLINGS
-from dashboard import charts, ui, widgets
+from dashboard import charts, forms, ui
 from dashboard.state import get_registry, init_defaults
-from runs.jobs import python_module_argv, reap, start_job
+from runs.jobs import reap
 from runs.registry import Registry, Run
 
 LIVE_REFRESH_S = 1.0  # how often the live panel re-reads the registry while a job runs
-UPLOAD_FILENAME = "data.csv"
 MAX_DOWNLOAD_BYTES = 200 * 1024 * 1024
 LEARNING_RATES = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 BATCH_SIZES = (8, 16, 32, 64, 128, 256, 512)
 KERNEL_SIZES = (1, 3, 5, 7)
-K = "train."  # widget key prefix for this page
+KEY_PREFIX = "train."  # widget key prefix for this page
+key = ui.widget_keys(KEY_PREFIX)  # key("x") -> the page's widget key for x
 # Task of each built-in dataset (a CSV's is known once the job has loaded it).
 BUILTIN_TASKS = {"diabetes": "regression", "synthetic": "regression", "digits": "classification",
                        "iris": "classification", "wine": "classification", "breast_cancer": "classification"}
 
-D = widgets.TrainForm()
+DEFAULTS = forms.TrainForm()
 init_defaults({
-    K + "dataset": D.dataset, K + "missing": D.csv_missing, K + "task": "infer",
-    K + "synthetic_activation": D.synthetic_activation, K + "noise": D.noise,
-    K + "layers": D.layers, K + "units": D.units, K + "activation": D.activation, K + "dropout": D.dropout,
-    K + "optimizer": D.optimizer, K + "lr": D.learning_rate, K + "batch_size": D.batch_size,
-    K + "epochs": D.epochs, K + "patience": D.patience, K + "seed": D.seed,
-    K + "family": D.family, K + "filters": D.filters, K + "kernel_size": D.kernel_size, K + "pooling": D.pooling,
-    K + "image_shape": D.image_shape,
+    key("dataset"): DEFAULTS.dataset, key("missing"): DEFAULTS.csv_missing, key("task"): "infer",
+    key("synthetic_activation"): DEFAULTS.synthetic_activation, key("noise"): DEFAULTS.noise,
+    key("layers"): DEFAULTS.layers, key("units"): DEFAULTS.units, key("activation"): DEFAULTS.activation,
+    key("dropout"): DEFAULTS.dropout,
+    key("optimizer"): DEFAULTS.optimizer, key("lr"): DEFAULTS.learning_rate, key("batch_size"): DEFAULTS.batch_size,
+    key("epochs"): DEFAULTS.epochs, key("patience"): DEFAULTS.patience, key("seed"): DEFAULTS.seed,
+    key("family"): DEFAULTS.family, key("filters"): DEFAULTS.filters, key("kernel_size"): DEFAULTS.kernel_size,
+    key("pooling"): DEFAULTS.pooling,
+    key("image_shape"): DEFAULTS.image_shape,
 })
 
 registry = get_registry()
@@ -42,7 +44,7 @@ registry = get_registry()
 
 def _csv_image_shape() -> str:
     """The CSV image shape box's text while the CNN is picked ('' otherwise: the MLP takes flat rows)."""
-    return st.session_state[K + "image_shape"] if st.session_state[K + "family"] == "cnn" else ""
+    return st.session_state[key("image_shape")] if st.session_state[key("family")] == "cnn" else ""
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -71,35 +73,25 @@ def _csv_check(digest: str, _data: bytes, target: str, missing: str, task: str |
     return None, f"{ds.task}, {len(ds.y)} rows, {ds.n_features} features{images}" + (f"; {notes}" if notes else "")
 
 
-def start_training(registry: Registry, form: widgets.TrainForm, csv_bytes: bytes | None = None,
+def start_training(registry: Registry, form: forms.TrainForm, csv_bytes: bytes | None = None,
                    csv_name: str | None = None) -> str:
-    """Record a train run (saving an uploaded CSV into its folder) and start its job; returns the run id."""
-    config = widgets.model_config(form)
+    """Start the train job through its start() (an uploaded CSV is saved with the run); returns the run id."""
+    from agent.training import TrainJob, start
+
+    upload = (csv_bytes or b"") if form.dataset == "csv" else None
+    # The real path is the run's own copy of the upload; start() puts it in the config.
+    job = TrainJob(forms.model_config(form), forms.data_source(form, "upload.csv" if upload is not None else None))
     name = f"train {Path(csv_name).stem if csv_bytes is not None and csv_name else form.dataset}"
-    placeholder = widgets.data_source(form if form.dataset != "csv" else widgets.DEFAULT_TRAIN)
-    run_id = registry.create_run("train", {"model": config.to_dict(), "data": placeholder.to_dict()}, name=name)
-    try:
-        csv_path = None
-        if form.dataset == "csv":
-            csv_path = registry.artifacts_dir(run_id) / UPLOAD_FILENAME
-            csv_path.write_bytes(csv_bytes or b"")
-        source = widgets.data_source(form, csv_path)
-        registry.update_config(run_id, {"data": source.to_dict()})
-        argv = python_module_argv("agent.training", *widgets.training_args(config, source, run_id))
-        start_job(registry, run_id, argv)
-    except Exception as exc:
-        registry.finish_if_active(run_id, "failed", f"could not start training: {exc}")
-        raise
-    return run_id
+    return start(registry, job, name=name, upload=upload)
 
 
-def _launch(form: widgets.TrainForm, csv_bytes: bytes | None = None, csv_name: str | None = None) -> None:
+def _launch(form: forms.TrainForm, csv_bytes: bytes | None = None, csv_name: str | None = None) -> None:
     try:
         run_id = start_training(registry, form, csv_bytes, csv_name)
     except (ValueError, OSError) as exc:
         st.error(f"Could not start training: {exc}")
         return
-    ui.show_next(K + "view", run_id)
+    ui.show_next(key("view"), run_id)
     st.rerun()
 
 
@@ -113,13 +105,13 @@ if not registry.list_runs(limit=1):
         st.subheader(":material/rocket_launch: First run")
         st.markdown(
             "The registry is empty. Start with the default model: a 64-unit MLP on the **digits** dataset "
-            f"(8×8 images, 10 classes), up to {widgets.DEFAULT_TRAIN.epochs} epochs with early stopping — "
+            f"(8×8 images, 10 classes), up to {forms.DEFAULT_TRAIN.epochs} epochs with early stopping — "
             "well under a minute here. Then serve it and swarm it from the other pages."
         )
-        if st.button("Train the default model", key=K + "first_run", type="primary", icon=":material/rocket_launch:",
+        if st.button("Train the default model", key=key("first_run"), type="primary", icon=":material/rocket_launch:",
                      help="Starts training the default model: digits, one hidden layer of 64 relu units, adam, "
                           "early stopping on val_loss"):
-            _launch(widgets.DEFAULT_TRAIN)
+            _launch(forms.DEFAULT_TRAIN)
 
 # -- the form ---------------------------------------------------------------------------
 
@@ -131,17 +123,17 @@ csv_error: str | None = None
 with data_col:
     st.subheader("Data")
     dataset = st.selectbox(
-        "Dataset", (*BUILTIN_DATASETS, "csv"), key=K + "dataset",
+        "Dataset", (*BUILTIN_DATASETS, "csv"), key=key("dataset"),
         format_func=lambda d: "upload a CSV file…" if d == "csv" else d,
         help="dataset: a built-in set bundled offline (digits, iris, wine, breast_cancer are classification; "
              "diabetes and synthetic are regression) or your own CSV file",
     )
     target = None
-    if dataset in widgets.BUILTIN_INFO:
-        st.caption(widgets.BUILTIN_INFO[dataset])
+    if dataset in forms.BUILTIN_INFO:
+        st.caption(forms.BUILTIN_INFO[dataset])
     if dataset == "csv":
         upload = st.file_uploader(
-            "CSV file", type=["csv"], key=K + "upload", max_upload_size=MAX_CSV_BYTES // (1024 * 1024),
+            "CSV file", type=["csv"], key=key("upload"), max_upload_size=MAX_CSV_BYTES // (1024 * 1024),
             help=f"csv: a UTF-8 CSV with a header row, up to {MAX_CSV_BYTES // (1024 * 1024)} MB; "
                  "one column is the target, the rest are features (text columns are one-hot encoded)",
         )
@@ -156,7 +148,7 @@ with data_col:
             else:
                 n_rows = preview.n_rows
                 target = st.selectbox(
-                    "Target column", preview.columns, index=len(preview.columns) - 1, key=K + "target",
+                    "Target column", preview.columns, index=len(preview.columns) - 1, key=key("target"),
                     help="target: the column the model predicts; text or few integer values -> classification, "
                          "other numbers -> regression",
                 )
@@ -164,100 +156,100 @@ with data_col:
                 st.caption(f"{preview.n_rows} rows × {len(preview.columns)} columns; "
                            f"{preview.rows_with_missing} rows with missing values")
                 st.selectbox(
-                    "Missing values", MISSING_POLICIES, key=K + "missing",
+                    "Missing values", MISSING_POLICIES, key=key("missing"),
                     help="missing: what to do with rows that have empty feature cells — reject the file, "
                          "drop those rows, or fill numeric columns with their mean",
                 )
                 st.selectbox(
-                    "Task", ("infer", "classification", "regression"), key=K + "task",
+                    "Task", ("infer", "classification", "regression"), key=key("task"),
                     help="task: inferred from the target column unless you override it",
                 )
-                task = None if st.session_state[K + "task"] == "infer" else st.session_state[K + "task"]
-                if st.session_state[K + "family"] == "cnn":
+                task = None if st.session_state[key("task")] == "infer" else st.session_state[key("task")]
+                if st.session_state[key("family")] == "cnn":
                     st.text_input(
-                        "Image shape H,W,C", key=K + "image_shape", placeholder="e.g. 28,28,1",
+                        "Image shape H,W,C", key=key("image_shape"), placeholder="e.g. 28,28,1",
                         help="image_shape: each row's feature columns are the pixels of an H×W×C image in "
                              "row-major order (H*W*C must equal the feature count); the CNN's input shape",
                     )
-                csv_error, described = _csv_check(digest, csv_bytes, target, st.session_state[K + "missing"], task,
+                csv_error, described = _csv_check(digest, csv_bytes, target, st.session_state[key("missing")], task,
                                                   _csv_image_shape())
                 if csv_error:
                     st.error(csv_error)
                 else:
                     st.success(described, icon=":material/check_circle:")
     elif dataset == "synthetic":
-        st.selectbox("Synthetic activation f", SYNTHETIC_ACTIVATIONS, key=K + "synthetic_activation",
+        st.selectbox("Synthetic activation f", SYNTHETIC_ACTIVATIONS, key=key("synthetic_activation"),
                      help="synthetic_activation: the target is y = f(Wx + b) (+ noise); a model with no hidden "
                           "layer and this output activation fits it exactly")
-        st.slider("Noise σ", 0.0, 1.0, step=0.05, key=K + "noise",
+        st.slider("Noise σ", 0.0, 1.0, step=0.05, key=key("noise"),
                   help="noise: standard deviation of Gaussian noise added to y; the floor the loss can reach")
 
 with model_col:
     st.subheader("Model")
     family = st.radio(
-        "Family", FAMILIES, key=K + "family", horizontal=True, format_func=lambda f: {"mlp": "MLP", "cnn": "CNN"}[f],
+        "Family", FAMILIES, key=key("family"), horizontal=True, format_func=lambda f: {"mlp": "MLP", "cnn": "CNN"}[f],
         help="family: MLP = Dense layers on the feature rows; CNN = convolution blocks on images (digits as 8×8×1, "
              "or a CSV of pixels with an image shape), then the Dense layers below. A CNN costs more compute per "
              "request, so batching pays off differently when it is served",
     )
     if family == "cnn":
         k1, k2, k3 = st.columns(3)
-        k1.text_input("Filters per block", key=K + "filters",
+        k1.text_input("Filters per block", key=key("filters"),
                       help="filters: one conv block per entry (Conv2D, pooling, dropout), e.g. 16,32 = two blocks "
                            "of 16 then 32 filters")
-        k2.select_slider("Kernel size", KERNEL_SIZES, key=K + "kernel_size",
+        k2.select_slider("Kernel size", KERNEL_SIZES, key=key("kernel_size"),
                          help="kernel_size: side of each square convolution kernel (3 = 3×3)")
-        k3.selectbox("Pooling", POOLINGS, key=K + "pooling",
+        k3.selectbox("Pooling", POOLINGS, key=key("pooling"),
                      help="pooling: 2×2 max or average pooling after each conv block halves the image; none keeps "
                           "its size (more compute per request)")
-        if dataset in widgets.IMAGE_INFO:
-            st.caption(f"{dataset} as {widgets.IMAGE_INFO[dataset]} images; the Dense layers below follow "
+        if dataset in forms.IMAGE_INFO:
+            st.caption(f"{dataset} as {forms.IMAGE_INFO[dataset]} images; the Dense layers below follow "
                        "the conv blocks")
     c1, c2 = st.columns(2)
-    c1.slider("Hidden layers", 0, MAX_LAYERS, key=K + "layers",
+    c1.slider("Hidden layers", 0, MAX_LAYERS, key=key("layers"),
               help="hidden: number of Dense layers (after the conv blocks for a CNN); 0 is a linear/logistic model. "
                    "More layers = more capacity and more compute per request when served")
-    c2.select_slider("Units per layer", (8, 16, 32, 64, 128, 256, 512, 1024), key=K + "units",
+    c2.select_slider("Units per layer", (8, 16, 32, 64, 128, 256, 512, 1024), key=key("units"),
                      help="hidden units per layer: parameter count and serving cost grow with units²")
-    c1.selectbox("Activation", ACTIVATIONS, key=K + "activation",
+    c1.selectbox("Activation", ACTIVATIONS, key=key("activation"),
                  help="activation: the hidden layers' non-linearity")
-    c2.slider("Dropout", 0.0, 0.9, step=0.05, key=K + "dropout",
+    c2.slider("Dropout", 0.0, 0.9, step=0.05, key=key("dropout"),
               help="dropout: fraction of units dropped after each hidden layer while training (regularisation)")
-    c1.selectbox("Optimizer", OPTIMIZERS, key=K + "optimizer", help="optimizer: the gradient-descent variant")
-    c2.select_slider("Learning rate", LEARNING_RATES, key=K + "lr", format_func=lambda v: f"{v:g}",
+    c1.selectbox("Optimizer", OPTIMIZERS, key=key("optimizer"), help="optimizer: the gradient-descent variant")
+    c2.select_slider("Learning rate", LEARNING_RATES, key=key("lr"), format_func=lambda v: f"{v:g}",
                      help="learning_rate: step size; too high diverges (loss goes up), too low crawls")
-    c1.select_slider("Batch size", BATCH_SIZES, key=K + "batch_size",
+    c1.select_slider("Batch size", BATCH_SIZES, key=key("batch_size"),
                      help="batch_size: rows per gradient step; larger = faster epochs but fewer, smoother steps")
-    c2.number_input("Epochs", 1, 1000, step=1, key=K + "epochs",
+    c2.number_input("Epochs", 1, 1000, step=1, key=key("epochs"),
                     help="epochs: maximum passes over the training split")
-    c1.number_input("Early-stopping patience", 0, 100, step=1, key=K + "patience",
+    c1.number_input("Early-stopping patience", 0, 100, step=1, key=key("patience"),
                     help="patience: stop after this many epochs without val_loss improving (best weights kept); "
                          "0 turns early stopping off")
-    c2.number_input("Seed", 0, 2**31 - 1, step=1, key=K + "seed",
+    c2.number_input("Seed", 0, 2**31 - 1, step=1, key=key("seed"),
                     help="seed: fixes the split, initial weights and shuffling so runs are reproducible")
 
-ss = st.session_state
-form = widgets.TrainForm(
-    dataset=ss[K + "dataset"], csv_target=target, csv_missing=ss[K + "missing"],
-    csv_task=None if ss[K + "task"] == "infer" else ss[K + "task"],
-    synthetic_activation=ss[K + "synthetic_activation"], noise=float(ss[K + "noise"]),
-    layers=int(ss[K + "layers"]), units=int(ss[K + "units"]), activation=ss[K + "activation"],
-    dropout=float(ss[K + "dropout"]), optimizer=ss[K + "optimizer"], learning_rate=float(ss[K + "lr"]),
-    batch_size=int(ss[K + "batch_size"]), epochs=int(ss[K + "epochs"]), patience=int(ss[K + "patience"]),
-    seed=int(ss[K + "seed"]), family=ss[K + "family"], filters=ss[K + "filters"],
-    kernel_size=int(ss[K + "kernel_size"]), pooling=ss[K + "pooling"], image_shape=_csv_image_shape(),
+state = st.session_state
+form = forms.TrainForm(
+    dataset=state[key("dataset")], csv_target=target, csv_missing=state[key("missing")],
+    csv_task=None if state[key("task")] == "infer" else state[key("task")],
+    synthetic_activation=state[key("synthetic_activation")], noise=float(state[key("noise")]),
+    layers=int(state[key("layers")]), units=int(state[key("units")]), activation=state[key("activation")],
+    dropout=float(state[key("dropout")]), optimizer=state[key("optimizer")], learning_rate=float(state[key("lr")]),
+    batch_size=int(state[key("batch_size")]), epochs=int(state[key("epochs")]), patience=int(state[key("patience")]),
+    seed=int(state[key("seed")]), family=state[key("family")], filters=state[key("filters")],
+    kernel_size=int(state[key("kernel_size")]), pooling=state[key("pooling")], image_shape=_csv_image_shape(),
 )
-check = widgets.train_check(form, n_rows=n_rows, has_csv=csv_bytes is not None)
+check = forms.train_check(form, n_rows=n_rows, has_csv=csv_bytes is not None)
 ui.show_check(check)
 config_ok = check.ok and not csv_error  # the CSV's own error is already shown above, under the upload
 if config_ok:
     with st.expander("Config to train", expanded=False):
-        st.json({"model": widgets.model_config(form).to_dict(),
+        st.json({"model": forms.model_config(form).to_dict(),
                  "data": {"dataset": form.dataset, "target": form.csv_target,
-                          "image_shape": list(widgets.data_source(form, "upload.csv").image_shape)}})
+                          "image_shape": list(forms.data_source(form, "upload.csv").image_shape)}})
 
 active_train = [r for r in train_runs if r.active]
-if st.button("Train", key=K + "start", type="primary", icon=":material/play_arrow:", disabled=not config_ok,
+if st.button("Train", key=key("start"), type="primary", icon=":material/play_arrow:", disabled=not config_ok,
              help="Start a training job with these settings (runs in its own process; you can leave the page)"):
     _launch(form, csv_bytes, csv_name)
 if active_train:
@@ -276,7 +268,7 @@ def _live(run_id: str) -> None:
     ui.status_line(run)
     _progress(run)
     _curves(registry, run)
-    ui.stop_button(registry, run, key=K + "stop")
+    ui.stop_button(registry, run, key=key("stop"))
 
 
 def _progress(run: Run) -> None:
@@ -298,8 +290,8 @@ def _curves(registry: Registry, run: Run) -> None:
     m[2].metric(charts.LABELS[quality[1]], _num(last.get(quality[1])), help="validation quality metric")
     m[3].metric("samples/s", _num(last.get("samples_per_s"), ".0f"), help="training throughput of the last epoch")
     c1, c2 = st.columns(2)
-    c1.plotly_chart(charts.loss_figure(series), key=K + "loss_chart", config={"displaylogo": False})
-    c2.plotly_chart(charts.accuracy_figure(series, _task(run)), key=K + "acc_chart", config={"displaylogo": False})
+    c1.plotly_chart(charts.loss_figure(series), key=key("loss_chart"), config={"displaylogo": False})
+    c2.plotly_chart(charts.accuracy_figure(series, _task(run)), key=key("acc_chart"), config={"displaylogo": False})
 
 
 def _task(run: Run) -> str | None:
@@ -336,11 +328,11 @@ def _results(registry: Registry, run: Run) -> None:
     if metrics.get("confusion_matrix"):
         labels = (s.get("data") or {}).get("classes") or None
         st.plotly_chart(charts.confusion_matrix_figure(metrics["confusion_matrix"], labels),
-                        key=K + "cm_chart", config={"displaylogo": False})
+                        key=key("cm_chart"), config={"displaylogo": False})
     model_path = Path(s["model_path"]) if s.get("model_path") else None
     if model_path is not None and model_path.is_file() and model_path.stat().st_size <= MAX_DOWNLOAD_BYTES:
         st.download_button("Download model.keras", model_path.read_bytes(), file_name=f"{run.id}.keras",
-                           mime="application/zip", key=K + "download", icon=":material/download:",
+                           mime="application/zip", key=key("download"), icon=":material/download:",
                            help="The trained Keras v3 archive (load with keras.saving.load_model(..., safe_mode=True))")
     notes = (s.get("data") or {}).get("notes") or []
     if notes:
@@ -363,10 +355,10 @@ def _ship(registry: Registry, run: Run, model_path: Path) -> None:
 
     st.markdown("#### Ship to TensorFlow Serving")
     st.caption("With the endpoint's default batching; a sweep on the **Tune** page ships a tuned one.")
-    ui.ship_section(root, write, key=K + f"ship.{run.id}", what="this model")
+    ui.ship_section(root, write, key=key(f"ship.{run.id}"), what="this model")
 
 
-view = ui.run_view("Training run", train_runs, key=K + "view",
+view = ui.run_view("Training run", train_runs, key=key("view"),
                    help="Which training run to show; running jobs update live",
                    empty_text="No training runs yet. Set the knobs above and press **Train**.",
                    live=_live, results=functools.partial(_results, registry), refresh_s=LIVE_REFRESH_S)

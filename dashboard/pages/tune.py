@@ -1,6 +1,6 @@
 """Tune page: sweep serving configs under load, read the curves, take the recommendation.
 
-A sweep runs as a job (``python -m tuning --run-id ID``); this page starts it,
+A sweep runs as a job (``tuning.sweep.start``); this page starts it,
 follows it live from the registry, and recomputes the recommendation on the
 recorded points whenever the constraints or objective below are changed (no
 re-measuring). "Apply" restarts the endpoint with the recommended config.
@@ -12,6 +12,7 @@ from typing import Any
 
 import streamlit as st
 
+from agent.serving.config import RUNTIMES
 from dashboard import charts_tuning as ct
 from dashboard import ui
 from dashboard.state import get_registry, init_defaults
@@ -21,10 +22,10 @@ from tuning.pareto import MODEL_OBJECTIVES
 from tuning.points import Point
 from tuning.recommend import OBJECTIVES, Constraints, recommend
 
-K = "tune."
+KEY_PREFIX = "tune."
+key = ui.widget_keys(KEY_PREFIX)  # key("x") -> the page's widget key for x
 LIVE_REFRESH_S = 2.0
 PLOT_CONFIG = {"displaylogo": False}
-RUNTIMES = ("keras", "tf-function", "xla", "tflite", "tflite-int8")
 OBJECTIVE_HELP = {
     "throughput": "the most requests/s a config sustains within the SLO",
     "latency": "the lowest latency at one load level",
@@ -32,12 +33,12 @@ OBJECTIVE_HELP = {
 }
 
 init_defaults({
-    K + "runtime": ["tflite"], K + "max_batch_size": "1,8,32", K + "batch_timeout_ms": "0,2",
-    K + "num_batch_threads": "1", K + "workers": "1", K + "users": "1,16,64", K + "rates": "",
-    K + "slos": "p95<=50ms\nfail_ratio<=0.01",
-    K + "objective": "throughput", K + "strategy": "grid", K + "step_s": 8,
-    K + "m_hidden": "32,128x128", K + "m_activation": ["relu", "tanh"], K + "m_lr": "0.001", K + "m_epochs": 3,
-    K + "m_users": 16,
+    key("runtime"): ["tflite"], key("max_batch_size"): "1,8,32", key("batch_timeout_ms"): "0,2",
+    key("num_batch_threads"): "1", key("workers"): "1", key("users"): "1,16,64", key("rates"): "",
+    key("slos"): "p95<=50ms\nfail_ratio<=0.01",
+    key("objective"): "throughput", key("strategy"): "grid", key("step_s"): 8,
+    key("m_hidden"): "32,128x128", key("m_activation"): ["relu", "tanh"], key("m_lr"): "0.001", key("m_epochs"): 3,
+    key("m_users"): 16,
 })
 registry = get_registry()
 
@@ -63,26 +64,24 @@ def _lines(text: str) -> list[str]:
 def _start_sweep(model_path: str) -> None:
     from tuning.ladder import parse_levels
     from tuning.space import SearchSpace, parse_grid_arg
-    from tuning.sweep import SweepSpec, create_sweep, start_sweep_job
+    from tuning.sweep import SweepSpec, start
 
-    ss = st.session_state
+    state = st.session_state
     try:
-        grid = {"runtime": tuple(ss[K + "runtime"])} if ss[K + "runtime"] else {}
+        grid = {"runtime": tuple(state[key("runtime")])} if state[key("runtime")] else {}
         for name in ("max_batch_size", "batch_timeout_ms", "num_batch_threads", "workers"):
-            key, values = parse_grid_arg(f"{name}={ss[K + name]}")
-            grid[key] = values
+            param, values = parse_grid_arg(f"{name}={state[key(name)]}")
+            grid[param] = values
         space = SearchSpace.from_mapping(grid)
-        rates = parse_levels(ss[K + "rates"], what="rates") if ss[K + "rates"].strip() else ()
-        spec = SweepSpec(model_path=model_path, space=space.to_dict(), users=parse_levels(ss[K + "users"]),
+        rates = parse_levels(state[key("rates")], what="rates") if state[key("rates")].strip() else ()
+        spec = SweepSpec(model_path=model_path, space=space.to_dict(), users=parse_levels(state[key("users")]),
                          rates=rates,
-                         slos=tuple(_lines(ss[K + "slos"])), objective=ss[K + "objective"],
-                         strategy=ss[K + "strategy"], step_s=float(ss[K + "step_s"]))
+                         slos=tuple(_lines(state[key("slos")])), objective=state[key("objective")],
+                         strategy=state[key("strategy")], step_s=float(state[key("step_s")]))
     except ValueError as exc:
         st.error(str(exc).splitlines()[0])
         return
-    run_id = create_sweep(registry, spec)
-    start_sweep_job(registry, run_id)
-    st.session_state[K + "sweep"] = run_id
+    st.session_state[key("sweep")] = start(registry, spec)
     st.rerun()
 
 
@@ -93,33 +92,33 @@ with st.expander("New serving sweep", expanded=not registry.list_runs(kind="swee
     if not models:
         st.info("Train a model on the **Train** page first; its bundle (model + samples) is what gets served.")
     else:
-        model_label = st.selectbox("Model", list(models), key=K + "model",
+        model_label = st.selectbox("Model", list(models), key=key("model"),
                                    help="model: a trained model bundle; its samples.json is the request payload")
         c1, c2, c3 = st.columns(3)
-        c1.multiselect("Runtimes", RUNTIMES, key=K + "runtime",
+        c1.multiselect("Runtimes", RUNTIMES, key=key("runtime"),
                        help="runtime: the engines to compare (each one is a separate config)")
-        c2.text_input("max_batch_size values", key=K + "max_batch_size",
+        c2.text_input("max_batch_size values", key=key("max_batch_size"),
                       help="max_batch_size: comma-separated; 1 = batching off (the untuned baseline)")
-        c3.text_input("batch_timeout_ms values", key=K + "batch_timeout_ms",
+        c3.text_input("batch_timeout_ms values", key=key("batch_timeout_ms"),
                       help="batch_timeout_ms: how long a partial batch waits for more rows")
-        c1.text_input("num_batch_threads values", key=K + "num_batch_threads",
+        c1.text_input("num_batch_threads values", key=key("num_batch_threads"),
                       help="num_batch_threads: model executions that may run in parallel")
-        c2.text_input("workers values", key=K + "workers", help="workers: server processes sharing the port")
-        c3.text_input("Users ladder", key=K + "users",
+        c2.text_input("workers values", key=key("workers"), help="workers: server processes sharing the port")
+        c3.text_input("Users ladder", key=key("users"),
                       help="users: rising concurrency levels; one short Locust step each, stopping early when the "
                            "SLO breaks or throughput grows less than 5%")
-        c3.text_input("Open-loop rates (optional)", key=K + "rates",
+        c3.text_input("Open-loop rates (optional)", key=key("rates"),
                       help="rates: rising offered requests/s, e.g. 500,1000,2000; replaces the users ladder with "
                            "Locust's open-loop rate shape, so overload shows as shed requests and latency")
-        c1.text_area("SLO (one per line)", key=K + "slos", height=80,
+        c1.text_area("SLO (one per line)", key=key("slos"), height=80,
                      help="slos: e.g. p95<=50ms, p99<=100ms, fail_ratio<=0.01, rps>=500")
-        c2.selectbox("Objective", OBJECTIVES, key=K + "objective", format_func=lambda o: f"{o}: {OBJECTIVE_HELP[o]}",
+        c2.selectbox("Objective", OBJECTIVES, key=key("objective"), format_func=lambda o: f"{o}: {OBJECTIVE_HELP[o]}",
                      help="objective: what 'best' means among the configs that meet the SLO")
-        c2.selectbox("Strategy", ("grid", "coordinate"), key=K + "strategy",
+        c2.selectbox("Strategy", ("grid", "coordinate"), key=key("strategy"),
                      help="strategy: grid measures every combination; coordinate tunes one parameter at a time")
-        c3.slider("Seconds per step", 3, 30, key=K + "step_s",
+        c3.slider("Seconds per step", 3, 30, key=key("step_s"),
                   help="step_s: load duration per ladder step; short steps keep the sweep to minutes")
-        if st.button("Start sweep", key=K + "start", type="primary", icon=":material/play_arrow:",
+        if st.button("Start sweep", key=key("start"), type="primary", icon=":material/play_arrow:",
                      help="Start the sweep as a job; it keeps running if you leave the page"):
             _start_sweep(models[model_label])
 
@@ -131,7 +130,7 @@ st.subheader("Serving sweeps")
 if not sweeps:
     st.info("No sweep yet. Start one above, or from a shell: `python -m tuning --model PATH.keras "
             "--grid max_batch_size=1,8,32 --users 1,8,32 --slo 'p95<=50ms'`.")
-run = ui.run_picker("Sweep", sweeps, key=K + "sweep", help="sweep: a recorded (or running) serving sweep")
+run = ui.run_picker("Sweep", sweeps, key=key("sweep"), help="sweep: a recorded (or running) serving sweep")
 
 
 def _points(run: Run) -> list[Point]:
@@ -157,13 +156,13 @@ def _curves(points: list[Point], constraints: Constraints, best_id: str | None, 
     limit = next((s.limit for s in constraints.slos if s.summary_key == slo_key), None)
     c1, c2 = st.columns(2)
     c1.plotly_chart(ct.latency_throughput_figure(points, percentile=slo_key, slo_ms=limit, highlight=best_id),
-                    key=K + "curve", config=PLOT_CONFIG)
+                    key=key("curve"), config=PLOT_CONFIG)
     rows = ct.capacity_rows(points, constraints.meets, best_id)
-    c2.plotly_chart(ct.cpu_per_request_figure(rows), key=K + "cpu", config=PLOT_CONFIG)
-    st.plotly_chart(ct.parallel_coordinates_figure(rows), key=K + "parcoords", config=PLOT_CONFIG)
+    c2.plotly_chart(ct.cpu_per_request_figure(rows), key=key("cpu"), config=PLOT_CONFIG)
+    st.plotly_chart(ct.parallel_coordinates_figure(rows), key=key("parcoords"), config=PLOT_CONFIG)
     st.download_button("Download curves (HTML)", ct.figure_html(ct.latency_throughput_figure(
         points, percentile=slo_key, slo_ms=limit, highlight=best_id)), file_name="latency_throughput.html",
-        mime="text/html", key=K + "dl_curve", help="the latency-vs-throughput chart as a standalone HTML file")
+        mime="text/html", key=key("dl_curve"), help="the latency-vs-throughput chart as a standalone HTML file")
 
 
 def _table(points: list[Point], constraints: Constraints, verified: list[Point] | None = None) -> None:
@@ -173,7 +172,7 @@ def _table(points: list[Point], constraints: Constraints, verified: list[Point] 
              "batch": p.batch_size,
              "CPU µs/req": None if p.cpu_ms_per_request is None else round(p.cpu_ms_per_request * 1000),
              "within SLO": constraints.meets(p), "Locust saturated": p.saturated} for tag, p in tagged]
-    st.dataframe(rows, hide_index=True, key=K + "points")
+    st.dataframe(rows, hide_index=True, key=key("points"))
 
 
 def _live(run_id: str) -> None:
@@ -187,25 +186,22 @@ def _live(run_id: str) -> None:
     points = _points(live)
     _curves(points, constraints, None, constraints.latency_key)
     _table(points, constraints)
-    ui.stop_button(registry, live, key=K + "stop")
+    ui.stop_button(registry, live, key=key("stop"))
 
 
 def _apply(run: Run, params: dict[str, Any]) -> None:
     """Restart the endpoint for this model with the recommended config."""
-    from agent.serving.process import start_endpoint, stop_endpoint
+    from agent.serving.process import restart_endpoint
     from tuning.sweep import MODEL_NAME, SweepSpec
 
     spec = SweepSpec.from_dict(run.config["spec"])
     config = spec.serving_config(params)
-    for serve in registry.list_runs(kind="serve", status=("pending", "running")):
-        if serve.parent_id is None and serve.config.get("model_path") == spec.model_path:
-            stop_endpoint(registry, serve.id)
     try:
-        handle = start_endpoint(registry, spec.model_path, config, name=MODEL_NAME)
+        handle = restart_endpoint(registry, spec.model_path, config, name=MODEL_NAME)
     except (RuntimeError, ValueError, OSError, TimeoutError) as exc:
         st.error(f"could not start the endpoint: {str(exc).splitlines()[0]}")
         return
-    st.session_state[K + "applied"] = f"endpoint {handle.url} serving {MODEL_NAME} with {config.to_dict()}"
+    st.session_state[key("applied")] = f"endpoint {handle.url} serving {MODEL_NAME} with {config.to_dict()}"
 
 
 def _ship(run: Run, config: Any, label: str) -> None:
@@ -221,7 +217,7 @@ def _ship(run: Run, config: Any, label: str) -> None:
     st.caption(f"The swept model as a SavedModel with {label}'s batching. TF Serving honours max_batch_size, "
                "batch_timeout, allowed_batch_sizes, num_batch_threads, max_enqueued_batches and the TF thread "
                "counts; runtime, workers and the body limits are TuneSwarm's own (SERVE.md says what to do instead).")
-    ui.ship_section(ship_dir(registry, run.id), write, key=K + f"ship.{run.id}", what="the swept model")
+    ui.ship_section(ship_dir(registry, run.id), write, key=key(f"ship.{run.id}"), what="the swept model")
 
 
 def _recommendation(run: Run, points: list[Point], verified: list[Point]) -> None:
@@ -231,7 +227,7 @@ def _recommendation(run: Run, points: list[Point], verified: list[Point]) -> Non
     spec = SweepSpec.from_dict(run.config["spec"])
     st.markdown("#### Recommendation")
     c1, c2, c3 = st.columns([2, 1, 1])
-    slo_key, obj_key = K + f"slo_text.{run.id}", K + f"objective.{run.id}"
+    slo_key, obj_key = key(f"slo_text.{run.id}"), key(f"objective.{run.id}")
     init_defaults({slo_key: "\n".join(spec.slos), obj_key: spec.objective})
     slo_text = c1.text_area("Constraints", key=slo_key, height=80,
                             help="slos: change them to re-rank the recorded points (nothing is re-measured)")
@@ -239,7 +235,7 @@ def _recommendation(run: Run, points: list[Point], verified: list[Point]) -> Non
     at_users = None
     if objective == "latency":
         levels = sorted({p.level for p in points})
-        at_users = c3.selectbox("At load level", levels, index=len(levels) - 1, key=K + f"at.{run.id}",
+        at_users = c3.selectbox("At load level", levels, index=len(levels) - 1, key=key(f"at.{run.id}"),
                                 help="at_users: the load level latencies are compared at (users, or offered req/s "
                                      "for an open-loop sweep)")
     try:
@@ -271,17 +267,17 @@ def _recommendation(run: Run, points: list[Point], verified: list[Point]) -> Non
     config = spec.serving_config(best.params)
     d1, d2, d3 = st.columns(3)
     d1.download_button("serving_config.json", serving_config_json(config), file_name="serving_config.json",
-                       mime="application/json", key=K + "dl_json", icon=":material/download:",
+                       mime="application/json", key=key("dl_json"), icon=":material/download:",
                        help="for python -m agent.serving --config serving_config.json")
     d2.download_button("batching_parameters.txt", tf_serving_batching_text(config), file_name="batching_parameters.txt",
-                       mime="text/plain", key=K + "dl_tfs", icon=":material/download:",
+                       mime="text/plain", key=key("dl_tfs"), icon=":material/download:",
                        help="TF Serving BatchingParameters (text format) for --batching_parameters_file")
-    if d3.button("Apply: restart the endpoint", key=K + "apply", type="primary", icon=":material/restart_alt:",
+    if d3.button("Apply: restart the endpoint", key=key("apply"), type="primary", icon=":material/restart_alt:",
                  help="stop the endpoint serving this model (if any) and start it with the recommended config"):
         with st.spinner("restarting the endpoint…"):
             _apply(run, best.params)
-    if st.session_state.get(K + "applied"):
-        st.success(st.session_state[K + "applied"], icon=":material/check_circle:")
+    if st.session_state.get(key("applied")):
+        st.success(st.session_state[key("applied")], icon=":material/check_circle:")
     _ship(run, config, best.label)
     with st.expander("Recommended config", expanded=False):
         st.json(config.to_dict())
@@ -306,35 +302,32 @@ st.divider()
 st.subheader("Model sweep: accuracy vs cost under load")
 with st.expander("New model sweep", expanded=False):
     c1, c2, c3 = st.columns(3)
-    c1.text_input("Hidden layers", key=K + "m_hidden",
+    c1.text_input("Hidden layers", key=key("m_hidden"),
                   help="hidden: comma-separated models, layers joined by x (128x128 = two layers of 128)")
-    c2.multiselect("Activations", ("relu", "gelu", "tanh", "sigmoid", "elu", "selu", "swish"), key=K + "m_activation",
+    c2.multiselect("Activations", ("relu", "gelu", "tanh", "sigmoid", "elu", "selu", "swish"), key=key("m_activation"),
                    help="activation: the hidden layers' non-linearity")
-    c3.text_input("Learning rates", key=K + "m_lr", help="learning_rate: comma-separated, e.g. 0.001,0.01")
-    c1.number_input("Epochs", 1, 50, key=K + "m_epochs", help="epochs: per model; keep it small")
-    c2.number_input("Users for the load step", 1, 512, key=K + "m_users",
+    c3.text_input("Learning rates", key=key("m_lr"), help="learning_rate: comma-separated, e.g. 0.001,0.01")
+    c1.number_input("Epochs", 1, 50, key=key("m_epochs"), help="epochs: per model; keep it small")
+    c2.number_input("Users for the load step", 1, 512, key=key("m_users"),
                     help="users: concurrency of the one load step each model gets")
-    if st.button("Start model sweep", key=K + "m_start", icon=":material/play_arrow:",
+    if st.button("Start model sweep", key=key("m_start"), icon=":material/play_arrow:",
                  help="train each model briefly, serve it, load-test it; runs as a job"):
-        from tuning.model_sweep import ModelSweepSpec, create_model_sweep, train_grid
+        from tuning.model_sweep import ModelSweepSpec, start, train_grid
 
-        ss = st.session_state
+        state = st.session_state
         try:
-            grid = train_grid([f"hidden={ss[K + 'm_hidden']}", f"learning_rate={ss[K + 'm_lr']}"]
-                              + ([f"activation={','.join(ss[K + 'm_activation'])}"] if ss[K + "m_activation"] else []))
-            mspec = ModelSweepSpec(grid=grid, epochs=int(ss[K + "m_epochs"]), users=int(ss[K + "m_users"]))
+            activations = state[key("m_activation")]
+            grid = train_grid([f"hidden={state[key('m_hidden')]}", f"learning_rate={state[key('m_lr')]}"]
+                              + ([f"activation={','.join(activations)}"] if activations else []))
+            mspec = ModelSweepSpec(grid=grid, epochs=int(state[key("m_epochs")]), users=int(state[key("m_users")]))
         except ValueError as exc:
             st.error(str(exc).splitlines()[0])
         else:
-            from tuning.sweep import start_sweep_job
-
-            mid = create_model_sweep(registry, mspec)
-            start_sweep_job(registry, mid)
-            st.session_state[K + "msweep"] = mid
+            st.session_state[key("msweep")] = start(registry, mspec)
             st.rerun()
 
 msweeps = [r for r in registry.list_runs(kind="sweep", limit=200) if r.config.get("mode") == "models"]
-mrun = ui.run_picker("Model sweep", msweeps, key=K + "msweep", help="msweep: a recorded (or running) model sweep")
+mrun = ui.run_picker("Model sweep", msweeps, key=key("msweep"), help="msweep: a recorded (or running) model sweep")
 if mrun is not None:
     from tuning.model_sweep import with_front
 
@@ -344,15 +337,15 @@ if mrun is not None:
         p = mrun.progress or {}
         st.progress(min(int(p.get("done") or 0) / max(int(p.get("total") or 1), 1), 1.0),
                     text=f"{p.get('phase', 'starting')}: {p.get('model', '')}")
-        ui.stop_button(registry, mrun, key=K + "m_stop")
+        ui.stop_button(registry, mrun, key=key("m_stop"))
     if rows:
         pareto = ct.pareto_figure(rows, MODEL_OBJECTIVES)
-        st.plotly_chart(pareto, key=K + "pareto", config=PLOT_CONFIG)
+        st.plotly_chart(pareto, key=key("pareto"), config=PLOT_CONFIG)
         st.download_button("Download Pareto chart (HTML)", ct.figure_html(pareto), file_name="pareto.html",
-                           mime="text/html", key=K + "dl_pareto", help="the Pareto scatter as a standalone HTML file")
+                           mime="text/html", key=key("dl_pareto"), help="the Pareto scatter as a standalone HTML file")
         st.dataframe([{k: r.get(k) for k in ("label", "param_count", "val_accuracy", "val_loss", "p99_ms", "rps",
                                              "capacity_rps", "on_front")} for r in with_front(rows)],
-                     hide_index=True, key=K + "models")
+                     hide_index=True, key=key("models"))
         st.caption("Grey points are dominated: another model is at least as accurate, as fast and as cheap. "
                    f"Front: {', '.join(r['label'] for r in with_front(rows) if r['on_front'])}.")
     elif not mrun.active:

@@ -185,38 +185,6 @@ def data_source(form: TrainForm, csv_path: str | Path | None = None) -> DataSour
                       noise=float(form.noise), seed=form.seed, image_shape=_image_shape(form))
 
 
-def training_args(config: ModelConfig, source: DataSource, run_id: str) -> list[str]:
-    """Arguments of ``python -m agent.training`` reproducing ``config`` and ``source``."""
-    args = ["--run-id", run_id]
-    if source.csv_path:
-        args += ["--csv", source.csv_path, "--target", str(source.target), "--missing", source.missing]
-        if source.task:
-            args += ["--task", source.task]
-    else:
-        args += ["--dataset", source.dataset, "--synthetic-activation", source.synthetic_activation,
-                 "--noise", repr(float(source.noise))]
-    if source.image_shape:
-        args += ["--image-shape", ",".join(str(n) for n in source.image_shape)]
-    args += [
-        "--hidden", ",".join(str(u) for u in config.hidden) or "none",
-        "--activation", config.activation,
-        "--output-activation", config.output_activation,
-        "--dropout", repr(float(config.dropout)),
-        "--optimizer", config.optimizer,
-        "--lr", repr(float(config.learning_rate)),
-        "--momentum", repr(float(config.momentum)),
-        "--batch-size", str(config.batch_size),
-        "--epochs", str(config.epochs),
-        "--patience", str(config.patience),
-        "--seed", str(config.seed),
-        "--family", config.family,
-        "--filters", ",".join(str(n) for n in config.filters),
-        "--kernel-size", str(config.kernel_size),
-        "--pooling", config.pooling,
-    ]
-    return args
-
-
 # -- serving ----------------------------------------------------------------------------
 
 
