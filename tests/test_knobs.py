@@ -1,0 +1,293 @@
+"""Issue 16's knobs: initialisers, the target stop, the recurrent family, and the hand-written GradientTape loop."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agent import export
+from agent.data import DataSource, make_sequences, split
+from agent.model import BIAS_INITS, WEIGHT_INITS, ModelConfig, build_model
+from agent.training import main, train
+from runs.jobs import reap, stop_job
+from runs.registry import Registry
+
+# -- config -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"weight_init": "orthogonal"}, "weight_init must be one of glorot_uniform, glorot_normal, he_uniform"),
+    ({"bias_init": "ones"}, "bias_init must be one of zeros, constant, random_normal"),
+    ({"init_stddev": 0.0}, "init_stddev must be a number in [1e-06, 10]"),
+    ({"bias_value": float("inf")}, "bias_value must be a number"),
+    ({"target": -1.0}, "target must be a number in [0, 1e+12]"),
+    ({"target": 1.5, "target_metric": "val_accuracy"}, "target must be a number in [0, 1]"),
+    ({"target_metric": "f1"}, "target_metric must be one of loss, val_loss"),
+    ({"family": "transformer"}, "family must be one of mlp, cnn, rnn"),
+    ({"rnn_cell": "qrnn"}, "rnn_cell must be one of gru, lstm, simple_rnn"),
+    ({"rnn_units": (8, 8, 8)}, "rnn_units: 1 or 2 recurrent layers; got 3"),
+    ({"rnn_units": (0,)}, "rnn_units: each recurrent layer needs 1..4096 units"),
+    ({"rnn_input": "onehot"}, "rnn_input must be one of embedding, dense"),
+    ({"embed_dim": 0}, "embed_dim must be an integer in [1, 512]"),
+    ({"mode": "jax"}, "mode must be one of fit, tape"),
+    ({"mode": "tape"}, "mode tape trains one Dense layer f(Wx + b): it needs family mlp and no hidden layers"),
+])
+def test_new_fields_validate_with_a_message_naming_them(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ModelConfig(**kwargs)
+
+
+def test_new_fields_round_trip_and_old_configs_still_load() -> None:
+    cfg = ModelConfig(family="rnn", rnn_cell="lstm", rnn_units=(16, 8), weight_init="he_normal",
+                      bias_init="constant", bias_value=0.1, target=0.2, target_metric="val_loss", hidden=(8,))
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.summary == "lstm 16,8 emb16 + 8"
+    old = {k: v for k, v in ModelConfig().to_dict().items() if k in ("hidden", "activation", "epochs")}
+    assert ModelConfig.from_dict(old).weight_init == "glorot_uniform"
+
+
+# -- initialisers -------------------------------------------------------------------------------
+
+
+def test_each_initialiser_reaches_every_layer_and_trains() -> None:
+    ds = DataSource("iris").load()
+    s = split(ds)
+    # Every weight initialiser once, every bias initialiser once (not the product: each build costs a trace).
+    pairs = [(w, "zeros") for w in WEIGHT_INITS] + [("glorot_uniform", b) for b in BIAS_INITS if b != "zeros"]
+    for weight_init, bias_init in pairs:
+        cfg = ModelConfig(hidden=(16,), weight_init=weight_init, bias_init=bias_init, init_stddev=0.5,
+                          bias_value=0.25, epochs=1, batch_size=32)
+        model = build_model(cfg, ds.spec(), s.train.x)
+        for name in ("dense_0", "probabilities"):
+            kernel, bias = (np.asarray(v) for v in model.get_layer(name).get_weights())
+            if weight_init == "zeros":
+                assert not kernel.any(), name
+            elif weight_init == "random_normal":
+                assert kernel.std() == pytest.approx(0.5, rel=0.35), name
+            else:
+                assert kernel.std() > 0, name
+            expected_bias = {"zeros": 0.0, "constant": 0.25}.get(bias_init)
+            if expected_bias is None:
+                assert bias.std() > 0.05, name
+            else:
+                assert np.all(bias == expected_bias), name
+        loss = model.train_on_batch(s.train.x, s.train.y, return_dict=True)["loss"]
+        assert math.isfinite(float(loss)), (weight_init, bias_init)
+    rnn = build_model(ModelConfig(family="rnn", weight_init="zeros"), make_sequences(n_samples=20).spec())
+    assert not np.asarray(rnn.get_layer("gru_0").get_weights()[0]).any()  # the recurrent input kernel too
+
+
+def test_zero_weights_with_relu_stay_at_the_initial_loss(registry: Registry) -> None:
+    # relu'(0) = 0 and every kernel is 0, so no kernel ever gets a gradient; only the head's biases move, and
+    # on digits' near-uniform classes they can lower the loss from ln(10) by less than 1e-3.
+    common = {"hidden": (32,), "activation": "relu", "epochs": 4, "batch_size": 64}
+    zeros = train(ModelConfig(weight_init="zeros", **common), DataSource("digits"), registry)
+    losses = [row["loss"] for row in registry.metric_rows(zeros.run_id)]
+    assert losses[-1] == pytest.approx(math.log(10), abs=2e-3) and max(losses) - min(losses) < 2e-3
+    assert registry.get_run(zeros.run_id).config["model"]["weight_init"] == "zeros"
+    he = train(ModelConfig(weight_init="he_normal", **common), DataSource("digits"), registry)
+    assert registry.metric_rows(he.run_id)[-1]["loss"] < 0.5 * math.log(10)
+
+
+def test_the_runs_config_diff_shows_the_initialisers(registry: Registry) -> None:
+    from dashboard.charts import config_diff
+
+    configs = {name: {"model": ModelConfig(weight_init=w, bias_init=b).to_dict()}
+               for name, w, b in (("a", "he_normal", "zeros"), ("b", "zeros", "constant"))}
+    text = str(config_diff(configs, only_different=True))
+    assert "weight_init" in text and "he_normal" in text and "bias_init" in text and "constant" in text
+
+
+# -- the target stop ----------------------------------------------------------------------------
+
+
+def test_target_loss_ends_the_run_early_and_records_why(registry: Registry) -> None:
+    config = ModelConfig(hidden=(32,), epochs=50, target=0.3, target_metric="val_loss", patience=20)
+    result = train(config, DataSource("digits"), registry)
+    rows = registry.metric_rows(result.run_id)
+    stop = registry.get_run(result.run_id).summary["stop"]
+    assert result.status == "completed" and result.epochs_run < 50
+    assert stop["rule"] == "target" and stop["epoch"] == result.epochs_run == len(rows)
+    assert rows[-1]["val_loss"] <= 0.3 < min(r["val_loss"] for r in rows[:-1])
+    assert "val_loss" in stop["detail"] and "<= target 0.3" in stop["detail"]
+
+
+def test_other_stop_rules_are_recorded_too(registry: Registry) -> None:
+    plain = train(ModelConfig(hidden=(8,), epochs=2), DataSource("iris"), registry)
+    assert plain.stop == {"rule": "epochs", "epoch": 2, "detail": "ran all 2 epochs"}
+    # An unreachable target leaves patience to stop it: SGD at lr 10 diverges, so val_loss never improves.
+    patient = train(ModelConfig(hidden=(8,), epochs=40, patience=1, learning_rate=10.0, optimizer="sgd",
+                                target=0.0), DataSource("iris"), registry)
+    assert patient.stop["rule"] == "patience" and patient.stop["epoch"] == patient.epochs_run < 40
+
+
+def test_a_target_metric_the_task_never_logs_is_refused(registry: Registry) -> None:
+    with pytest.raises(ValueError, match="target metric val_accuracy is logged for classification only"):
+        train(ModelConfig(epochs=1, target=0.9, target_metric="val_accuracy"), DataSource("diabetes"), registry)
+    assert registry.list_runs()[0].status == "failed"
+
+
+# -- the recurrent family -----------------------------------------------------------------------
+
+
+def test_sequences_follow_their_rule_and_are_balanced() -> None:
+    ds = make_sequences(n_samples=400, length=9, seed=3)
+    assert ds.x.shape == (400, 9) and ds.y.mean() == 0.5
+    first_a = np.argmax(ds.x == 1, axis=1)
+    first_b = np.argmax(ds.x == 2, axis=1)
+    assert np.array_equal(ds.y, (first_a < first_b).astype(int))
+    with pytest.raises(ValueError, match=r"seq_length must be an integer in \[3, 200\]"):
+        DataSource("sequences", seq_length=2)
+
+
+@pytest.mark.slow
+def test_an_rnn_learns_the_sequence_rule_and_serves_float_rows(registry: Registry) -> None:
+    config = ModelConfig(family="rnn", rnn_cell="gru", rnn_units=(32,), hidden=(), epochs=4, batch_size=32,
+                         learning_rate=0.01)
+    result = train(config, DataSource("sequences", seq_length=12), registry)
+    assert result.metrics["accuracy"] >= 0.9
+    assert [r["step"] for r in registry.metric_rows(result.run_id)] == [1, 2, 3, 4]
+    model = export.load_model(result.model_path)  # safe mode: only built-in layers
+    samples = np.asarray(export.load_samples(result.model_path)[:4], np.float32)
+    assert samples.shape == (4, 12)
+    # Served rows are floats: 2.9 and -3 round/clip to token ids inside the model instead of failing.
+    noisy = samples.copy()
+    noisy[:, 0] = [2.9, -3.0, 1e6, 0.4]
+    assert model.predict(noisy, verbose=0).shape == (4, 2)
+
+
+def test_a_dense_input_rnn_and_two_layers_build() -> None:
+    spec = make_sequences(n_samples=20, length=6).spec()
+    model = build_model(ModelConfig(family="rnn", rnn_input="dense", rnn_cell="simple_rnn", rnn_units=(8, 4),
+                                    hidden=(4,)), spec)
+    assert [layer.name for layer in model.layers][:4] == ["features", "normalize", "steps", "simple_rnn_0"]
+    assert tuple(model.input_shape) == (None, 6) and tuple(model.output_shape) == (None, 2)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_an_rnn_is_swept_served_and_swarmed_like_the_mlp(registry: Registry) -> None:
+    from tuning.model_sweep import ModelSweepSpec, create_model_sweep, run_model_sweep
+
+    # One grid point (each costs a training, an endpoint start and a swarm); the default runtime is tflite.
+    spec = ModelSweepSpec(dataset="sequences", grid={"family": ["rnn"], "rnn_cell": ["lstm"], "hidden": [[]]},
+                          epochs=2, users=2, step_s=2.0, slos=("p99<=5000ms",))
+    run_id = create_model_sweep(registry, spec)
+    try:
+        assert run_model_sweep(registry, run_id) == "completed"
+        rows = registry.get_run(run_id).summary["models"]
+        assert [(r["family"], r["rnn_cell"], r["label"]) for r in rows] == [("rnn", "lstm", "linear rnn lstm")]
+        for r in rows:
+            assert r["test_accuracy"] > 0.5 and r["rps"] > 0 and r["p99_ms"] > 0 and r["fail_ratio"] == 0
+            assert registry.get_run(r["train_run_id"]).config["model"]["family"] == "rnn"
+        children = [r for r in registry.list_runs() if r.parent_id == run_id]
+        assert {r.kind for r in children} == {"train", "serve", "loadtest"}
+    finally:
+        reap(registry)
+        for run in registry.list_runs(status=("pending", "running")):
+            stop_job(registry, run.id, grace_s=5.0)
+
+
+# -- the hand-written GradientTape loop ---------------------------------------------------------
+
+
+def _linear_data(n: int = 1000, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    w = np.array([[0.8, -1.5], [1.2, 0.4]], np.float32)
+    b = np.array([0.5, -0.3], np.float32)
+    x = rng.normal(size=(n, 2)).astype(np.float32)
+    return x, x @ w + b, w, b
+
+
+def test_the_tape_loop_recovers_w_and_b_of_y_equals_wx_plus_b() -> None:
+    import tensorflow as tf
+
+    from agent.tape import tape_fit
+
+    x, y, w_true, b_true = _linear_data()
+    w, b = tf.Variable(tf.random.normal((2, 2), seed=1)), tf.Variable(tf.zeros(2))  # the seed's initialisation
+    history = tape_fit(x, y, w, b, activation="linear", learning_rate=0.05, epochs=10, batch_size=32)
+    assert np.abs(w.numpy() - w_true).max() < 0.05 and np.abs(b.numpy() - b_true).max() < 0.05
+    assert history[-1].loss < 1e-3 < history[0].loss
+
+
+def test_the_tape_loop_with_relu_ends_within_10_percent_of_fit() -> None:
+    import keras
+    import tensorflow as tf
+
+    from agent.tape import make_forward, mse, tape_fit
+
+    ds = DataSource("synthetic", synthetic_activation="relu", n_features=4, n_samples=1500, seed=4).load()
+    x, y = ds.x, ds.y.reshape(-1, 1)
+    keras.utils.set_random_seed(4)
+    inputs = keras.Input((4,))
+    dense = keras.layers.Dense(1, activation="relu")
+    model = keras.Model(inputs, dense(inputs))
+    start = [np.asarray(v) for v in model.get_weights()]
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
+    model.fit(x, y, epochs=15, batch_size=32, verbose=0)
+    fit_loss = float(model.evaluate(x, y, verbose=0))
+    w, b = tf.Variable(start[0]), tf.Variable(start[1])
+    tape_fit(x, y, w, b, activation="relu", learning_rate=0.05, epochs=15, batch_size=32)
+    tape_loss, _ = mse(make_forward(w, b, activation="relu"), x, y)
+    assert fit_loss < 0.01  # both actually learned (the initial loss is ~0.3)
+    assert abs(tape_loss - fit_loss) <= 0.1 * fit_loss, (tape_loss, fit_loss)
+
+
+def test_a_tape_run_is_recorded_like_any_run_and_honours_the_stop_flag(registry: Registry) -> None:
+    config = ModelConfig(hidden=(), mode="tape", output_activation="tanh", learning_rate=0.3, epochs=8,
+                         batch_size=32)
+    result = train(config, DataSource("synthetic", synthetic_activation="tanh"), registry)
+    rows = registry.metric_rows(result.run_id)
+    assert [r["step"] for r in rows] == list(range(1, 9))
+    assert {"loss", "val_loss", "mae", "val_mae", "lr", "samples_per_s"} <= set(rows[0])
+    assert rows[-1]["val_loss"] < 0.01 * rows[0]["loss"] and result.metrics["r2"] > 0.99
+    # The saved model is what the loop trained.
+    model = export.load_model(result.model_path)
+    assert [layer.name for layer in model.layers] == ["features", "normalize", "prediction"]
+
+    run_id = registry.create_run("train", {"model": config.to_dict()})
+    registry.request_stop(run_id)
+    stopped = train(ModelConfig(**{**config.to_dict(), "epochs": 200}), DataSource("synthetic"), registry, run_id)
+    assert stopped.status == "stopped" and stopped.epochs_run == 1 and stopped.stop["rule"] == "request"
+
+
+def test_a_tape_run_with_a_target_loss_stops_there(registry: Registry) -> None:
+    config = ModelConfig(hidden=(), mode="tape", output_activation="linear", learning_rate=0.1, epochs=100,
+                         target=1e-4, batch_size=32)
+    result = train(config, DataSource("synthetic", synthetic_activation="linear"), registry)
+    assert result.stop["rule"] == "target" and result.epochs_run < 100
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--mode", "tape", "--hidden", "8"], "mode tape trains one Dense layer"),
+    (["--weight-init", "ones"], "invalid choice"),
+    (["--family", "rnn", "--rnn-units", "8,8,8"], "rnn_units: 1 or 2 recurrent layers"),
+    (["--stop-at", "2", "--stop-metric", "accuracy"], "target must be a number in [0, 1]"),
+    (["--dataset", "sequences", "--seq-length", "500"], "seq_length must be an integer in [3, 200]"),
+])
+def test_cli_refuses_bad_new_flags_with_one_line(argv: list[str], message: str, home: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and message in err[-1]
+
+
+def test_cli_trains_an_rnn_with_every_new_flag(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["--dataset", "sequences", "--seq-length", "8", "--family", "rnn", "--rnn-cell", "simple_rnn",
+                 "--rnn-units", "8", "--rnn-input", "embedding", "--embed-dim", "4", "--hidden", "none",
+                 "--weight-init", "lecun_normal", "--bias-init", "random_normal", "--init-stddev", "0.1",
+                 "--stop-at", "0.99", "--stop-metric", "val_accuracy", "--epochs", "1", "--mode", "fit"])
+    assert code == 0, capsys.readouterr().err
+    run = Registry(home).list_runs()[0]
+    model = run.config["model"]
+    assert (model["family"], model["rnn_cell"], model["rnn_units"], model["embed_dim"]) == ("rnn", "simple_rnn",
+                                                                                            [8], 4)
+    assert (model["weight_init"], model["bias_init"], model["target_metric"]) == ("lecun_normal", "random_normal",
+                                                                                  "val_accuracy")
+    assert run.config["data"]["seq_length"] == 8 and run.summary["stop"]["epoch"] == 1
