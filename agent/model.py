@@ -32,6 +32,7 @@ MAX_VOCAB = 100_000
 MAX_UNROLL_STEPS = 200
 # "fit": Keras model.fit; "tape": the hand-written GradientTape loop of one Dense layer f(Wx + b) (agent/tape.py).
 TRAIN_MODES = ("fit", "tape")
+TAPE_ACTIVATIONS = ("linear", "relu", "tanh", "sigmoid")  # the f of the tape loop (those of the synthetic data)
 # What a target can watch; metrics with "accuracy" in the name are reached from below, the rest from above.
 TARGET_METRICS = ("loss", "val_loss", "accuracy", "val_accuracy", "mae", "val_mae")
 MAX_LAYERS = 8
@@ -112,6 +113,9 @@ class ModelConfig:
         _choice("mode", self.mode, TRAIN_MODES)
         if self.mode == "tape" and (self.family != "mlp" or hidden):
             raise ValueError("mode tape trains one Dense layer f(Wx + b): it needs family mlp and no hidden layers")
+        if self.mode == "tape" and self.output_activation not in TAPE_ACTIVATIONS:
+            raise ValueError(f"mode tape: f (the output activation) must be one of {', '.join(TAPE_ACTIVATIONS)};"
+                             f" got {self.output_activation!r}")
         _choice("pooling", self.pooling, POOLINGS)
         _integer("kernel_size", self.kernel_size, 1, MAX_KERNEL_SIZE)
         if len(filters) > MAX_CONV_BLOCKS:
@@ -170,6 +174,21 @@ class ModelConfig:
             head = f" + {dense}" if self.hidden else ""
             return f"cnn {','.join(str(f) for f in self.filters)} k{self.kernel_size} {self.pooling}{head}"
         return f"{dense} mlp" if self.hidden else "linear (no hidden layer)"
+
+
+def target_reached(metric: str, value: float, target: float) -> bool:
+    """Accuracy is reached from below (>=), losses and errors from above (<=)."""
+    return value >= target if "accuracy" in metric else value <= target
+
+
+def check_target(config: ModelConfig, task: str) -> None:
+    """Refuse a target metric this task never logs (accuracy for regression, mae for classification)."""
+    if config.target is None:
+        return
+    metric = config.target_metric
+    needs = "classification" if "accuracy" in metric else "regression" if "mae" in metric else task
+    if needs != task:
+        raise ValueError(f"target metric {metric} is logged for {needs} only; this is {task}: pick loss or val_loss")
 
 
 def parse_units(text: str, what: str = "filters") -> tuple[int, ...]:

@@ -2,8 +2,8 @@
 
 Forward pass, mean squared error, ``tf.GradientTape`` for ``dW`` and ``db``, then
 plain gradient descent ``W -= lr * dW``, ``b -= lr * db`` with ``assign_sub`` —
-optionally compiled with ``tf.function``. :func:`tape_fit` runs it over shuffled
-mini-batches for a number of epochs. It works on any pair of variables: bare
+optionally compiled with ``tf.function``. :class:`TapeLoop` (and :func:`tape_fit`)
+runs it over shuffled mini-batches for a number of epochs. It works on any pair of variables: bare
 ``tf.Variable``s (tests, ``bench/training_loop.py``) or the kernel and bias of a
 Keras Dense layer, which is how ``agent.training`` records a ``mode="tape"`` run
 and saves a servable model.
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-TAPE_ACTIVATIONS = ("linear", "relu", "tanh", "sigmoid")
+from agent.model import TAPE_ACTIVATIONS
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,73 @@ def _2d(a: np.ndarray) -> np.ndarray:
     return a.reshape(len(a), -1)
 
 
+class TapeLoop:
+    """The loop's compiled parts, built once for a pair of variables: ``fit`` can then run many times
+    without tracing again (what ``bench/training_loop.py`` times)."""
+
+    def __init__(self, w: Any, b: Any, *, activation: str = "linear", learning_rate: float = 0.1,
+                 compiled: bool = True) -> None:
+        self.w, self.b = w, b
+        self.step = make_step(w, b, activation=activation, learning_rate=learning_rate, compiled=compiled)
+        self.forward = make_forward(w, b, activation=activation, compiled=compiled)
+
+    def loss(self, x: np.ndarray, y: np.ndarray) -> float:
+        """MSE of the current W and b on the whole of ``x``."""
+        return mse(self.forward, x, y)[0]
+
+    def fit(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        *,
+        epochs: int = 10,
+        batch_size: int = 32,
+        seed: int = 0,
+        validation: tuple[np.ndarray, np.ndarray] | None = None,
+        on_batch_end: Callable[[int], bool] | None = None,
+        on_epoch_end: Callable[[int, EpochLogs], bool] | None = None,
+    ) -> list[EpochLogs]:
+        """Train W and b in place on ``y = f(xW + b)``; one EpochLogs per epoch run.
+
+        Rows are reshuffled every epoch (numpy, seeded). ``on_batch_end(batch)`` and
+        ``on_epoch_end(epoch, logs)`` return True to stop: the first ends the epoch
+        (and the run) after that batch, the second ends the run after that epoch.
+        """
+        import tensorflow as tf
+
+        x, y = _2d(x), _2d(y)
+        if len(x) != len(y):
+            raise ValueError(f"x has {len(x)} rows but y has {len(y)}")
+        if x.shape[1] != int(self.w.shape[0]) or y.shape[1] != int(self.w.shape[1]):
+            raise ValueError(f"W is {tuple(self.w.shape)} but the data maps {x.shape[1]} inputs to {y.shape[1]}"
+                             " outputs")
+        rng = np.random.default_rng(seed)
+        history: list[EpochLogs] = []
+        for epoch in range(epochs):
+            order = rng.permutation(len(x))
+            losses, maes, sizes = [], [], []
+            stop = False
+            for batch, start in enumerate(range(0, len(x), batch_size)):
+                idx = order[start:start + batch_size]
+                loss, mae = self.step(tf.constant(x[idx]), tf.constant(y[idx]))
+                losses.append(float(loss))
+                maes.append(float(mae))
+                sizes.append(len(idx))
+                if on_batch_end is not None and on_batch_end(batch):
+                    stop = True
+                    break
+            logs = EpochLogs(float(np.average(losses, weights=sizes)), float(np.average(maes, weights=sizes)))
+            if validation is not None:
+                val_loss, val_mae = mse(self.forward, *validation)
+                logs = EpochLogs(logs.loss, logs.mae, val_loss, val_mae)
+            history.append(logs)
+            if on_epoch_end is not None and on_epoch_end(epoch, logs):
+                stop = True
+            if stop:
+                break
+        return history
+
+
 def tape_fit(
     x: np.ndarray,
     y: np.ndarray,
@@ -107,51 +174,9 @@ def tape_fit(
     *,
     activation: str = "linear",
     learning_rate: float = 0.1,
-    epochs: int = 10,
-    batch_size: int = 32,
-    seed: int = 0,
     compiled: bool = True,
-    validation: tuple[np.ndarray, np.ndarray] | None = None,
-    on_batch_end: Callable[[int], bool] | None = None,
-    on_epoch_end: Callable[[int, EpochLogs], bool] | None = None,
+    **fit_kwargs: Any,
 ) -> list[EpochLogs]:
-    """Train ``w`` (n_in x n_out) and ``b`` (n_out) in place on ``y = f(xW + b)``; one EpochLogs per epoch run.
-
-    Rows are reshuffled every epoch (numpy, seeded). ``on_batch_end(batch)`` and
-    ``on_epoch_end(epoch, logs)`` return True to stop: the first ends the epoch
-    (and the run) after that batch, the second ends the run after that epoch.
-    """
-    import tensorflow as tf
-
-    x, y = _2d(x), _2d(y)
-    if len(x) != len(y):
-        raise ValueError(f"x has {len(x)} rows but y has {len(y)}")
-    if x.shape[1] != int(w.shape[0]) or y.shape[1] != int(w.shape[1]):
-        raise ValueError(f"W is {tuple(w.shape)} but the data maps {x.shape[1]} inputs to {y.shape[1]} outputs")
-    step = make_step(w, b, activation=activation, learning_rate=learning_rate, compiled=compiled)
-    forward = make_forward(w, b, activation=activation, compiled=compiled)
-    rng = np.random.default_rng(seed)
-    history: list[EpochLogs] = []
-    for epoch in range(epochs):
-        order = rng.permutation(len(x))
-        losses, maes, sizes = [], [], []
-        stop = False
-        for batch, start in enumerate(range(0, len(x), batch_size)):
-            idx = order[start:start + batch_size]
-            loss, mae = step(tf.constant(x[idx]), tf.constant(y[idx]))
-            losses.append(float(loss))
-            maes.append(float(mae))
-            sizes.append(len(idx))
-            if on_batch_end is not None and on_batch_end(batch):
-                stop = True
-                break
-        logs = EpochLogs(float(np.average(losses, weights=sizes)), float(np.average(maes, weights=sizes)))
-        if validation is not None:
-            val_loss, val_mae = mse(forward, *validation)
-            logs = EpochLogs(logs.loss, logs.mae, val_loss, val_mae)
-        history.append(logs)
-        if on_epoch_end is not None and on_epoch_end(epoch, logs):
-            stop = True
-        if stop:
-            break
-    return history
+    """Train ``w`` (n_in x n_out) and ``b`` (n_out) in place: ``TapeLoop(...).fit(x, y, **fit_kwargs)``."""
+    loop = TapeLoop(w, b, activation=activation, learning_rate=learning_rate, compiled=compiled)
+    return loop.fit(x, y, **fit_kwargs)

@@ -38,9 +38,11 @@ from agent.model import (
     TRAIN_MODES,
     WEIGHT_INITS,
     ModelConfig,
+    check_target,
     image_shape_for,
     parse_filters,
     parse_units,
+    target_reached,
 )
 from runs.registry import Registry
 
@@ -137,22 +139,6 @@ def make_streamer(registry: Registry, run_id: str, n_train: int) -> keras.callba
             self._write_progress(batch=self.steps)
 
     return RegistryStreamer()
-
-
-def target_reached(metric: str, value: float, target: float) -> bool:
-    """Accuracy is reached from below (>=), losses and errors from above (<=)."""
-    return value >= target if "accuracy" in metric else value <= target
-
-
-def check_target(config: ModelConfig, task: str) -> None:
-    """Refuse a target metric this task never logs (accuracy for regression, mae for classification)."""
-    if config.target is None:
-        return
-    needs = "classification" if "accuracy" in config.target_metric else "regression" if "mae" in \
-        config.target_metric else task
-    if needs != task:
-        raise ValueError(f"target metric {config.target_metric} is logged for {needs} only; this is {task}:"
-                         " pick loss or val_loss")
 
 
 def make_target_stop(metric: str, target: float) -> keras.callbacks.Callback:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from agent import export
 from agent.data import DataSource, make_sequences, split
 from agent.model import BIAS_INITS, WEIGHT_INITS, ModelConfig, build_model
 from agent.training import main, train
+from dashboard import widgets
 from runs.jobs import reap, stop_job
 from runs.registry import Registry
 
@@ -75,6 +78,7 @@ def test_each_initialiser_reaches_every_layer_and_trains() -> None:
                 assert bias.std() > 0.05, name
             else:
                 assert np.all(bias == expected_bias), name
+        model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", run_eagerly=True)  # no tracing
         loss = model.train_on_batch(s.train.x, s.train.y, return_dict=True)["loss"]
         assert math.isfinite(float(loss)), (weight_init, bias_init)
     rnn = build_model(ModelConfig(family="rnn", weight_init="zeros"), make_sequences(n_samples=20).spec())
@@ -84,13 +88,13 @@ def test_each_initialiser_reaches_every_layer_and_trains() -> None:
 def test_zero_weights_with_relu_stay_at_the_initial_loss(registry: Registry) -> None:
     # relu'(0) = 0 and every kernel is 0, so no kernel ever gets a gradient; only the head's biases move, and
     # on digits' near-uniform classes they can lower the loss from ln(10) by less than 1e-3.
-    common = {"hidden": (32,), "activation": "relu", "epochs": 4, "batch_size": 64}
+    common = {"hidden": (32,), "activation": "relu", "epochs": 3, "batch_size": 64}
     zeros = train(ModelConfig(weight_init="zeros", **common), DataSource("digits"), registry)
     losses = [row["loss"] for row in registry.metric_rows(zeros.run_id)]
     assert losses[-1] == pytest.approx(math.log(10), abs=2e-3) and max(losses) - min(losses) < 2e-3
     assert registry.get_run(zeros.run_id).config["model"]["weight_init"] == "zeros"
     he = train(ModelConfig(weight_init="he_normal", **common), DataSource("digits"), registry)
-    assert registry.metric_rows(he.run_id)[-1]["loss"] < 0.5 * math.log(10)
+    assert registry.metric_rows(he.run_id)[-1]["loss"] < 0.7 * math.log(10)  # the same model, learning
 
 
 def test_the_runs_config_diff_shows_the_initialisers(registry: Registry) -> None:
@@ -291,3 +295,104 @@ def test_cli_trains_an_rnn_with_every_new_flag(home: Path, capsys: pytest.Captur
     assert (model["weight_init"], model["bias_init"], model["target_metric"]) == ("lecun_normal", "random_normal",
                                                                                   "val_accuracy")
     assert run.config["data"]["seq_length"] == 8 and run.summary["stop"]["epoch"] == 1
+
+
+# -- the Train page -----------------------------------------------------------------------------
+
+TRAIN_PAGE = Path(__file__).resolve().parent.parent / "dashboard" / "pages" / "train.py"
+NEW_KEYS = ("mode", "rnn_cell", "rnn_layers", "rnn_units", "rnn_input", "embed_dim", "weight_init", "bias_init",
+            "init_stddev", "bias_value", "use_target", "target_metric", "target", "seq_length")
+
+
+def _train_page() -> Any:
+    from streamlit.testing.v1 import AppTest
+
+    return AppTest.from_file(str(TRAIN_PAGE), default_timeout=60).run()
+
+
+def _config(at: Any) -> dict:
+    return json.loads(at.json[0].value)
+
+
+def test_train_page_exposes_every_new_knob_with_help(home: Path) -> None:
+    at = _train_page()
+    at.selectbox(key="train.dataset").set_value("sequences").run()
+    at.radio(key="train.family").set_value("rnn").run()
+    at.selectbox(key="train.weight_init").set_value("random_normal")
+    at.selectbox(key="train.bias_init").set_value("constant").run()
+    at.checkbox(key="train.use_target").check().run()
+    at.slider(key="train.seq_length").set_value(20)
+    at.selectbox(key="train.rnn_cell").set_value("lstm")
+    at.slider(key="train.rnn_layers").set_value(2)
+    at.select_slider(key="train.rnn_units").set_value(16)
+    at.select_slider(key="train.embed_dim").set_value(8)
+    at.number_input(key="train.init_stddev").set_value(0.2)
+    at.number_input(key="train.bias_value").set_value(0.1)
+    at.selectbox(key="train.target_metric").set_value("val_accuracy")
+    at.number_input(key="train.target").set_value(0.95)
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    shown = {w.key for kind in ("slider", "select_slider", "selectbox", "number_input", "radio", "checkbox")
+             for w in at.get(kind)}
+    assert {f"train.{k}" for k in NEW_KEYS} <= shown, {f"train.{k}" for k in NEW_KEYS} - shown
+    for kind in ("slider", "select_slider", "selectbox", "number_input", "radio", "checkbox"):
+        for widget in at.get(kind):
+            assert widget.proto.help, f"{widget.key} has no help"
+    assert "relu-family" in at.selectbox(key="train.weight_init").proto.help
+    model = _config(at)["model"]
+    assert (model["family"], model["rnn_cell"], model["rnn_units"], model["embed_dim"]) == ("rnn", "lstm",
+                                                                                            [16, 16], 8)
+    assert (model["weight_init"], model["init_stddev"], model["bias_init"], model["bias_value"]) == (
+        "random_normal", 0.2, "constant", 0.1)
+    assert (model["target_metric"], model["target"], model["mode"]) == ("val_accuracy", 0.95, "fit")
+    form_source = widgets.data_source(widgets.TrainForm(dataset="sequences", seq_length=20))
+    assert form_source.seq_length == 20
+
+
+def test_train_page_tape_mode_and_its_checks(home: Path) -> None:
+    at = _train_page()
+    at.radio(key="train.mode").set_value("tape").run()
+    assert any("pick a regression set" in e.value for e in at.error)
+    assert at.button(key="train.start").disabled
+    at.selectbox(key="train.dataset").set_value("synthetic").run()
+    at.selectbox(key="train.activation").set_value("relu").run()
+    assert not at.exception and not at.error
+    model = _config(at)["model"]
+    assert (model["mode"], model["hidden"], model["family"], model["output_activation"]) == ("tape", [], "mlp",
+                                                                                             "relu")
+    at.checkbox(key="train.use_target").check().run()
+    at.selectbox(key="train.target_metric").set_value("accuracy").run()
+    assert any("target metric accuracy is logged for classification only" in e.value for e in at.error)
+
+
+def test_train_form_carries_every_new_knob_to_the_cli() -> None:
+    from agent.training import build_parser
+
+    form = widgets.TrainForm(dataset="sequences", seq_length=9, family="rnn", rnn_cell="simple_rnn", rnn_layers=2,
+                             rnn_units=8, rnn_input="dense", weight_init="he_uniform", bias_init="random_normal",
+                             init_stddev=0.3, use_target=True, target=0.25, target_metric="loss")
+    config, source = widgets.model_config(form), widgets.data_source(form)
+    args = build_parser().parse_args(widgets.training_args(config, source, "R"))
+    assert (args.family, args.rnn_cell, args.rnn_units, args.rnn_input, args.seq_length) == (
+        "rnn", "simple_rnn", (8, 8), "dense", 9)
+    assert (args.weight_init, args.bias_init, args.init_stddev, args.stop_at, args.stop_metric) == (
+        "he_uniform", "random_normal", 0.3, 0.25, "loss")
+    assert widgets.model_config(widgets.TrainForm(rnn_cell="lstm")).rnn_cell == "gru"  # an mlp keeps defaults
+    assert "--stop-at" not in widgets.training_args(widgets.model_config(widgets.TrainForm()), source, "R")
+
+
+def test_train_page_says_which_rule_stopped_a_finished_run(home: Path, registry: Registry) -> None:
+    run_id = registry.create_run("train", {"model": {"hidden": [8], "family": "rnn"},
+                                           "data": {"dataset": "sequences"}}, name="train sequences")
+    registry.log_metric_rows(run_id, [(e, {"loss": 1.0 / e, "val_loss": 1.1 / e, "accuracy": 0.9,
+                                           "val_accuracy": 0.9}) for e in (1, 2, 3)])
+    registry.update_summary(run_id, {"test_metrics": {"accuracy": 0.97}, "epochs_run": 3, "param_count": 10,
+                                     "data": {"input_shape": [12], "classes": ["B first", "A first"]},
+                                     "stop": {"rule": "target", "epoch": 3,
+                                              "detail": "val_loss 0.29 <= target 0.3"}})
+    registry.set_status(run_id, "completed")
+    at = _train_page()
+    assert not at.exception
+    captions = " ".join(c.value for c in at.caption)
+    assert "Stopped by: **target reached** at epoch 3 — val_loss 0.29 <= target 0.3" in captions
+    assert "RNN · served input shape 12" in captions
