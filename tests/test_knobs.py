@@ -184,7 +184,7 @@ def test_an_rnn_is_swept_served_and_swarmed_like_the_mlp(registry: Registry) -> 
     try:
         assert run_model_sweep(registry, run_id) == "completed"
         rows = registry.get_run(run_id).summary["models"]
-        assert [(r["family"], r["rnn_cell"], r["label"]) for r in rows] == [("rnn", "lstm", "linear rnn lstm")]
+        assert [(r["family"], r["rnn_cell"], r["label"]) for r in rows] == [("rnn", "lstm", "no dense rnn lstm")]
         for r in rows:
             assert r["test_accuracy"] > 0.5 and r["rps"] > 0 and r["p99_ms"] > 0 and r["fail_ratio"] == 0
             assert registry.get_run(r["train_run_id"]).config["model"]["family"] == "rnn"
@@ -301,7 +301,7 @@ def test_cli_trains_an_rnn_with_every_new_flag(home: Path, capsys: pytest.Captur
 
 TRAIN_PAGE = Path(__file__).resolve().parent.parent / "dashboard" / "pages" / "train.py"
 NEW_KEYS = ("mode", "rnn_cell", "rnn_layers", "rnn_units", "rnn_input", "embed_dim", "weight_init", "bias_init",
-            "init_stddev", "bias_value", "use_target", "target_metric", "target", "seq_length")
+            "init_stddev", "bias_value", "use_target", "target_metric", "target_value", "seq_length")
 
 
 def _train_page() -> Any:
@@ -329,7 +329,7 @@ def test_train_page_exposes_every_new_knob_with_help(home: Path) -> None:
     at.number_input(key="train.init_stddev").set_value(0.2)
     at.number_input(key="train.bias_value").set_value(0.1)
     at.selectbox(key="train.target_metric").set_value("val_accuracy")
-    at.number_input(key="train.target").set_value(0.95)
+    at.number_input(key="train.target_value").set_value(0.95)
     at.run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     shown = {w.key for kind in ("slider", "select_slider", "selectbox", "number_input", "radio", "checkbox")

@@ -136,7 +136,8 @@ def combo_key(combo: Mapping[str, Any]) -> str:
 def combo_label(combo: Mapping[str, Any]) -> str:
     parts = []
     if "hidden" in combo:
-        parts.append("x".join(map(str, combo["hidden"])) or "linear")
+        # No hidden layer is a linear model for an mlp, but an rnn still has its recurrent layers.
+        parts.append("x".join(map(str, combo["hidden"])) or ("no dense" if combo.get("family") == "rnn" else "linear"))
     if "activation" in combo:
         parts.append(str(combo["activation"]))
     if "learning_rate" in combo:

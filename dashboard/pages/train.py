@@ -64,7 +64,7 @@ init_defaults({
     K + "rnn_cell": D.rnn_cell, K + "rnn_layers": D.rnn_layers, K + "rnn_units": D.rnn_units,
     K + "rnn_input": D.rnn_input, K + "embed_dim": D.embed_dim,
     K + "weight_init": D.weight_init, K + "init_stddev": D.init_stddev, K + "bias_init": D.bias_init,
-    K + "bias_value": D.bias_value, K + "use_target": D.use_target, K + "target": D.target,
+    K + "bias_value": D.bias_value, K + "use_target": D.use_target, K + "target_value": D.target,
     K + "target_metric": D.target_metric, K + "mode": D.mode,
 })
 
@@ -331,7 +331,7 @@ with model_col:
             t1.selectbox("Target metric", TARGET_METRICS, key=K + "target_metric",
                          help="target_metric: loss/val_loss for any task, accuracy for classification, mae for "
                               "regression (val_ = on the validation split)")
-            t2.number_input("Target value", 0.0, 1e6, step=0.01, format="%.4f", key=K + "target",
+            t2.number_input("Target value", 0.0, 1e6, step=0.01, format="%.4f", key=K + "target_value",
                             help="target: the value that ends training once reached")
 
 ss = st.session_state
@@ -347,7 +347,7 @@ form = widgets.TrainForm(
     seq_length=int(ss[K + "seq_length"]), rnn_cell=ss[K + "rnn_cell"], rnn_layers=int(ss[K + "rnn_layers"]),
     rnn_units=int(ss[K + "rnn_units"]), rnn_input=ss[K + "rnn_input"], embed_dim=int(ss[K + "embed_dim"]),
     weight_init=ss[K + "weight_init"], init_stddev=float(ss[K + "init_stddev"]), bias_init=ss[K + "bias_init"],
-    bias_value=float(ss[K + "bias_value"]), use_target=bool(ss[K + "use_target"]), target=float(ss[K + "target"]),
+    bias_value=float(ss[K + "bias_value"]), use_target=bool(ss[K + "use_target"]), target=float(ss[K + "target_value"]),
     target_metric=ss[K + "target_metric"], mode=ss[K + "mode"],
 )
 check = widgets.train_check(form, n_rows=n_rows, has_csv=csv_bytes is not None)
