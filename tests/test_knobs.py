@@ -420,3 +420,28 @@ def test_train_page_says_which_rule_stopped_a_finished_run(home: Path, registry:
     captions = " ".join(c.value for c in at.caption)
     assert "Stopped by: **target reached** at epoch 3 — val_loss 0.29 <= target 0.3" in captions
     assert "RNN · served input shape 12" in captions
+
+
+@pytest.mark.integration
+def test_tune_page_sweeps_families_and_initialisers(home: Path, registry: Registry) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    page = Path(__file__).resolve().parent.parent / "dashboard" / "pages" / "tune.py"
+    at = AppTest.from_file(str(page), default_timeout=60).run()
+    at.selectbox(key="tune.m_dataset").set_value("sequences")
+    at.multiselect(key="tune.m_family").set_value(["rnn"])
+    at.multiselect(key="tune.m_weight_init").set_value(["he_normal", "zeros"])
+    at.multiselect(key="tune.m_activation").set_value(["relu"])
+    at.text_input(key="tune.m_hidden").set_value("32")
+    at.run()
+    at.button(key="tune.m_start").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    sweep = next(r for r in registry.list_runs(kind="sweep") if r.config.get("mode") == "models")
+    try:
+        spec = sweep.config["spec"]
+        assert spec["dataset"] == "sequences"
+        assert spec["grid"]["family"] == ["rnn"] and spec["grid"]["weight_init"] == ["he_normal", "zeros"]
+    finally:
+        reap(registry)
+        for run in registry.list_runs(status=("pending", "running")):
+            stop_job(registry, run.id, grace_s=5.0)

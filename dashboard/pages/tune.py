@@ -12,6 +12,8 @@ from typing import Any
 
 import streamlit as st
 
+from agent.data import BUILTIN_DATASETS
+from agent.model import FAMILIES, WEIGHT_INITS
 from dashboard import charts_tuning as ct
 from dashboard import ui
 from dashboard.state import get_registry, init_defaults
@@ -37,7 +39,7 @@ init_defaults({
     K + "slos": "p95<=50ms\nfail_ratio<=0.01",
     K + "objective": "throughput", K + "strategy": "grid", K + "step_s": 8,
     K + "m_hidden": "32,128x128", K + "m_activation": ["relu", "tanh"], K + "m_lr": "0.001", K + "m_epochs": 3,
-    K + "m_users": 16,
+    K + "m_users": 16, K + "m_dataset": "digits", K + "m_family": [], K + "m_weight_init": [],
 })
 registry = get_registry()
 
@@ -314,15 +316,24 @@ with st.expander("New model sweep", expanded=False):
     c1.number_input("Epochs", 1, 50, key=K + "m_epochs", help="epochs: per model; keep it small")
     c2.number_input("Users for the load step", 1, 512, key=K + "m_users",
                     help="users: concurrency of the one load step each model gets")
+    c3.selectbox("Dataset", BUILTIN_DATASETS, key=K + "m_dataset",
+                 help="dataset: the built-in set every model trains on (sequences = the generated token sequences "
+                      "for the RNN)")
+    c1.multiselect("Families", FAMILIES, key=K + "m_family",
+                   help="family: mlp, cnn (digits as 8×8×1 images), rnn (each row as a sequence); empty = mlp")
+    c2.multiselect("Weight initialisers", WEIGHT_INITS, key=K + "m_weight_init",
+                   help="weight_init: how every kernel starts; empty = glorot_uniform (Keras' default)")
     if st.button("Start model sweep", key=K + "m_start", icon=":material/play_arrow:",
                  help="train each model briefly, serve it, load-test it; runs as a job"):
         from tuning.model_sweep import ModelSweepSpec, create_model_sweep, train_grid
 
         ss = st.session_state
         try:
+            lists = {name: ss[K + f"m_{name}"] for name in ("activation", "family", "weight_init")}
             grid = train_grid([f"hidden={ss[K + 'm_hidden']}", f"learning_rate={ss[K + 'm_lr']}"]
-                              + ([f"activation={','.join(ss[K + 'm_activation'])}"] if ss[K + "m_activation"] else []))
-            mspec = ModelSweepSpec(grid=grid, epochs=int(ss[K + "m_epochs"]), users=int(ss[K + "m_users"]))
+                              + [f"{name}={','.join(values)}" for name, values in lists.items() if values])
+            mspec = ModelSweepSpec(dataset=ss[K + "m_dataset"], grid=grid, epochs=int(ss[K + "m_epochs"]),
+                                   users=int(ss[K + "m_users"]))
         except ValueError as exc:
             st.error(str(exc).splitlines()[0])
         else:
