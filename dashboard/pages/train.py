@@ -433,8 +433,9 @@ def _results(registry: Registry, run: Run) -> None:
                                     help="epochs actually run (a target, early stopping or Stop may end sooner)")
     stop = s.get("stop")
     if stop:
+        detail = f" — {stop['detail']}" if stop.get("detail") and stop.get("rule") != "epochs" else ""
         st.caption(f"Stopped by: **{STOP_LABELS.get(stop.get('rule'), stop.get('rule'))}** at epoch "
-                   f"{stop.get('epoch')} — {stop.get('detail', '')}")
+                   f"{stop.get('epoch')}{detail}")
     shape = (s.get("data") or {}).get("input_shape")
     if shape:
         family = (run.config.get("model") or {}).get("family", "mlp").upper()
