@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 TASKS = ("classification", "regression")
-BUILTIN_DATASETS = ("digits", "iris", "wine", "breast_cancer", "diabetes", "synthetic")
+BUILTIN_DATASETS = ("digits", "iris", "wine", "breast_cancer", "diabetes", "synthetic", "sequences")
 SYNTHETIC_ACTIVATIONS = ("linear", "relu", "tanh", "sigmoid")
 MAX_CSV_BYTES = 50 * 1024 * 1024
 MISSING_POLICIES = ("reject", "drop", "fill_mean")
@@ -25,6 +25,10 @@ MAX_INFERRED_CLASSES = 20
 # Built-in sets whose features are the pixels of an image, and that image's (H, W, C).
 BUILTIN_IMAGE_SHAPES = {"digits": (8, 8, 1)}
 MAX_IMAGE_SIDE = 4096
+# The generated sequences: token ids 0..SEQUENCE_VOCAB-1; the rule asks whether A comes before B.
+SEQUENCE_VOCAB = 10
+TOKEN_A, TOKEN_B = 1, 2
+MIN_SEQ_LENGTH, MAX_SEQ_LENGTH = 3, 200
 
 
 @dataclass(frozen=True)
@@ -190,8 +194,12 @@ def load_builtin(
     n_features: int = 8,
     activation: str = "tanh",
     noise: float = 0.0,
+    seq_length: int = 12,
 ) -> Dataset:
-    """One of :data:`BUILTIN_DATASETS`. The ``synthetic`` options apply to it only."""
+    """One of :data:`BUILTIN_DATASETS`. The ``synthetic`` options apply to it only, ``seq_length`` to
+    ``sequences``."""
+    if name == "sequences":
+        return make_sequences(n_samples=n_samples, length=seq_length, seed=seed)
     if name == "synthetic":
         return make_synthetic(
             n_samples=n_samples, n_features=n_features, activation=activation, noise=noise, seed=seed
@@ -268,6 +276,40 @@ def make_synthetic(
         y=y.astype(np.float32),
         feature_names=tuple(f"x{i}" for i in range(n_features)),
         notes=(f"y = {activation}(Wx + b) + N(0, {noise}^2)",),
+    )
+
+
+def make_sequences(*, n_samples: int = 2000, length: int = 12, seed: int = 0) -> Dataset:
+    """Sequence classification with a known rule: does token A (1) come before token B (2)?
+
+    Each row is ``length`` token ids in 0..SEQUENCE_VOCAB-1 holding exactly one A
+    and one B at random positions; the other tokens are filler (0, 3..9). The
+    label is 1 when A comes first. Exactly half the rows are each class, so
+    guessing scores 0.5, and neither a token count nor any single position
+    answers it: the model has to remember order.
+    """
+    if not 10 <= n_samples <= 1_000_000:
+        raise ValueError(f"n_samples must be in [10, 1000000]; got {n_samples}")
+    if not MIN_SEQ_LENGTH <= length <= MAX_SEQ_LENGTH:
+        raise ValueError(f"sequence length must be in [{MIN_SEQ_LENGTH}, {MAX_SEQ_LENGTH}]; got {length}")
+    rng = np.random.default_rng(seed)
+    filler = np.array([t for t in range(SEQUENCE_VOCAB) if t not in (TOKEN_A, TOKEN_B)])
+    x = rng.choice(filler, size=(n_samples, length))
+    y = (np.arange(n_samples) % 2).astype(np.int64)
+    rng.shuffle(y)
+    for row in range(n_samples):
+        first, second = np.sort(rng.choice(length, size=2, replace=False))
+        a, b = (first, second) if y[row] == 1 else (second, first)
+        x[row, a], x[row, b] = TOKEN_A, TOKEN_B
+    return Dataset(
+        name="sequences",
+        task="classification",
+        x=x.astype(np.float32),
+        y=y,
+        feature_names=tuple(f"t{i}" for i in range(length)),
+        class_labels=("B first", "A first"),
+        notes=(f"{length} tokens in 0..{SEQUENCE_VOCAB - 1}; label: does token {TOKEN_A} come before "
+               f"token {TOKEN_B}",),
     )
 
 
@@ -524,6 +566,7 @@ class DataSource:
     noise: float = 0.0
     seed: int = 0
     image_shape: tuple[int, ...] = ()  # (H, W, C): view each row as an image (for a cnn); () = plain rows
+    seq_length: int = 12  # tokens per row of the generated sequences
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "image_shape", tuple(self.image_shape))
@@ -545,6 +588,11 @@ class DataSource:
             )
         if not (math.isfinite(self.noise) and self.noise >= 0):
             raise ValueError(f"noise must be a finite number >= 0; got {self.noise}")
+        if isinstance(self.seq_length, bool) or not isinstance(self.seq_length, int) or not (
+            MIN_SEQ_LENGTH <= self.seq_length <= MAX_SEQ_LENGTH
+        ):
+            raise ValueError(f"seq_length must be an integer in [{MIN_SEQ_LENGTH}, {MAX_SEQ_LENGTH}];"
+                             f" got {self.seq_length!r}")
         if self.synthetic_activation not in SYNTHETIC_ACTIVATIONS:
             raise ValueError(
                 f"synthetic_activation must be one of {', '.join(SYNTHETIC_ACTIVATIONS)};"
@@ -573,6 +621,7 @@ class DataSource:
             n_features=self.n_features,
             activation=self.synthetic_activation,
             noise=self.noise,
+            seq_length=self.seq_length,
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -27,7 +27,24 @@ from agent.data import (
     parse_image_shape,
     split,
 )
-from agent.model import ACTIVATIONS, FAMILIES, OPTIMIZERS, POOLINGS, ModelConfig, image_shape_for, parse_filters
+from agent.model import (
+    ACTIVATIONS,
+    BIAS_INITS,
+    FAMILIES,
+    OPTIMIZERS,
+    POOLINGS,
+    RNN_CELLS,
+    RNN_INPUTS,
+    TARGET_METRICS,
+    TRAIN_MODES,
+    WEIGHT_INITS,
+    ModelConfig,
+    check_target,
+    image_shape_for,
+    parse_filters,
+    parse_units,
+    target_reached,
+)
 from runs import jobs, lifecycle
 from runs.configs import atomic_write_text
 from runs.registry import Registry, State
@@ -37,6 +54,8 @@ if TYPE_CHECKING:
 
 PROGRESS_INTERVAL_S = 0.25  # how often batch progress is written for progress bars
 STOP_POLL_INTERVAL_S = 0.05  # how often the registry's stop flag is read between batches
+# Which rule ended a run (summary "stop": {"rule", "epoch", "detail"}).
+STOP_RULES = ("epochs", "target", "patience", "request")
 
 
 @dataclass(frozen=True)
@@ -100,6 +119,7 @@ class TrainResult:
     param_count: int
     model_path: Path
     history: list[dict[str, float]] = field(default_factory=list)
+    stop: dict[str, Any] = field(default_factory=dict)  # which rule ended the run: see stop_record
 
 
 def _learning_rate(model: keras.Model) -> float:
@@ -174,6 +194,45 @@ def make_streamer(registry: Registry, run_id: str, n_train: int) -> keras.callba
             self._write_progress(batch=self.steps)
 
     return RegistryStreamer()
+
+
+def make_target_stop(metric: str, target: float) -> keras.callbacks.Callback:
+    """The callback that ends training at the end of the first epoch whose ``metric`` reaches ``target``."""
+    import keras
+
+    class TargetStop(keras.callbacks.Callback):
+        """One job: watch one metric per epoch, stop once it reaches the target, remember when."""
+
+        def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+            self.reached_epoch = 0  # 1-based; 0 = not reached
+            self.value: float | None = None
+
+        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            logs = logs or {}
+            if metric not in logs:
+                raise ValueError(f"target metric {metric} is not logged by this run; it logs "
+                                 f"{', '.join(sorted(logs))}")
+            value = float(logs[metric])
+            if target_reached(metric, value, target):
+                self.reached_epoch, self.value = epoch + 1, value
+                self.model.stop_training = True
+
+    return TargetStop()
+
+
+def stop_record(epochs_run: int, *, requested: bool, target_stop: Any = None, early_stop: Any = None,
+                config: ModelConfig) -> dict[str, Any]:
+    """Which rule ended the run and at which (1-based) epoch, for the run summary."""
+    if requested:
+        return {"rule": "request", "epoch": epochs_run, "detail": "stopped by request"}
+    if target_stop is not None and target_stop.reached_epoch:
+        op = ">=" if "accuracy" in config.target_metric else "<="
+        return {"rule": "target", "epoch": target_stop.reached_epoch,
+                "detail": f"{config.target_metric} {target_stop.value:.4g} {op} target {config.target:g}"}
+    if early_stop is not None and getattr(early_stop, "stopped_epoch", 0) > 0:
+        return {"rule": "patience", "epoch": early_stop.stopped_epoch + 1,
+                "detail": f"val_loss did not improve for {config.patience} epochs (best weights kept)"}
+    return {"rule": "epochs", "epoch": epochs_run, "detail": f"ran all {config.epochs} epochs"}
 
 
 def evaluate(model: keras.Model, task: str, x: np.ndarray, y: np.ndarray, n_classes: int = 0) -> dict[str, Any]:
@@ -251,25 +310,33 @@ def _train(
                                               "sizes": splits.sizes, "notes": list(dataset.notes)}})
     # Image data is split as flat rows and shaped (n, H, W, C) for the model here.
     train_x, val_x, test_x = (spec.shape_rows(s.x) for s in (splits.train, splits.val, splits.test))
+    check_target(config, dataset.task)
     model = build_model(config, spec, train_x)
     streamer = make_streamer(registry, run_id, len(splits.train.y))
     if on_streamer:
         on_streamer(streamer)
     callbacks = [streamer, *extra_callbacks]
+    target_stop = early_stop = None
+    if config.target is not None:
+        target_stop = make_target_stop(config.target_metric, config.target)
+        callbacks.append(target_stop)
     if config.patience > 0:
-        callbacks.append(
-            keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True)
+        early_stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience,
+                                                   restore_best_weights=True)
+        callbacks.append(early_stop)
+    if config.mode == "tape":
+        _tape_train(config, model, dataset.task, (train_x, splits.train.y), (val_x, splits.val.y), callbacks)
+    else:
+        model.fit(
+            train_x,
+            splits.train.y,
+            validation_data=(val_x, splits.val.y),
+            batch_size=config.batch_size,
+            epochs=config.epochs,
+            shuffle=True,
+            verbose=0,
+            callbacks=callbacks,
         )
-    model.fit(
-        train_x,
-        splits.train.y,
-        validation_data=(val_x, splits.val.y),
-        batch_size=config.batch_size,
-        epochs=config.epochs,
-        shuffle=True,
-        verbose=0,
-        callbacks=callbacks,
-    )
     stopped = streamer.stopped_early_by_request
     metrics = evaluate(model, dataset.task, test_x, splits.test.y, dataset.n_classes)
     param_count = int(model.count_params())
@@ -282,10 +349,12 @@ def _train(
         output_name=model.output_names[0] if getattr(model, "output_names", None) else "predictions",
     )
     model_path = save_bundle(folder, model, meta, test_x, splits.test.y)
+    stop = stop_record(len(streamer.history), requested=stopped, target_stop=target_stop, early_stop=early_stop,
+                       config=config)
     registry.update_summary(
         run_id,
         {"test_metrics": metrics, "param_count": param_count, "model_path": str(model_path),
-         "epochs_run": len(streamer.history)},
+         "epochs_run": len(streamer.history), "stop": stop},
     )
     if stopped:
         reason = ctx.reason if (ctx := lifecycle.current()) is not None and ctx.signalled else "stopped by request"
@@ -293,7 +362,48 @@ def _train(
     else:
         registry.finish_if_active(run_id, State.COMPLETED)
     status = registry.get_run(run_id).status
-    return TrainResult(run_id, status, len(streamer.history), metrics, param_count, model_path, streamer.history)
+    return TrainResult(run_id, status, len(streamer.history), metrics, param_count, model_path, streamer.history,
+                       stop)
+
+
+def _tape_train(config: ModelConfig, model: keras.Model, task: str, train: tuple[np.ndarray, np.ndarray],
+                val: tuple[np.ndarray, np.ndarray], callbacks: list[keras.callbacks.Callback]) -> None:
+    """Train the model's one Dense layer with the hand-written loop of agent.tape, driving the same callbacks.
+
+    The loop updates the layer's own kernel and bias on inputs passed through the
+    model's Normalization layer, so the model saved and served afterwards is
+    exactly what the loop trained; the callbacks (registry streaming, stop flag,
+    target, patience) see the same events and logs as under ``fit``.
+    """
+    import keras
+
+    from agent.tape import tape_fit
+
+    if task != "regression":
+        raise ValueError("mode tape fits y = f(Wx + b) with MSE: it needs a regression dataset (e.g. synthetic)")
+    dense = model.get_layer("prediction")
+    normalize = model.get_layer("normalize")
+    x, xv = (np.asarray(normalize(a)) for a in (train[0], val[0]))
+    steps = -(-len(x) // config.batch_size)
+    cbs = keras.callbacks.CallbackList(callbacks, model=model, epochs=config.epochs, steps=steps, verbose=0)
+    model.stop_training = False
+    cbs.on_train_begin()
+
+    def on_batch_end(batch: int) -> bool:
+        cbs.on_train_batch_end(batch, {})
+        return bool(model.stop_training)
+
+    def on_epoch_end(epoch: int, logs: Any) -> bool:
+        cbs.on_epoch_end(epoch, {**logs.as_logs(), "learning_rate": config.learning_rate})
+        if not model.stop_training and epoch + 1 < config.epochs:
+            cbs.on_epoch_begin(epoch + 1)
+        return bool(model.stop_training)
+
+    cbs.on_epoch_begin(0)
+    tape_fit(x, train[1], dense.kernel, dense.bias, activation=config.output_activation,
+             learning_rate=config.learning_rate, epochs=config.epochs, batch_size=config.batch_size,
+             seed=config.seed, validation=(xv, val[1]), on_batch_end=on_batch_end, on_epoch_end=on_epoch_end)
+    cbs.on_train_end()
 
 
 # -- CLI ----------------------------------------------------------------------------------
@@ -318,6 +428,13 @@ def _filters(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _rnn_units(text: str) -> tuple[int, ...]:
+    try:
+        return parse_units(text, "rnn units")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _image_shape(text: str) -> tuple[int, ...]:
     try:
         return parse_image_shape(text)
@@ -329,8 +446,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = ModelConfig()
     p = argparse.ArgumentParser(
         prog="python -m agent.training",
-        description="Train a Keras MLP or CNN on a built-in dataset or a CSV file, streaming metrics into the run "
-                    "registry.",
+        description="Train a Keras MLP, CNN or RNN (or the hand-written GradientTape loop) on a built-in dataset "
+                    "or a CSV file, streaming metrics into the run registry.",
     )
     data = p.add_argument_group("data")
     data.add_argument("--dataset", default="digits", choices=BUILTIN_DATASETS,
@@ -347,10 +464,22 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--image-shape", type=_image_shape, default=(), metavar="H,W,C",
                       help="view each row as an H x W x C image (row-major pixels; H*W*C must equal the feature "
                            "count); default: none, except 8,8,1 for digits with --family cnn")
+    data.add_argument("--seq-length", type=int, default=DataSource.seq_length,
+                      help="tokens per row of the generated 'sequences' set (does token 1 come before token 2?); "
+                           "default: 12")
     model = p.add_argument_group("model")
     model.add_argument("--family", choices=FAMILIES, default=d.family,
-                       help="mlp: Dense layers on the features; cnn: conv blocks on images, then the Dense layers "
+                       help="mlp: Dense layers on the features; cnn: conv blocks on images, then the Dense layers; "
+                            "rnn: each row read as a sequence by 1-2 recurrent layers, then the Dense layers "
                             "(default: mlp)")
+    model.add_argument("--rnn-cell", choices=RNN_CELLS, default=d.rnn_cell,
+                       help="rnn: recurrent layer type; default: gru")
+    model.add_argument("--rnn-units", type=_rnn_units, default=d.rnn_units, metavar="N[,N]",
+                       help="rnn: units of each recurrent layer, one or two layers, e.g. 32 or 64,32; default: 32")
+    model.add_argument("--rnn-input", choices=RNN_INPUTS, default=d.rnn_input,
+                       help="rnn: embedding (values are integer token ids, rounded and clipped inside the model) or "
+                            "dense (one real value per time step); default: embedding")
+    model.add_argument("--embed-dim", type=int, default=d.embed_dim, help="rnn: embedding width; default: 16")
     model.add_argument("--filters", type=_filters, default=d.filters, metavar="N,N",
                        help="cnn: filters of each conv block, e.g. 16,32 (two blocks); default: 16,32")
     model.add_argument("--kernel-size", type=int, default=d.kernel_size,
@@ -371,6 +500,24 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--patience", type=int, default=d.patience,
                        help="early-stopping patience in epochs on val_loss; 0 turns it off")
     model.add_argument("--seed", type=int, default=d.seed, help="seed for the split, weights and shuffling")
+    model.add_argument("--weight-init", choices=WEIGHT_INITS, default=d.weight_init,
+                       help="initialiser of every kernel (Dense, Conv2D, recurrent input kernels); default: "
+                            "glorot_uniform")
+    model.add_argument("--init-stddev", type=float, default=d.init_stddev,
+                       help="stddev of the random_normal weight and bias initialisers; default: 0.05")
+    model.add_argument("--bias-init", choices=BIAS_INITS, default=d.bias_init,
+                       help="initialiser of every bias; default: zeros")
+    model.add_argument("--bias-value", type=float, default=d.bias_value,
+                       help="the value of --bias-init constant; default: 0")
+    model.add_argument("--stop-at", type=float, default=None, metavar="VALUE",
+                       help="target: stop as soon as --stop-metric reaches VALUE at the end of an epoch "
+                            "(<= for losses and mae, >= for accuracy), beside --patience; default: off")
+    model.add_argument("--stop-metric", choices=TARGET_METRICS, default=d.target_metric,
+                       help="the metric --stop-at watches; default: loss")
+    model.add_argument("--mode", choices=TRAIN_MODES, default=d.mode,
+                       help="fit: Keras model.fit; tape: the hand-written loop o = f(Wx + b), MSE, GradientTape, "
+                            "W -= lr*dW with tf.function (needs --hidden none and a regression set; plain gradient "
+                            "descent, --optimizer ignored); default: fit")
     run = p.add_argument_group("run")
     run.add_argument("--run-id", help="run the train job recorded in this registry run (what start() launches); "
                      "the other flags are then ignored")
@@ -385,11 +532,15 @@ def job_from_args(args: argparse.Namespace) -> TrainJob:
         dropout=args.dropout, optimizer=args.optimizer, learning_rate=args.lr, momentum=args.momentum,
         batch_size=args.batch_size, epochs=args.epochs, patience=args.patience, seed=args.seed,
         family=args.family, filters=args.filters, kernel_size=args.kernel_size, pooling=args.pooling,
+        weight_init=args.weight_init, init_stddev=args.init_stddev, bias_init=args.bias_init,
+        bias_value=args.bias_value, target=args.stop_at, target_metric=args.stop_metric,
+        rnn_cell=args.rnn_cell, rnn_units=args.rnn_units, rnn_input=args.rnn_input, embed_dim=args.embed_dim,
+        mode=args.mode,
     )
     source = DataSource(
         dataset=args.dataset if not args.csv else "csv", csv_path=args.csv, target=args.target,
         task=args.task, missing=args.missing, synthetic_activation=args.synthetic_activation,
-        noise=args.noise, seed=args.seed,
+        noise=args.noise, seed=args.seed, seq_length=args.seq_length,
         image_shape=image_shape_for(config, "csv" if args.csv else args.dataset, args.image_shape),
     )
     if config.family == "cnn" and not source.image_shape:
@@ -414,6 +565,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.home:
         os.environ["TUNESWARM_HOME"] = args.home  # children of this job use the same registry
+
     registry = Registry(args.home)
     if args.run_id is not None:
         try:

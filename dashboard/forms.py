@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from agent.data import BUILTIN_IMAGE_SHAPES, DataSource, parse_image_shape
-from agent.model import ModelConfig, image_shape_for, parse_filters
+from agent.model import ModelConfig, check_target, image_shape_for, parse_filters
 from agent.serving.config import ServingConfig
 from loadtest.payload import predict_path
 from loadtest.runner import LoadTestConfig
@@ -103,6 +103,20 @@ class TrainForm:
     kernel_size: int = 3
     pooling: str = "max"
     image_shape: str = ""  # "H,W,C" for a CSV of image pixels (digits' is built in)
+    seq_length: int = 12  # the generated sequences' length
+    rnn_cell: str = "gru"
+    rnn_layers: int = 1
+    rnn_units: int = 32
+    rnn_input: str = "embedding"
+    embed_dim: int = 16
+    weight_init: str = "glorot_uniform"
+    init_stddev: float = 0.05
+    bias_init: str = "zeros"
+    bias_value: float = 0.0
+    use_target: bool = False
+    target: float = 0.1
+    target_metric: str = "val_loss"
+    mode: str = "fit"  # fit | tape
 
     @property
     def hidden(self) -> tuple[int, ...]:
@@ -117,10 +131,34 @@ BUILTIN_INFO = {
     "breast_cancer": "classification · 569 rows · 30 features (cell nuclei) · 2 classes",
     "diabetes": "regression · 442 rows · 10 features · disease progression after one year",
     "synthetic": "regression · 2,000 rows · 8 features · y = f(Wx + b) + noise from one neuron",
+    "sequences": "classification · 2,000 rows · one token sequence per row (ids 0-9) · does token 1 come before "
+                 "token 2? (for the RNN)",
+}
+# What each initialiser is for (the Train page's help; README says the same).
+WEIGHT_INIT_HELP = {
+    "glorot_uniform": "Keras' default; keeps activation variance steady for tanh/sigmoid/linear layers",
+    "glorot_normal": "the same scale as glorot_uniform, drawn from a truncated normal",
+    "he_uniform": "twice Glorot's variance: the match for relu-family layers (half the units are zero)",
+    "he_normal": "He's scale from a truncated normal; the usual pick for deep relu stacks",
+    "lecun_normal": "the scale selu needs to self-normalise",
+    "random_normal": "the seed's own tf.random.normal with the stddev you set: too large explodes, too small "
+                     "vanishes",
+    "zeros": "every weight 0: units stay identical and (with relu) nothing learns; a check that the knob "
+             "reaches the layers",
+}
+BIAS_INIT_HELP = {
+    "zeros": "the usual start (the seed's example)",
+    "constant": "every bias the value you set, e.g. 0.01 keeps relu units alive at the start",
+    "random_normal": "biases from a normal with the stddev set above",
 }
 
 # What the Train page shows for the CNN knobs of a built-in image set.
 IMAGE_INFO = {name: "×".join(str(n) for n in shape) for name, shape in BUILTIN_IMAGE_SHAPES.items()}
+
+# Task of each built-in dataset (a CSV's is known once it is loaded).
+BUILTIN_TASKS = {"diabetes": "regression", "synthetic": "regression", "digits": "classification",
+                 "iris": "classification", "wine": "classification", "breast_cancer": "classification",
+                 "sequences": "classification"}
 
 # The one-click first run: small enough to finish in seconds on 2 cores.
 DEFAULT_TRAIN = TrainForm(dataset="digits", layers=1, units=64, epochs=15, patience=3)
@@ -141,6 +179,11 @@ def train_check(form: TrainForm, *, n_rows: int | None = None, has_csv: bool = F
         errors += _config_error(lambda: data_source(form, CSV_PLACEHOLDER))
     if form.family == "cnn" and not errors and not _image_shape(form):
         errors.append("a CNN needs image-shaped data: pick digits (8×8×1) or a CSV with an image shape H,W,C")
+    task = BUILTIN_TASKS.get(form.dataset) if form.dataset != "csv" else form.csv_task
+    if form.mode == "tape" and not errors and task == "classification":
+        errors.append("the tape loop fits y = f(Wx + b) with MSE: pick a regression set (synthetic, diabetes)")
+    if form.use_target and not errors and task is not None:
+        errors += _config_error(lambda: check_target(model_config(form), task))
     advice: list[str] = []
     if form.dropout > 0 and form.layers == 0:
         advice.append("dropout has no effect without hidden layers; add a layer or set dropout to 0")
@@ -156,22 +199,36 @@ def train_check(form: TrainForm, *, n_rows: int | None = None, has_csv: bool = F
 
 
 def model_config(form: TrainForm) -> ModelConfig:
-    cnn = form.family == "cnn"
+    family = "mlp" if form.mode == "tape" else form.family  # the loop is one Dense layer
+    cnn, rnn, d = family == "cnn", family == "rnn", ModelConfig
     return ModelConfig(
-        hidden=form.hidden, activation=form.activation, dropout=float(form.dropout),
+        hidden=() if form.mode == "tape" else form.hidden, activation=form.activation, dropout=float(form.dropout),
         optimizer=form.optimizer, learning_rate=float(form.learning_rate), batch_size=int(form.batch_size),
-        epochs=int(form.epochs), patience=int(form.patience), seed=int(form.seed), family=form.family,
+        epochs=int(form.epochs), patience=int(form.patience), seed=int(form.seed), family=family,
         # An MLP keeps the default conv fields, so its stored config does not depend on hidden widgets.
         filters=parse_filters(form.filters) if cnn else ModelConfig.filters,
         kernel_size=int(form.kernel_size) if cnn else ModelConfig.kernel_size,
         pooling=form.pooling if cnn else ModelConfig.pooling,
+        rnn_cell=form.rnn_cell if rnn else d.rnn_cell,
+        rnn_units=(int(form.rnn_units),) * int(form.rnn_layers) if rnn else d.rnn_units,
+        rnn_input=form.rnn_input if rnn else d.rnn_input,
+        embed_dim=int(form.embed_dim) if rnn else d.embed_dim,
+        weight_init=form.weight_init, bias_init=form.bias_init,
+        init_stddev=float(form.init_stddev) if "random_normal" in (form.weight_init, form.bias_init) else d.init_stddev,
+        bias_value=float(form.bias_value) if form.bias_init == "constant" else d.bias_value,
+        target=float(form.target) if form.use_target else None,
+        target_metric=form.target_metric if form.use_target else d.target_metric,
+        mode=form.mode,
+        # The tape loop is the seed's single neuron: its f is the output activation, the hidden one's stand-in.
+        output_activation=form.activation if form.mode == "tape" else d.output_activation,
     )
 
 
 def _image_shape(form: TrainForm) -> tuple[int, ...]:
     """The image shape training will use: the CSV's given one, or digits' 8x8x1 for a CNN."""
     given = parse_image_shape(form.image_shape) if form.dataset == "csv" else ()
-    return image_shape_for(ModelConfig(family=form.family), form.dataset, given)
+    family = "mlp" if form.mode == "tape" else form.family
+    return image_shape_for(ModelConfig(family=family), form.dataset, given)
 
 
 def data_source(form: TrainForm, csv_path: str | Path | None = None) -> DataSource:
@@ -182,7 +239,8 @@ def data_source(form: TrainForm, csv_path: str | Path | None = None) -> DataSour
                           task=form.csv_task, missing=form.csv_missing, seed=form.seed,
                           image_shape=_image_shape(form))
     return DataSource(dataset=form.dataset, synthetic_activation=form.synthetic_activation,
-                      noise=float(form.noise), seed=form.seed, image_shape=_image_shape(form))
+                      noise=float(form.noise), seed=form.seed, image_shape=_image_shape(form),
+                      seq_length=int(form.seq_length) if form.dataset == "sequences" else DataSource.seq_length)
 
 
 # -- serving ----------------------------------------------------------------------------

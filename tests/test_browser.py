@@ -147,10 +147,16 @@ def test_train_serve_swarm_and_compare_in_the_browser(app: tuple[str, Registry])
             _shot(page, "train_live")
             _set_number(page, "Epochs", 3)
             _set_number(page, "Seed", 1)
-            page.get_by_role("button", name="Train", exact=True).click()  # a second run, to compare later
+            # the second run, to compare later, is an RNN on the generated sequences
+            page.get_by_role("combobox", name="Dataset").click()
+            page.get_by_role("option", name="sequences").click()
+            page.get_by_text("RNN", exact=True).click()
+            expect(page.get_by_role("combobox", name="Recurrent cell")).to_be_visible(timeout=UI_TIMEOUT_MS)
+            page.get_by_role("button", name="Train", exact=True).click()
             expect(page.get_by_text("Test metrics")).to_be_visible(timeout=TRAIN_TIMEOUT_MS)
             trained = _wait_runs(registry, "train", 2, TRAIN_TIMEOUT_MS / 1000)
             assert sorted(r.summary["epochs_run"] for r in trained) == [3, 4]
+            assert sorted(r.config["model"]["family"] for r in trained) == ["mlp", "rnn"]
             expect(page.locator(".js-plotly-plot", has_text="Loss").first).to_be_visible()
             expect(page.get_by_text("Confusion matrix (test split)")).to_be_visible()
             accuracy = page.locator('[data-testid="stMetric"]', has_text="accuracy").first

@@ -33,7 +33,7 @@ def test_cnn_config_validates_and_round_trips() -> None:
     old = {k: v for k, v in ModelConfig().to_dict().items() if k not in ("family", "filters", "kernel_size",
                                                                           "pooling")}
     assert ModelConfig.from_dict(old).family == "mlp"
-    for kwargs, message in (({"family": "rnn"}, "family must be one of mlp, cnn"),
+    for kwargs, message in (({"family": "gan"}, "family must be one of mlp, cnn, rnn"),
                             ({"family": "cnn", "filters": ()}, "at least one conv block"),
                             ({"filters": (0,)}, "1..1024 filters"),
                             ({"filters": (8,) * 7}, "at most 6 conv blocks"),

@@ -21,7 +21,9 @@ from runs.configs import known_fields, plain_dict
 from runs.registry import Registry, State
 from tuning.pareto import MODEL_OBJECTIVES, pareto_mask
 
-MODEL_PARAMS = ("hidden", "activation", "learning_rate", "runtime")
+MODEL_PARAMS = ("hidden", "activation", "learning_rate", "runtime", "family", "rnn_cell", "weight_init", "bias_init")
+# Grid parameters that are ModelConfig fields of the same name, taken as given.
+_CONFIG_PARAMS = ("activation", "learning_rate", "family", "rnn_cell", "weight_init", "bias_init")
 MAX_MODELS = 32
 DEFAULT_GRID: dict[str, list[Any]] = {"hidden": [[32], [128, 128]], "activation": ["relu", "tanh"]}
 
@@ -111,7 +113,7 @@ class ModelSweepSpec:
         kw: dict[str, Any] = {"epochs": self.epochs, "seed": self.seed}
         if "hidden" in combo:
             kw["hidden"] = tuple(combo["hidden"])
-        for name in ("activation", "learning_rate"):
+        for name in _CONFIG_PARAMS:
             if name in combo:
                 kw[name] = combo[name]
         return kw
@@ -132,13 +134,15 @@ def combo_key(combo: Mapping[str, Any]) -> str:
 def combo_label(combo: Mapping[str, Any]) -> str:
     parts = []
     if "hidden" in combo:
-        parts.append("x".join(map(str, combo["hidden"])) or "linear")
+        # No hidden layer is a linear model for an mlp, but an rnn still has its recurrent layers.
+        parts.append("x".join(map(str, combo["hidden"])) or ("no dense" if combo.get("family") == "rnn" else "linear"))
     if "activation" in combo:
         parts.append(str(combo["activation"]))
     if "learning_rate" in combo:
         parts.append(f"lr{combo['learning_rate']:g}")
-    if "runtime" in combo:
-        parts.append(str(combo["runtime"]))
+    for name in ("family", "rnn_cell", "weight_init", "bias_init", "runtime"):
+        if name in combo:
+            parts.append(f"bias {combo[name]}" if name == "bias_init" else str(combo[name]))
     return " ".join(parts) or "default"
 
 
@@ -177,7 +181,7 @@ def start(registry: Registry, spec: ModelSweepSpec, *, name: str | None = None) 
 def run_model_sweep(registry: Registry, run_id: str) -> str:
     """Train, serve and load-test each grid point not yet measured; returns the final status."""
     from agent.data import DataSource
-    from agent.model import ModelConfig
+    from agent.model import ModelConfig, image_shape_for
     from agent.serving.config import DEFAULT_CONFIG, ServingConfig
     from agent.serving.process import start_endpoint, stop_endpoint
     from agent.training import train
@@ -210,10 +214,12 @@ def run_model_sweep(registry: Registry, run_id: str) -> str:
             stop.check()
             label = combo_label(combo)
             registry.set_progress(run_id, {"phase": "training", "model": label, "done": len(rows), "total": spec.size})
-            train_id = registry.create_run("train", {"model": ModelConfig(**spec.model_kwargs(combo)).to_dict(),
-                                                     "data": DataSource(spec.dataset).to_dict()},
+            config = ModelConfig(**spec.model_kwargs(combo))
+            # A cnn sees digits as 8x8x1 images; an mlp or rnn reads the flat rows.
+            source = DataSource(spec.dataset, image_shape=image_shape_for(config, spec.dataset))
+            train_id = registry.create_run("train", {"model": config.to_dict(), "data": source.to_dict()},
                                            name=f"{run.name}: {label}", parent_id=run_id)
-            result = train(ModelConfig(**spec.model_kwargs(combo)), DataSource(spec.dataset), registry, train_id)
+            result = train(config, source, registry, train_id)
             history = result.history[-1] if result.history else {}
             stop.check()
             registry.set_progress(run_id, {"phase": "load test", "model": label, "done": len(rows), "total": spec.size})

@@ -8,8 +8,30 @@ from pathlib import Path
 
 import streamlit as st
 
-from agent.data import BUILTIN_DATASETS, MAX_CSV_BYTES, MISSING_POLICIES, SYNTHETIC_ACTIVATIONS, CsvError
-from agent.model import ACTIVATIONS, FAMILIES, MAX_LAYERS, OPTIMIZERS, POOLINGS
+from agent.data import (
+    BUILTIN_DATASETS,
+    MAX_CSV_BYTES,
+    MAX_SEQ_LENGTH,
+    MIN_SEQ_LENGTH,
+    MISSING_POLICIES,
+    SYNTHETIC_ACTIVATIONS,
+    CsvError,
+)
+from agent.model import (
+    ACTIVATIONS,
+    BIAS_INITS,
+    FAMILIES,
+    MAX_LAYERS,
+    MAX_RNN_LAYERS,
+    OPTIMIZERS,
+    POOLINGS,
+    RNN_CELLS,
+    RNN_INPUTS,
+    TAPE_ACTIVATIONS,
+    TARGET_METRICS,
+    TRAIN_MODES,
+    WEIGHT_INITS,
+)
 from dashboard import charts, forms, ui
 from dashboard.state import get_registry, init_defaults
 from runs.jobs import reap
@@ -20,24 +42,29 @@ MAX_DOWNLOAD_BYTES = 200 * 1024 * 1024
 LEARNING_RATES = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 BATCH_SIZES = (8, 16, 32, 64, 128, 256, 512)
 KERNEL_SIZES = (1, 3, 5, 7)
+RNN_UNITS = (8, 16, 32, 64, 128, 256)
+EMBED_DIMS = (4, 8, 16, 32, 64)
 KEY_PREFIX = "train."  # widget key prefix for this page
 key = ui.widget_keys(KEY_PREFIX)  # key("x") -> the page's widget key for x
-# Task of each built-in dataset (a CSV's is known once the job has loaded it).
-BUILTIN_TASKS = {"diabetes": "regression", "synthetic": "regression", "digits": "classification",
-                       "iris": "classification", "wine": "classification", "breast_cancer": "classification"}
+BUILTIN_TASKS = forms.BUILTIN_TASKS
+FAMILY_LABELS = {"mlp": "MLP", "cnn": "CNN", "rnn": "RNN"}
+MODE_LABELS = {"fit": "Keras fit", "tape": "GradientTape loop"}
+STOP_LABELS = {"epochs": "all epochs run", "target": "target reached", "patience": "early stopping (patience)",
+               "request": "stopped by request"}
 
 DEFAULTS = forms.TrainForm()
-init_defaults({
-    key("dataset"): DEFAULTS.dataset, key("missing"): DEFAULTS.csv_missing, key("task"): "infer",
-    key("synthetic_activation"): DEFAULTS.synthetic_activation, key("noise"): DEFAULTS.noise,
-    key("layers"): DEFAULTS.layers, key("units"): DEFAULTS.units, key("activation"): DEFAULTS.activation,
-    key("dropout"): DEFAULTS.dropout,
-    key("optimizer"): DEFAULTS.optimizer, key("lr"): DEFAULTS.learning_rate, key("batch_size"): DEFAULTS.batch_size,
-    key("epochs"): DEFAULTS.epochs, key("patience"): DEFAULTS.patience, key("seed"): DEFAULTS.seed,
-    key("family"): DEFAULTS.family, key("filters"): DEFAULTS.filters, key("kernel_size"): DEFAULTS.kernel_size,
-    key("pooling"): DEFAULTS.pooling,
-    key("image_shape"): DEFAULTS.image_shape,
-})
+# Widget name -> the TrainForm field it starts from.
+FORM_FIELDS = {
+    "dataset": "dataset", "missing": "csv_missing", "synthetic_activation": "synthetic_activation", "noise": "noise",
+    "layers": "layers", "units": "units", "activation": "activation", "dropout": "dropout", "optimizer": "optimizer",
+    "lr": "learning_rate", "batch_size": "batch_size", "epochs": "epochs", "patience": "patience", "seed": "seed",
+    "family": "family", "filters": "filters", "kernel_size": "kernel_size", "pooling": "pooling",
+    "image_shape": "image_shape", "seq_length": "seq_length", "rnn_cell": "rnn_cell", "rnn_layers": "rnn_layers",
+    "rnn_units": "rnn_units", "rnn_input": "rnn_input", "embed_dim": "embed_dim", "weight_init": "weight_init",
+    "init_stddev": "init_stddev", "bias_init": "bias_init", "bias_value": "bias_value", "use_target": "use_target",
+    "target_value": "target", "target_metric": "target_metric", "mode": "mode",
+}
+init_defaults({key(widget): getattr(DEFAULTS, field) for widget, field in FORM_FIELDS.items()} | {key("task"): "infer"})
 
 registry = get_registry()
 
@@ -96,7 +123,8 @@ def _launch(form: forms.TrainForm, csv_bytes: bytes | None = None, csv_name: str
 
 
 st.title(":material/model_training: Train")
-st.caption("Train a Keras MLP or CNN as a background job. Everything is recorded in the run registry, "
+st.caption("Train a Keras MLP, CNN or RNN (or the hand-written GradientTape loop) as a background job. "
+           "Everything is recorded in the run registry, "
            "so the run stays visible after a reload or in another tab.")
 
 train_runs = registry.list_runs(kind="train")
@@ -183,15 +211,34 @@ with data_col:
                           "layer and this output activation fits it exactly")
         st.slider("Noise σ", 0.0, 1.0, step=0.05, key=key("noise"),
                   help="noise: standard deviation of Gaussian noise added to y; the floor the loss can reach")
+    elif dataset == "sequences":
+        st.slider("Sequence length", MIN_SEQ_LENGTH, 60, key=key("seq_length"),
+                  help=f"seq_length: tokens per sequence ({MIN_SEQ_LENGTH}-{MAX_SEQ_LENGTH} from the CLI); each "
+                       "holds one token 1 and one token 2 among filler, and the label says whether 1 comes first. "
+                       "Longer sequences mean a longer memory and more compute per request")
 
 with model_col:
     st.subheader("Model")
-    family = st.radio(
-        "Family", FAMILIES, key=key("family"), horizontal=True, format_func=lambda f: {"mlp": "MLP", "cnn": "CNN"}[f],
-        help="family: MLP = Dense layers on the feature rows; CNN = convolution blocks on images (digits as 8×8×1, "
-             "or a CSV of pixels with an image shape), then the Dense layers below. A CNN costs more compute per "
-             "request, so batching pays off differently when it is served",
+    mode = st.radio(
+        "Training loop", TRAIN_MODES, key=key("mode"), horizontal=True, format_func=MODE_LABELS.__getitem__,
+        help="mode: Keras fit (any model), or the founding example written out by hand — one Dense layer "
+             "o = f(Wx + b), MSE, tf.GradientTape, W -= lr·dW and b -= lr·db with assign_sub, compiled with "
+             "tf.function. The loop needs a regression set (synthetic is y = f(Wx + b)); it is plain gradient "
+             "descent (the optimizer is ignored) and f is the activation below",
     )
+    family = st.radio(
+        "Family", FAMILIES, key=key("family"), horizontal=True, format_func=FAMILY_LABELS.__getitem__,
+        disabled=mode == "tape",
+        help="family: MLP = Dense layers on the feature rows; CNN = convolution blocks on images (digits as 8×8×1, "
+             "or a CSV of pixels with an image shape), then the Dense layers below; RNN = each row read as a "
+             "sequence (the sequences set, or a CSV whose columns are the time steps) by 1-2 recurrent layers, "
+             "then the Dense layers. A CNN or RNN costs more compute per request, so batching pays off "
+             "differently when it is served",
+    )
+    if mode == "tape":
+        family = "mlp"  # the loop is one Dense layer whatever the radio says
+        st.caption("Tape loop: one Dense layer o = f(Wx + b) on the normalised features; f is the activation "
+                   f"below ({', '.join(TAPE_ACTIVATIONS)}); the family and hidden layers do not apply.")
     if family == "cnn":
         k1, k2, k3 = st.columns(3)
         k1.text_input("Filters per block", key=key("filters"),
@@ -205,6 +252,24 @@ with model_col:
         if dataset in forms.IMAGE_INFO:
             st.caption(f"{dataset} as {forms.IMAGE_INFO[dataset]} images; the Dense layers below follow "
                        "the conv blocks")
+    if family == "rnn":
+        r1, r2, r3 = st.columns(3)
+        r1.selectbox("Recurrent cell", RNN_CELLS, key=key("rnn_cell"),
+                     help="rnn_cell: GRU (gated, cheaper than LSTM), LSTM (gated with a cell state), SimpleRNN "
+                          "(no gates: cheapest, forgets fastest)")
+        r2.slider("Recurrent layers", 1, MAX_RNN_LAYERS, key=key("rnn_layers"),
+                  help="rnn layers: 1 or 2 stacked recurrent layers (the first returns its whole sequence)")
+        r3.select_slider("Recurrent units", RNN_UNITS, key=key("rnn_units"),
+                         help="rnn_units: state size of each recurrent layer; compute per request grows with "
+                              "units² × sequence length")
+        r1.radio("Sequence input", RNN_INPUTS, key=key("rnn_input"),
+                 help="rnn_input: embedding = each value is an integer token id looked up in a learned table "
+                      "(values are rounded and clipped inside the model, so served float rows work); dense = each "
+                      "value is one real-valued time step")
+        if st.session_state[key("rnn_input")] == "embedding":
+            r2.select_slider("Embedding width", EMBED_DIMS, key=key("embed_dim"),
+                             help="embed_dim: size of each token's learned vector")
+        st.caption("Dropout below also applies to each recurrent layer's inputs.")
     c1, c2 = st.columns(2)
     c1.slider("Hidden layers", 0, MAX_LAYERS, key=key("layers"),
               help="hidden: number of Dense layers (after the conv blocks for a CNN); 0 is a linear/logistic model. "
@@ -227,6 +292,35 @@ with model_col:
                          "0 turns early stopping off")
     c2.number_input("Seed", 0, 2**31 - 1, step=1, key=key("seed"),
                     help="seed: fixes the split, initial weights and shuffling so runs are reproducible")
+    with st.expander("Initialisation and stopping", expanded=False):
+        i1, i2 = st.columns(2)
+        weight_init = i1.selectbox(
+            "Weight initialiser", WEIGHT_INITS, key=key("weight_init"),
+            help="weight_init: how every kernel starts (Dense, Conv2D, recurrent inputs) — "
+                 + "; ".join(f"{k}: {v}" for k, v in forms.WEIGHT_INIT_HELP.items()))
+        bias_init = i2.selectbox(
+            "Bias initialiser", BIAS_INITS, key=key("bias_init"),
+            help="bias_init: how every bias starts — "
+                 + "; ".join(f"{k}: {v}" for k, v in forms.BIAS_INIT_HELP.items()))
+        if "random_normal" in (weight_init, bias_init):
+            i1.number_input("Random normal stddev", 0.0001, 10.0, step=0.01, format="%.4f", key=key("init_stddev"),
+                            help="init_stddev: standard deviation of the random_normal initialisers (the seed's "
+                                 "tf.random.normal)")
+        if bias_init == "constant":
+            i2.number_input("Bias value", -10.0, 10.0, step=0.01, key=key("bias_value"),
+                            help="bias_value: the constant every bias starts at")
+        use_target = st.checkbox(
+            "Stop at a target", key=key("use_target"),
+            help="target: end training as soon as the metric below reaches the value at the end of an epoch "
+                 "(at or below for losses and MAE, at or above for accuracy) — the founding description's 'until "
+                 "the error reaches a preset threshold'. Early-stopping patience still applies beside it")
+        if use_target:
+            t1, t2 = st.columns(2)
+            t1.selectbox("Target metric", TARGET_METRICS, key=key("target_metric"),
+                         help="target_metric: loss/val_loss for any task, accuracy for classification, mae for "
+                              "regression (val_ = on the validation split)")
+            t2.number_input("Target value", 0.0, 1e6, step=0.01, format="%.4f", key=key("target_value"),
+                            help="target: the value that ends training once reached")
 
 state = st.session_state
 form = forms.TrainForm(
@@ -238,6 +332,13 @@ form = forms.TrainForm(
     batch_size=int(state[key("batch_size")]), epochs=int(state[key("epochs")]), patience=int(state[key("patience")]),
     seed=int(state[key("seed")]), family=state[key("family")], filters=state[key("filters")],
     kernel_size=int(state[key("kernel_size")]), pooling=state[key("pooling")], image_shape=_csv_image_shape(),
+    seq_length=int(state[key("seq_length")]), rnn_cell=state[key("rnn_cell")],
+    rnn_layers=int(state[key("rnn_layers")]), rnn_units=int(state[key("rnn_units")]),
+    rnn_input=state[key("rnn_input")], embed_dim=int(state[key("embed_dim")]),
+    weight_init=state[key("weight_init")], init_stddev=float(state[key("init_stddev")]),
+    bias_init=state[key("bias_init")], bias_value=float(state[key("bias_value")]),
+    use_target=bool(state[key("use_target")]), target=float(state[key("target_value")]),
+    target_metric=state[key("target_metric")], mode=state[key("mode")],
 )
 check = forms.train_check(form, n_rows=n_rows, has_csv=csv_bytes is not None)
 ui.show_check(check)
@@ -319,10 +420,17 @@ def _results(registry: Registry, run: Run) -> None:
                        f"{metrics[name]:.4f}", help=f"{name} on the held-out test split")
         cols[len(names)].metric("parameters", f"{s.get('param_count', 0):,}", help="trainable + non-trainable weights")
         cols[len(names) + 1].metric("epochs run", s.get("epochs_run", "—"),
-                                    help="epochs actually run (early stopping or Stop may end sooner)")
+                                    help="epochs actually run (a target, early stopping or Stop may end sooner)")
+    stop = s.get("stop")
+    if stop:
+        detail = f" — {stop['detail']}" if stop.get("detail") and stop.get("rule") != "epochs" else ""
+        st.caption(f"Stopped by: **{STOP_LABELS.get(stop.get('rule'), stop.get('rule'))}** at epoch "
+                   f"{stop.get('epoch')}{detail}")
     shape = (s.get("data") or {}).get("input_shape")
     if shape:
         family = (run.config.get("model") or {}).get("family", "mlp").upper()
+        if (run.config.get("model") or {}).get("mode") == "tape":
+            family = "GradientTape loop f(Wx + b)"
         st.caption(f"{family} · served input shape {' × '.join(str(n) for n in shape)} (one request row)")
     _curves(registry, run)
     if metrics.get("confusion_matrix"):

@@ -12,6 +12,8 @@ from typing import Any
 
 import streamlit as st
 
+from agent.data import BUILTIN_DATASETS
+from agent.model import FAMILIES, WEIGHT_INITS
 from agent.serving.config import RUNTIMES
 from dashboard import charts_tuning as ct
 from dashboard import ui
@@ -38,7 +40,7 @@ init_defaults({
     key("slos"): "p95<=50ms\nfail_ratio<=0.01",
     key("objective"): "throughput", key("strategy"): "grid", key("step_s"): 8,
     key("m_hidden"): "32,128x128", key("m_activation"): ["relu", "tanh"], key("m_lr"): "0.001", key("m_epochs"): 3,
-    key("m_users"): 16,
+    key("m_users"): 16, key("m_dataset"): "digits", key("m_family"): [], key("m_weight_init"): [],
 })
 registry = get_registry()
 
@@ -310,16 +312,24 @@ with st.expander("New model sweep", expanded=False):
     c1.number_input("Epochs", 1, 50, key=key("m_epochs"), help="epochs: per model; keep it small")
     c2.number_input("Users for the load step", 1, 512, key=key("m_users"),
                     help="users: concurrency of the one load step each model gets")
+    c3.selectbox("Dataset", BUILTIN_DATASETS, key=key("m_dataset"),
+                 help="dataset: the built-in set every model trains on (sequences = the generated token sequences "
+                      "for the RNN)")
+    c1.multiselect("Families", FAMILIES, key=key("m_family"),
+                   help="family: mlp, cnn (digits as 8×8×1 images), rnn (each row as a sequence); empty = mlp")
+    c2.multiselect("Weight initialisers", WEIGHT_INITS, key=key("m_weight_init"),
+                   help="weight_init: how every kernel starts; empty = glorot_uniform (Keras' default)")
     if st.button("Start model sweep", key=key("m_start"), icon=":material/play_arrow:",
                  help="train each model briefly, serve it, load-test it; runs as a job"):
         from tuning.model_sweep import ModelSweepSpec, start, train_grid
 
         state = st.session_state
         try:
-            activations = state[key("m_activation")]
+            lists = {name: state[key(f"m_{name}")] for name in ("activation", "family", "weight_init")}
             grid = train_grid([f"hidden={state[key('m_hidden')]}", f"learning_rate={state[key('m_lr')]}"]
-                              + ([f"activation={','.join(activations)}"] if activations else []))
-            mspec = ModelSweepSpec(grid=grid, epochs=int(state[key("m_epochs")]), users=int(state[key("m_users")]))
+                              + [f"{name}={','.join(values)}" for name, values in lists.items() if values])
+            mspec = ModelSweepSpec(dataset=state[key("m_dataset")], grid=grid, epochs=int(state[key("m_epochs")]),
+                                   users=int(state[key("m_users")]))
         except ValueError as exc:
             st.error(str(exc).splitlines()[0])
         else:
