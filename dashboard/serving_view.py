@@ -59,10 +59,13 @@ def fetch_text(url: str, timeout_s: float = SCRAPE_TIMEOUT_S) -> str:
         return resp.read(MAX_RESPONSE_BYTES).decode("utf-8", errors="replace")
 
 
-def predict(url: str, model_name: str, rows: Sequence[Sequence[float]],
+def predict(url: str, model_name: str, rows: Sequence[Any],
             timeout_s: float = PREDICT_TIMEOUT_S) -> tuple[int, dict[str, Any]]:
-    """POST one TF Serving ``:predict`` request; returns (HTTP status, decoded JSON body)."""
-    body = json.dumps({"instances": [list(map(float, r)) for r in rows]}).encode()
+    """POST one TF Serving ``:predict`` request; returns (HTTP status, decoded JSON body).
+
+    ``rows`` are instances as TF Serving's row format takes them: nested lists, or
+    objects keyed by input name for a model with several inputs."""
+    body = json.dumps({"instances": list(rows)}).encode()
     req = urllib.request.Request(f"{url.rstrip('/')}/v1/models/{model_name}:predict", data=body,
                                  headers={"Content-Type": "application/json"}, method="POST")
     try:
@@ -76,6 +79,28 @@ def predict(url: str, model_name: str, rows: Sequence[Sequence[float]],
         return exc.code, payload
 
 
+def describe_signature(signature: dict[str, Any]) -> str:
+    """``image 8x8x1 float32, tokens 50 int32`` from a ``signature.json`` document."""
+    parts = [f"{i.get('name')} {'x'.join(map(str, i.get('shape', []))) or 'scalar'} {i.get('dtype')}"
+             for i in signature.get("inputs", [])]
+    return ", ".join(parts) or "—"
+
+
+def describe_row(row: Any, limit: int = 16) -> str:
+    """A short text for one instance: its numbers (flattened) or, per named input, its first numbers."""
+    if isinstance(row, dict):
+        return "; ".join(f"{k}: {describe_row(v, limit // 2)}" for k, v in row.items())
+    flat = _flatten(row)
+    head = ", ".join(f"{v:g}" for v in flat[:limit]) + (" …" if len(flat) > limit else "")
+    return f"{len(flat)} numbers: {head}"
+
+
+def _flatten(value: Any) -> list[float]:
+    if isinstance(value, list):
+        return [v for item in value for v in _flatten(item)]
+    return [float(value)]
+
+
 def describe_prediction(prediction: Any, class_labels: Sequence[str]) -> tuple[str, float | None]:
     """(label, confidence) for one prediction row: argmax class for classifiers, the value for regression."""
     if isinstance(prediction, list) and prediction and all(isinstance(v, (int, float)) for v in prediction):
@@ -86,4 +111,8 @@ def describe_prediction(prediction: Any, class_labels: Sequence[str]) -> tuple[s
         return str(label), float(prediction[best])
     if isinstance(prediction, (int, float)):
         return f"{float(prediction):.4g}", None
+    if isinstance(prediction, dict) and prediction:  # several named outputs: describe the first
+        name, first = next(iter(prediction.items()))
+        label, conf = describe_prediction(first, class_labels)
+        return f"{name}: {label}", conf
     return json.dumps(prediction)[:80], None

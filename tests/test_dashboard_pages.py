@@ -396,6 +396,28 @@ def test_serve_page_accepts_zero_batch_threads_like_the_serving_config(home: Pat
     assert at.button(key="serve.start").disabled
 
 
+@pytest.mark.integration
+def test_serve_page_imports_a_model_by_path_and_refuses_a_bad_one(
+    home: Path, registry: Registry, trained_model: Path, tmp_path: Path
+) -> None:
+    at = _page("serve")
+    assert not at.exception
+    (tmp_path / "model.h5").write_bytes(b"x")
+    at.text_input(key="serve.import_path").set_value(str(tmp_path / "model.h5")).run()
+    at.button(key="serve.import").click().run()
+    assert not at.exception
+    assert [e.value for e in at.error] == [f"Not imported: model.h5: .h5 files are refused (they can run code when "
+                                           "loaded); save the model as .keras or as a SavedModel directory"]
+    assert registry.list_runs() == []
+    at.text_input(key="serve.import_path").set_value(str(trained_model)).run()
+    at.button(key="serve.import").click().run()
+    assert not at.exception and not at.error
+    (run,) = registry.list_runs(kind="train")
+    assert run.config["imported"] is True and run.status == "completed"
+    assert at.selectbox(key="serve.model").value == run.id  # the picker shows the imported model
+    assert "features 64 float32" in _text(at)
+
+
 def test_serve_page_renders_a_stopped_endpoint(home: Path, registry: Registry) -> None:
     model_run = _train_run(registry)
     model_path = registry.get_run(model_run).summary["model_path"]

@@ -36,7 +36,7 @@ from loadtest import payload
 from runs.registry import Registry
 
 MAX_IMPORT_BYTES = 500 * 1024 * 1024  # a model (file or directory) larger than this is refused
-MAX_UPLOAD_BYTES = 200 * 1024 * 1024  # what the Serve page accepts as an upload
+MAX_UPLOAD_BYTES = 50 * 1024 * 1024  # uploads through the Serve page (.streamlit/config.toml maxUploadSize too)
 INSPECT_TIMEOUT_S = 180.0
 IMPORT_SAMPLES = 64
 KERAS_NAME = "model.keras"
