@@ -406,7 +406,7 @@ def test_serve_page_imports_a_model_by_path_and_refuses_a_bad_one(
     at.text_input(key="serve.import_path").set_value(str(tmp_path / "model.h5")).run()
     at.button(key="serve.import").click().run()
     assert not at.exception
-    assert [e.value for e in at.error] == [f"Not imported: model.h5: .h5 files are refused (they can run code when "
+    assert [e.value for e in at.error] == ["Not imported: model.h5: .h5 files are refused (they can run code when "
                                            "loaded); save the model as .keras or as a SavedModel directory"]
     assert registry.list_runs() == []
     at.text_input(key="serve.import_path").set_value(str(trained_model)).run()

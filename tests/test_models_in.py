@@ -243,3 +243,20 @@ def test_import_records_a_train_run_with_signature_and_payloads(registry: Regist
     with pytest.raises(ImportRefusedError, match="outside the archive"):
         import_upload(registry, "evil.zip", evil.read_bytes())
     assert len(registry.list_runs()) == before  # nothing half-recorded
+
+
+@pytest.mark.slow
+def test_tuning_cli_sweeps_a_bare_saved_model_after_importing_it(home: Path, zoo: dict[str, ZooModel]) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "tuning", "--model", str(zoo["saved"].path), "--grid", "max_batch_size=1,8",
+         "--users", "2", "--step-s", "2", "--verify-top", "0", "--slo", "fail_ratio<=0.01"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "TUNESWARM_HOME": str(home)})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "imported" in proc.stdout
+    reg = Registry(home)
+    (imported,) = [r for r in reg.list_runs(kind="train") if r.config.get("imported")]
+    (sweep,) = reg.list_runs(kind="sweep")
+    assert sweep.config["spec"]["model_path"] == imported.summary["model_path"]
+    points = sweep.summary["points"]
+    assert len(points) == 2 and all(p["requests"] > 0 and p["fail_ratio"] <= 0.01 for p in points)
