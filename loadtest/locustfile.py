@@ -5,6 +5,11 @@ Run it with Locust itself (this is the only module that imports locust)::
     locust -f loadtest/locustfile.py --host http://127.0.0.1:8600 --samples model/samples.json \\
         --model-name model --headless -u 32 -r 32 -t 20s [--shape steps --step-users 8 ...]
 
+``--samples`` takes a TF Serving request ``.json``, ``.npy``, ``.npz`` or ``.csv``;
+without it (and without ``--n-features``) rows are generated from the model's
+signature, read from ``--signature FILE`` or from the target's ``/metadata``
+(``--payload-dist``, ``--payload-low``/``--payload-high``, ``--vocab-size``).
+
 or through ``python -m loadtest`` / ``loadtest.runner``, which add reports,
 live stats in the run registry and SLO gates. Every option below is declared
 through ``events.init_command_line_parser``, so Locust parses it like its own

@@ -46,12 +46,7 @@ def build_zoo(folder: Path) -> dict[str, ZooModel]:
     keras.utils.set_random_seed(7)
     zoo: dict[str, ZooModel] = {}
 
-    img = keras.Input((8, 8, 1), name="image")
-    h = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(img)
-    h = keras.layers.MaxPooling2D(name="pool")(h)
-    h = keras.layers.Flatten(name="flat")(h)
-    cnn = keras.Model(img, keras.layers.Dense(3, activation="softmax", name="probs")(h), name="cnn")
-    zoo["cnn"] = _keras_entry("cnn", cnn, folder / "cnn" / "cnn.keras")
+    zoo["cnn"] = _keras_entry("cnn", cnn_model(), folder / "cnn" / "cnn.keras")
 
     vec = keras.Input((6,), name="vec")
     tokens = keras.Input((5,), name="tokens", dtype="int32")
@@ -73,6 +68,17 @@ def build_zoo(folder: Path) -> dict[str, ZooModel]:
                               "value": keras.layers.Dense(1, name="value")(h)}, name="two_out")
     zoo["two_output"] = _keras_entry("two_output", two_out, folder / "two_output" / "two_output.keras")
     return zoo
+
+
+def cnn_model() -> Any:
+    """A tiny CNN on one (8, 8, 1) image (conv, pool, dense softmax over 3 classes)."""
+    import keras
+
+    img = keras.Input((8, 8, 1), name="image")
+    h = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(img)
+    h = keras.layers.MaxPooling2D(name="pool")(h)
+    h = keras.layers.Flatten(name="flat")(h)
+    return keras.Model(img, keras.layers.Dense(3, activation="softmax", name="probs")(h), name="cnn")
 
 
 def _keras_entry(name: str, model: Any, path: Path) -> ZooModel:

@@ -260,3 +260,14 @@ def test_tuning_cli_sweeps_a_bare_saved_model_after_importing_it(home: Path, zoo
     assert sweep.config["spec"]["model_path"] == imported.summary["model_path"]
     points = sweep.summary["points"]
     assert len(points) == 2 and all(p["requests"] > 0 and p["fail_ratio"] <= 0.01 for p in points)
+
+
+def test_serving_cli_refuses_a_runtime_the_format_cannot_take_with_exit_2(zoo: dict[str, ZooModel],
+                                                                         tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for args, needle in [((str(zoo["saved"].path), "--runtime", "keras"), "runtime 'keras' needs a .keras model"),
+                         ((str(tmp_path),), "without saved_model.pb")]:
+        proc = subprocess.run([sys.executable, "-m", "agent.serving", "--model", *args, "--port", "0"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=60, env=env)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.strip().count("\n") == 0 and needle in proc.stderr

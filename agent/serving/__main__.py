@@ -1,12 +1,13 @@
 """CLI: serve a model over TensorFlow Serving's REST API.
 
-    python -m agent.serving --model PATH.keras --name digits --port 8600 --runtime tflite \\
+    python -m agent.serving --model PATH --name digits --port 8600 --runtime tflite \\
         --max-batch-size 64 --batch-timeout-ms 2 --max-enqueued-batches 64 --workers 1
 
 Prints exactly one line ``ready: http://HOST:PORT`` once the model is loaded and
 warmed (``--port 0`` picks a free port). SIGTERM/SIGINT stop it gracefully:
 no new connections, in-flight requests finish (bounded), exit 0. Exit 2 on bad
-usage or a model file that is refused; 1 when serving fails.
+usage or a model that is refused (PATH is a .keras file or a SavedModel directory;
+anything else, or a runtime that cannot take the format, is refused); 1 when serving fails.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = DEFAULT_CONFIG
     p = _Parser(prog="python -m agent.serving", description=__doc__,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", help="path to the .keras model file to serve (required unless --ceiling)")
+    p.add_argument("--model", help="the model to serve: a .keras file (loaded in safe mode) or a TensorFlow "
+                   "SavedModel directory (its serving_default signature) (required unless --ceiling)")
     p.add_argument("--name", default="model", help="model name in the URL /v1/models/NAME (default: model)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to bind; 0 picks a free one "
@@ -112,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = config_from_args(args)
-        model_path = _check_model(args)
+        model_path = _check_model(args, config.runtime)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -151,14 +153,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _check_model(args: argparse.Namespace) -> str | None:
+def _check_model(args: argparse.Namespace, runtime: str) -> str | None:
     if args.ceiling:
         return None
     if not args.model:
         raise ValueError("--model PATH.keras is required (or --ceiling for the reference handler)")
     from agent.export import check_model_path
+    from agent.serving.runtimes import check_runtime_format
 
-    return str(check_model_path(args.model))  # ModelFormatError is a ValueError
+    path = check_model_path(args.model)  # ModelFormatError is a ValueError
+    check_runtime_format(runtime, path)  # so is RuntimeRefusedError
+    return str(path)
 
 
 def _worker(args: argparse.Namespace, config: ServingConfig, model_path: str | None) -> int:

@@ -92,8 +92,10 @@ def start_endpoint(
     """
     if model_path is not None and not ceiling:
         from agent.export import check_model_path
+        from agent.serving.runtimes import check_runtime_format
 
-        check_model_path(model_path)  # refuse .h5 etc. before starting anything
+        # Refuse .h5 etc., and a runtime that cannot take the format, before starting anything.
+        check_runtime_format(config.runtime, check_model_path(model_path))
     run_config = {"model_path": None if ceiling else str(model_path), "name": name, "port": port,
                   "ceiling": ceiling, "serving": config.to_dict()}
     label = run_name or f"serve {'ceiling' if ceiling else name} ({config.runtime})"

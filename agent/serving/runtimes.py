@@ -157,6 +157,13 @@ def configure_tf_threads(intra_op: int, inter_op: int) -> None:
         pass  # TF already initialised in this process (tests building several runtimes)
 
 
+def check_runtime_format(name: str, path: Path) -> None:
+    """Refuse, before loading anything, a runtime that cannot take this model format."""
+    if name == "keras" and path.is_dir():
+        raise RuntimeRefusedError(f"runtime 'keras' needs a .keras model; {path.name} is a SavedModel: "
+                                  "use tf-function, xla, tflite or tflite-int8")
+
+
 def make_runtime(name: str, model_path: str | os.PathLike[str], config: ServingConfig | None = None) -> Runtime:
     """Build runtime ``name`` for the ``.keras`` file or SavedModel directory at ``model_path``.
 
@@ -170,9 +177,7 @@ def make_runtime(name: str, model_path: str | os.PathLike[str], config: ServingC
     config = config or ServingConfig(runtime=name)
     path = export.check_model_path(model_path)
     configure_tf_threads(config.intra_op_threads, config.inter_op_threads)
-    if name == "keras" and path.is_dir():
-        raise RuntimeRefusedError(f"runtime 'keras' needs a .keras model; {path.name} is a SavedModel: "
-                                  "use tf-function, xla, tflite or tflite-int8")
+    check_runtime_format(name, path)
     servable = export.load_servable(path)
     runtime: Runtime
     try:
