@@ -123,7 +123,10 @@ with left:
     s = model_run.summary
     tm = s.get("test_metrics") or {}
     c1, c2, c3 = st.columns(3)
-    c1.metric("dataset", (s.get("data") or {}).get("name", "—"))
+    if s.get("imported"):
+        c1.metric("format", "SavedModel" if s.get("format") == "saved_model" else ".keras")
+    else:
+        c1.metric("dataset", (s.get("data") or {}).get("name", "—"))
     c2.metric("parameters", f"{s.get('param_count', 0):,}")
     if s.get("imported"):
         c3.metric("size", f"{(s.get('size_bytes') or 0) / 2**20:.2f} MB")
