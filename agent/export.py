@@ -239,8 +239,9 @@ def load_metadata(model_path: str | os.PathLike[str]) -> ModelMetadata | None:
     return ModelMetadata.from_dict(json.loads(meta.read_text()))
 
 
-def load_samples(model_path: str | os.PathLike[str]) -> list[list[float]] | None:
-    """Sample feature rows saved beside ``model_path``, or None."""
+def load_samples(model_path: str | os.PathLike[str]) -> list[Any] | None:
+    """Sample instances saved beside ``model_path`` (a ``.keras`` file or a SavedModel directory),
+    or None: feature rows, nested rows for shaped inputs, objects keyed by input name for several."""
     path = Path(model_path).with_name(SAMPLES_FILENAME)
     if not path.is_file():
         return None
