@@ -271,3 +271,20 @@ def test_serving_cli_refuses_a_runtime_the_format_cannot_take_with_exit_2(zoo: d
                               capture_output=True, text=True, timeout=60, env=env)
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.strip().count("\n") == 0 and needle in proc.stderr
+
+
+def test_recurrent_model_runs_on_tf_runtimes_and_tflite_refuses_it_at_start(tmp_path: Path) -> None:
+    import keras
+
+    tokens = keras.Input((6,), name="tokens", dtype="int32")
+    h = keras.layers.LSTM(4, name="lstm")(keras.layers.Embedding(30, 3, name="emb")(tokens))
+    model = keras.Model(tokens, keras.layers.Dense(2, name="out")(h))
+    model.save(tmp_path / "rnn.keras")
+    x = np.random.default_rng(0).integers(0, 30, (3, 6))
+    rt = make_runtime("tf-function", tmp_path / "rnn.keras")
+    np.testing.assert_allclose(rt.predict(x.astype(np.float32)), np.asarray(model(x.astype(np.int32))), atol=1e-5)
+    with pytest.raises(RuntimeRefusedError) as err:
+        make_runtime("tflite", tmp_path / "rnn.keras")
+    assert str(err.value) == ("runtime 'tflite' cannot run rnn.keras: the TFLite conversion needs TensorFlow ops "
+                              "this interpreter lacks (TensorListReserve; typical of recurrent layers); "
+                              "use tf-function or xla")

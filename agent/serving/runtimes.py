@@ -22,6 +22,7 @@ so importing ``agent.serving`` stays cheap).
 from __future__ import annotations
 
 import os
+import re
 import threading
 import warnings
 from collections.abc import Callable
@@ -195,6 +196,19 @@ def make_runtime(name: str, model_path: str | os.PathLike[str], config: ServingC
         runtime.predict(np.zeros((1, runtime.n_features), dtype=np.float32))
     except (RuntimeRefusedError, export.ModelFormatError):
         raise
-    except Exception as exc:  # TF's converter/compiler errors are pages long: keep their first line
-        raise RuntimeRefusedError(f"runtime {name!r} cannot run {path.name}: {export.first_line(exc)}") from None
+    except Exception as exc:  # TF's converter/compiler errors are pages long: one line says why
+        raise RuntimeRefusedError(f"runtime {name!r} cannot run {path.name}: {_refusal_reason(name, exc)}") from None
     return runtime
+
+
+def _refusal_reason(name: str, exc: BaseException) -> str:
+    text = str(exc)
+    if name.startswith("tflite"):
+        ops = sorted(set(re.findall(r"\b(?:tf\.)?(TensorList\w+|Flex\w+)", text)))
+        if ops:
+            # Recurrent layers with a dynamic batch lower to TensorList ops, which the
+            # TFLite builtins lack and this interpreter has no Flex delegate for.
+            return (f"the TFLite conversion needs TensorFlow ops this interpreter lacks ({', '.join(ops[:3])}; "
+                    "typical of recurrent layers); use tf-function or xla")
+    line = export.first_line(exc)
+    return line if len(line) <= 200 else line[:197] + "..."
