@@ -626,6 +626,31 @@ def test_pages_do_not_import_tensorflow(page: str, home: Path, registry: Registr
 
 # -- app.py: navigation -----------------------------------------------------------------------
 
+def test_every_page_takes_an_imported_saved_model(home: Path, registry: Registry) -> None:
+    """An imported model (a train run without training metrics, a SavedModel directory) in every picker."""
+    run_id = registry.create_run("train", {"imported": True, "format": "saved_model", "source": "/x"},
+                                 name="imported sm", status="running")
+    folder = registry.artifacts_dir(run_id)
+    (folder / "saved_model").mkdir()
+    (folder / "saved_model" / "saved_model.pb").write_bytes(b"")
+    (folder / "samples.json").write_text(json.dumps({"instances": [{"vec": [0.5, 0.5], "tokens": [1, 0]}]}))
+    signature = {"inputs": [{"name": "tokens", "shape": [2], "dtype": "int32"},
+                            {"name": "vec", "shape": [2], "dtype": "float32"}],
+                 "outputs": [{"name": "score", "shape": [1], "dtype": "float32"}]}
+    registry.update_summary(run_id, {"model_path": str(folder / "saved_model"), "imported": True,
+                                     "format": "saved_model", "signature": signature, "param_count": 12,
+                                     "size_bytes": 2048, "data": {"name": "imported (saved model)", "task": None}})
+    registry.set_status(run_id, "completed")
+    for name in ("train", "serve", "load_test", "tune", "run_history"):
+        at = _page(name)
+        assert not at.exception, (name, at.exception)
+        if name != "load_test":  # (which lists what its form still lacks, with no endpoint running)
+            assert not at.error, (name, [e.value for e in at.error])
+    at = _page("serve")
+    assert at.selectbox(key="serve.model").value == run_id
+    assert "tokens 2 int32, vec 2 float32" in _text(at)
+
+
 APP = PAGES.parent.parent / "app.py"
 
 
@@ -657,27 +682,3 @@ def test_app_skips_a_page_whose_file_is_missing(home: Path, tmp_path: Path) -> N
     assert not at.exception
     assert "Runs" in at.title[0].value
 
-
-def test_every_page_takes_an_imported_saved_model(home: Path, registry: Registry) -> None:
-    """An imported model (a train run without training metrics, a SavedModel directory) in every picker."""
-    run_id = registry.create_run("train", {"imported": True, "format": "saved_model", "source": "/x"},
-                                 name="imported sm", status="running")
-    folder = registry.artifacts_dir(run_id)
-    (folder / "saved_model").mkdir()
-    (folder / "saved_model" / "saved_model.pb").write_bytes(b"")
-    (folder / "samples.json").write_text(json.dumps({"instances": [{"vec": [0.5, 0.5], "tokens": [1, 0]}]}))
-    signature = {"inputs": [{"name": "tokens", "shape": [2], "dtype": "int32"},
-                            {"name": "vec", "shape": [2], "dtype": "float32"}],
-                 "outputs": [{"name": "score", "shape": [1], "dtype": "float32"}]}
-    registry.update_summary(run_id, {"model_path": str(folder / "saved_model"), "imported": True,
-                                     "format": "saved_model", "signature": signature, "param_count": 12,
-                                     "size_bytes": 2048, "data": {"name": "imported (saved model)", "task": None}})
-    registry.set_status(run_id, "completed")
-    for name in ("train", "serve", "load_test", "tune", "run_history"):
-        at = _page(name)
-        assert not at.exception, (name, at.exception)
-        if name != "load_test":  # (which lists what its form still lacks, with no endpoint running)
-            assert not at.error, (name, [e.value for e in at.error])
-    at = _page("serve")
-    assert at.selectbox(key="serve.model").value == run_id
-    assert "tokens 2 int32, vec 2 float32" in _text(at)
