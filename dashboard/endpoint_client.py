@@ -14,10 +14,13 @@ MAX_RESPONSE_BYTES = 4 * 1024 * 1024
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-def predict(url: str, model_name: str, rows: Sequence[Sequence[float]],
+def predict(url: str, model_name: str, rows: Sequence[Any],
             timeout_s: float = PREDICT_TIMEOUT_S) -> tuple[int, dict[str, Any]]:
-    """POST one TF Serving ``:predict`` request; returns (HTTP status, decoded JSON body)."""
-    body = json.dumps({"instances": [list(map(float, r)) for r in rows]}).encode()
+    """POST one TF Serving ``:predict`` request; returns (HTTP status, decoded JSON body).
+
+    ``rows`` are instances as TF Serving's row format takes them: nested lists, or
+    objects keyed by input name for a model with several inputs."""
+    body = json.dumps({"instances": list(rows)}).encode()
     req = urllib.request.Request(f"{url.rstrip('/')}/v1/models/{model_name}:predict", data=body,
                                  headers={"Content-Type": "application/json"}, method="POST")
     try:

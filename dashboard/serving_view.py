@@ -47,6 +47,28 @@ def delta_row(delta: Any, snapshot: Any, t: float) -> dict[str, float | None]:
     }
 
 
+def describe_signature(signature: dict[str, Any]) -> str:
+    """``image 8x8x1 float32, tokens 50 int32`` from a ``signature.json`` document."""
+    parts = [f"{i.get('name')} {'x'.join(map(str, i.get('shape', []))) or 'scalar'} {i.get('dtype')}"
+             for i in signature.get("inputs", [])]
+    return ", ".join(parts) or "—"
+
+
+def describe_row(row: Any, limit: int = 16) -> str:
+    """A short text for one instance: its numbers (flattened) or, per named input, its first numbers."""
+    if isinstance(row, dict):
+        return "; ".join(f"{k}: {describe_row(v, limit // 2)}" for k, v in row.items())
+    flat = _flatten(row)
+    head = ", ".join(f"{v:g}" for v in flat[:limit]) + (" …" if len(flat) > limit else "")
+    return f"{len(flat)} numbers: {head}"
+
+
+def _flatten(value: Any) -> list[float]:
+    if isinstance(value, list):
+        return [v for item in value for v in _flatten(item)]
+    return [float(value)]
+
+
 def describe_prediction(prediction: Any, class_labels: Sequence[str]) -> tuple[str, float | None]:
     """(label, confidence) for one prediction row: argmax class for classifiers, the value for regression."""
     if isinstance(prediction, list) and prediction and all(isinstance(v, (int, float)) for v in prediction):
@@ -57,4 +79,8 @@ def describe_prediction(prediction: Any, class_labels: Sequence[str]) -> tuple[s
         return str(label), float(prediction[best])
     if isinstance(prediction, (int, float)):
         return f"{float(prediction):.4g}", None
+    if isinstance(prediction, dict) and prediction:  # several named outputs: describe the first
+        name, first = next(iter(prediction.items()))
+        label, conf = describe_prediction(first, class_labels)
+        return f"{name}: {label}", conf
     return json.dumps(prediction)[:80], None

@@ -3,6 +3,11 @@
     python -m loadtest --serve model.keras --users 32 --spawn-rate 32 --run-time 20s \\
         --slo 'p95<=50ms' --slo 'fail_ratio<=0.01' --report-dir reports/
     python -m loadtest --host http://127.0.0.1:8501 --samples samples.json --shape rate --target-rps 500 ...
+    python -m loadtest --serve saved_model_dir/ --payload-dist normal --payload-low -1 --payload-high 1 ...
+
+Payloads: --samples FILE (.json in TF Serving request format, .npy, .npz, .csv), else
+the samples.json beside the served model, else rows generated from the model's
+signature (read from the endpoint's /metadata), with --n-features N for all-zero rows.
 
 The run is recorded as a ``loadtest`` run (the same job the Load test page starts,
 run here in the foreground); ``--serve`` starts the endpoint as a ``serve`` job
@@ -24,7 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from loadtest import runner, shapes, slo
+from loadtest import payload, runner, shapes, slo
 from loadtest.runner import LoadTestConfig, LoadTestResult
 from runs import jobs, lifecycle
 from runs.configs import int_list
@@ -64,15 +69,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     target = p.add_argument_group("target (one of)")
     ex = target.add_mutually_exclusive_group(required=True)
-    ex.add_argument("--serve", metavar="PATH.keras", help="start the embedded endpoint on this model for the run")
+    ex.add_argument("--serve", metavar="PATH", help="start the embedded endpoint on this model (a .keras file or a "
+                    "SavedModel directory) for the run")
     ex.add_argument("--host", metavar="URL", help="swarm an endpoint that is already running, e.g. http://127.0.0.1:8600")
     target.add_argument("--model-name", default="model", help="model name in /v1/models/NAME:predict (default: model)")
     target.add_argument(
         "--samples",
         default="",
-        help="samples.json with feature rows for the payloads (default with --serve: the one beside the model)",
+        help="payload rows: .json (TF Serving request format), .npy, .npz (one array per input name) or .csv "
+        "(default with --serve: the samples.json beside the model; without one, rows generated from the signature)",
     )
     target.add_argument("--n-features", type=int, default=0, help="without samples: send rows of this many zeros")
+    gen = p.add_argument_group("generated payloads (without --samples: from the model's signature)")
+    gen.add_argument("--signature", default="", help="signature.json with the model's inputs (default: read them "
+                     "from the endpoint's /v1/models/NAME/metadata)")
+    gen.add_argument("--payload-dist", default="uniform", choices=payload.DISTRIBUTIONS,
+                     help="distribution of float inputs (default: uniform; normal is centred on the range, "
+                     "sd a quarter of it, clipped to it)")
+    gen.add_argument("--payload-low", type=float, default=0.0, help="lowest float value (default: 0)")
+    gen.add_argument("--payload-high", type=float, default=1.0, help="highest float value (default: 1)")
+    gen.add_argument("--vocab-size", type=int, default=payload.DEFAULT_VOCAB_SIZE,
+                     help=f"integer inputs (token ids) are drawn from 0..N-1 (default: {payload.DEFAULT_VOCAB_SIZE})")
 
     load = p.add_argument_group("load")
     load.add_argument("-u", "--users", type=int, default=10, help="concurrent users (base users for steps/spike)")
@@ -120,12 +137,41 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(args: argparse.Namespace, host: str) -> LoadTestConfig:
+def config_from_args(args: argparse.Namespace, host: str, registry: Registry | None = None) -> LoadTestConfig:
+    """The load test the flags describe; with a ``registry`` (the target is up), payloads
+    missing a samples file are generated from the model's signature and saved under it."""
     samples = args.samples
     if not samples and args.serve and not args.n_features:
-        samples = str(Path(args.serve).with_name("samples.json"))
-        if not Path(samples).is_file():
-            raise UsageError(f"no samples.json beside {args.serve}: give --samples FILE or --n-features N")
+        beside = payload.resolve_samples_path_or_none(args.serve)
+        samples = str(beside) if beside is not None else ""
+    if not samples and not args.n_features:
+        samples = generated_samples(args, host, registry) if registry is not None else ""
+        if registry is None:  # validating before the target is up: any samples path will do
+            return _config(args, host, "", 1)
+    return _config(args, host, samples, args.n_features)
+
+
+def generated_samples(args: argparse.Namespace, host: str, registry: Registry) -> str:
+    """Rows generated from the signature (file or endpoint metadata), written once under the state folder."""
+    try:
+        spec = payload.PayloadSpec(args.payload_dist, args.payload_low, args.payload_high, args.vocab_size)
+        inputs = (payload.signature_from_file(args.signature) if args.signature
+                  else payload.fetch_signature(host, args.model_name))
+        instances = payload.generate_instances(inputs, spec)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    text = json.dumps({"instances": instances}, separators=(",", ":"))
+    import hashlib
+
+    folder = registry.home / "payloads"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"generated-{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
+    if not path.is_file():
+        payload.write_instances(path, instances)
+    return str(path)
+
+
+def _config(args: argparse.Namespace, host: str, samples: str, n_features: int) -> LoadTestConfig:
     try:
         run_time_s = shapes.parse_duration(args.run_time)
         return LoadTestConfig(
@@ -146,7 +192,7 @@ def config_from_args(args: argparse.Namespace, host: str) -> LoadTestConfig:
             processes=args.processes,
             timeout_s=args.timeout,
             samples_path=samples,
-            n_features=args.n_features,
+            n_features=n_features,
             slos=tuple(args.slo),
             stop_timeout_s=args.stop_timeout,
         )
@@ -243,10 +289,10 @@ def write_reports(result: LoadTestResult, report_dir: Path) -> list[Path]:
 def run(args: argparse.Namespace, registry: Registry) -> LoadTestResult:
     """Start the endpoint if asked, run the swarm in the foreground, and always stop the endpoint."""
     if args.host:
-        return _swarm(registry, config_from_args(args, args.host), None, args.name)
+        return _swarm(registry, config_from_args(args, args.host, registry), None, args.name)
     model = Path(args.serve)
-    if not model.is_file():
-        raise UsageError(f"--serve {model}: no such model file (expected a .keras file)")
+    if not model.exists():
+        raise UsageError(f"--serve {model}: no such model (expected a .keras file or a SavedModel directory)")
     # Validate the load test before paying for the endpoint's start-up.
     config_from_args(args, "http://127.0.0.1:1")
     serve = {"model_path": str(model.resolve()), "name": args.model_name, "port": 0,
@@ -257,7 +303,7 @@ def run(args: argparse.Namespace, registry: Registry) -> LoadTestResult:
             ready = jobs.wait_ready(registry, serve_id, ENDPOINT_READY_TIMEOUT_S)
         except jobs.JobNotReady as exc:
             raise UsageError(f"--serve {model}: {exc}") from None
-        return _swarm(registry, config_from_args(args, str(ready.summary["url"])), serve_id, args.name)
+        return _swarm(registry, config_from_args(args, str(ready.summary["url"]), registry), serve_id, args.name)
     finally:
         jobs.stop_job(registry, serve_id)
 

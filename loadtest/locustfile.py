@@ -5,6 +5,11 @@ Run it with Locust itself (this is the only module that imports locust)::
     locust -f loadtest/locustfile.py --host http://127.0.0.1:8600 --samples model/samples.json \\
         --model-name model --headless -u 32 -r 32 -t 20s [--shape steps --step-users 8 ...]
 
+``--samples`` takes a TF Serving request ``.json``, ``.npy``, ``.npz`` or ``.csv``;
+without it (and without ``--n-features``) rows are generated from the model's
+signature, read from ``--signature FILE`` or from the target's ``/metadata``
+(``--payload-dist``, ``--payload-low``/``--payload-high``, ``--vocab-size``).
+
 or through ``python -m loadtest`` / ``loadtest.runner``, which add reports,
 live stats in the run registry and SLO gates. Every option below is declared
 through ``events.init_command_line_parser``, so Locust parses it like its own
@@ -51,8 +56,8 @@ def _add_options(parser: Any) -> None:
     parser.add_argument(
         "--samples",
         default="",
-        help="samples.json with {'instances': [[...], ...]} (or a model.keras with one beside it): "
-        "real feature rows used as request payloads",
+        help="samples file used as request payloads: .json (TF Serving request format), .npy, .npz (one array "
+        "per input name) or .csv (flat rows); or a model with a samples.json beside it",
     )
     parser.add_argument(
         "--n-features",
@@ -60,6 +65,19 @@ def _add_options(parser: Any) -> None:
         default=DEFAULT_N_FEATURES,
         help="without --samples: send rows of this many zeros (for targets without a samples file)",
     )
+    parser.add_argument(
+        "--signature",
+        default="",
+        help="without --samples or --n-features: generate payloads for the inputs in this signature.json "
+        "(default: read them from the target's /v1/models/NAME/metadata)",
+    )
+    parser.add_argument("--payload-dist", default="uniform", choices=payload.DISTRIBUTIONS,
+                        help="generated payloads: distribution of float inputs (default: uniform)")
+    parser.add_argument("--payload-low", type=float, default=0.0, help="generated payloads: lowest float (default 0)")
+    parser.add_argument("--payload-high", type=float, default=1.0, help="generated payloads: highest float (default 1)")
+    parser.add_argument("--vocab-size", type=int, default=payload.DEFAULT_VOCAB_SIZE,
+                        help="generated payloads: integer inputs (token ids) are drawn from 0..N-1 "
+                        f"(default: {payload.DEFAULT_VOCAB_SIZE})")
     parser.add_argument(
         "--instances-per-request", type=int, default=1, help="feature rows per request body (default: 1)"
     )
@@ -89,15 +107,29 @@ def spec_from_options(options: Any) -> shapes.ShapeSpec:
     )
 
 
+def _bodies(options: Any) -> tuple[bytes, ...]:
+    return _build_bodies(options.samples, options.n_features, options.instances_per_request,
+                         options.signature, options.host or "", options.model_name,
+                         payload.PayloadSpec(options.payload_dist, options.payload_low, options.payload_high,
+                                             options.vocab_size))
+
+
 @functools.cache
-def _bodies(samples: str, n_features: int, instances_per_request: int) -> tuple[bytes, ...]:
+def _build_bodies(samples: str, n_features: int, instances_per_request: int, signature: str, host: str,
+                  model_name: str, spec: payload.PayloadSpec) -> tuple[bytes, ...]:
     """Request bodies, built once per process."""
     if samples:
         rows = payload.load_samples_file(samples)
     elif n_features > 0:
         rows = [[0.0] * n_features]
     else:
-        raise ValueError("give --samples FILE (a samples.json or model.keras) or --n-features N")
+        if signature:
+            inputs = payload.signature_from_file(signature)
+        elif host:
+            inputs = payload.fetch_signature(host, model_name)
+        else:
+            raise ValueError("give --samples FILE, --n-features N, --signature FILE or a --host to read it from")
+        rows = payload.generate_instances(inputs, spec)
     return tuple(payload.build_bodies(rows, instances_per_request))
 
 
@@ -110,7 +142,7 @@ def _check_options(environment: Any, **_kwargs: Any) -> None:
     try:
         spec_from_options(options)
         payload.predict_path(options.model_name)
-        _bodies(options.samples, options.n_features, options.instances_per_request)
+        _bodies(options)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)
@@ -139,7 +171,7 @@ class PredictUser(FastHttpUser):
         super().__init__(environment)
         self.expected = int(options.instances_per_request)
         self.path = payload.predict_path(options.model_name)
-        self.bodies = _bodies(options.samples, options.n_features, options.instances_per_request)
+        self.bodies = _bodies(options)
         self.cycle = itertools.cycle(self.bodies)
         rate = getattr(options, "rate_per_user", None)
         if rate is None:  # not started through a runner's test_start (e.g. a bare Environment)

@@ -1,17 +1,20 @@
 """Request bodies and response checks for TF Serving ``:predict`` swarms (no Locust here).
 
-Bodies are built once, before the swarm starts, from real feature rows (the
-``samples.json`` shipped beside a model), so the load generator spends its CPU
-sending requests rather than encoding them, and the server sees inputs that
-match the features it serves.
+Bodies are built once, before the swarm starts, so the load generator spends its
+CPU sending requests rather than encoding them. The rows come from a samples file
+(the ``samples.json`` shipped beside a trained model, or the user's ``.json``,
+``.npy``, ``.npz`` or ``.csv``) or are generated from the model's signature (read
+from the endpoint's metadata or a ``signature.json``, never by importing agent).
 """
 
 from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,7 @@ except ImportError:  # pragma: no cover - orjson is in requirements.txt
 from loadtest.results import REASON_DEADLINE, REASON_REFUSED, REASON_SHED, REASON_TIMEOUT
 
 SAMPLES_FILENAME = "samples.json"
+SAMPLE_SUFFIXES = (".json", ".npy", ".npz", ".csv")
 MAX_SAMPLES_BYTES = 50 * 1024 * 1024
 MAX_INSTANCES_PER_REQUEST = 4096
 DISTINCT_BODIES = 64  # enough variety that the server cannot cache one answer, few enough to build instantly
@@ -38,41 +42,293 @@ def predict_path(model_name: str, version: int | None = None) -> str:
 
 
 def resolve_samples_path(path: str | os.PathLike[str]) -> Path:
-    """``samples.json`` itself, or the one beside a ``model.keras`` (or inside a bundle folder)."""
+    """A samples file itself, or the ``samples.json`` beside a ``model.keras`` or a SavedModel
+    directory (or inside a bundle folder)."""
     p = Path(path)
     if p.is_dir():
-        p = p / SAMPLES_FILENAME
+        p = p.with_name(SAMPLES_FILENAME) if (p / "saved_model.pb").is_file() else p / SAMPLES_FILENAME
     elif p.suffix == ".keras":
         p = p.with_name(SAMPLES_FILENAME)
     if not p.is_file():
-        raise ValueError(f"samples file {p} not found: expected a samples.json or a model.keras with one beside it")
+        raise ValueError(f"samples file {p} not found: expected a samples file ({', '.join(SAMPLE_SUFFIXES)}) "
+                         "or a model with a samples.json beside it")
     return p
 
 
-def load_samples_file(path: str | os.PathLike[str]) -> list[list[float]]:
-    """Feature rows from ``{"instances": [[...], ...]}`` (a bundle's samples.json) or a bare list of rows."""
+def resolve_samples_path_or_none(path: str | os.PathLike[str]) -> Path | None:
+    try:
+        return resolve_samples_path(path)
+    except ValueError:
+        return None
+
+
+def load_samples_file(path: str | os.PathLike[str]) -> list[Any]:
+    """Instances (rows, or objects keyed by input name) from a user's samples file.
+
+    - ``.json``: a TF Serving request (``{"instances": [...]}`` or columnar
+      ``{"inputs": [...]}`` / ``{"inputs": {"a": [...], ...}}``), or a bare list of rows
+    - ``.npy``: one array, one row per first-axis entry (a one-input model)
+    - ``.npz``: one array per input name (row objects keyed by those names);
+      a single unnamed array (``arr_0``) is treated like ``.npy``
+    - ``.csv``: numeric rows of a flat input; a first line that is not numbers is a header
+
+    Every row must have the same shape (per input); numbers only.
+    """
     p = resolve_samples_path(path)
     if p.stat().st_size > MAX_SAMPLES_BYTES:
         raise ValueError(f"samples file {p} is larger than {MAX_SAMPLES_BYTES // (1024 * 1024)} MB")
+    suffix = p.suffix.lower()
+    if suffix == ".npy":
+        rows: Any = _npy_rows(p)
+    elif suffix == ".npz":
+        rows = _npz_rows(p)
+    elif suffix == ".csv":
+        rows = _csv_rows(p)
+    else:
+        rows = _json_rows(p)
+    if not isinstance(rows, list) or not rows:
+        raise ValueError(f"samples file {p} must hold a non-empty list of instances (feature rows)")
+    _check_instances(p, rows)
+    return rows
+
+
+def _json_rows(p: Path) -> Any:
     try:
         data = json.loads(p.read_text())
     except (OSError, ValueError) as exc:
         raise ValueError(f"samples file {p} is not valid JSON: {exc}") from None
-    rows = data.get("instances") if isinstance(data, dict) else data
-    if not isinstance(rows, list) or not rows:
-        raise ValueError(f"samples file {p} must hold a non-empty 'instances' list of feature rows")
-    width = None
-    for i, row in enumerate(rows):
-        if not isinstance(row, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in row):
-            raise ValueError(f"samples file {p}: instance {i} must be a list of numbers")
-        if width is None:
-            width = len(row)
-        elif len(row) != width:
-            raise ValueError(f"samples file {p}: instance {i} has {len(row)} features, expected {width}")
+    if not isinstance(data, dict):
+        return data
+    if "inputs" in data and "instances" not in data:
+        inputs = data["inputs"]
+        if isinstance(inputs, dict):  # columnar with named inputs -> one object per row
+            return _columns_to_rows(p, {str(k): v for k, v in inputs.items()})
+        return inputs
+    return data.get("instances")
+
+
+def _columns_to_rows(p: Path, columns: dict[str, Any]) -> list[dict[str, Any]]:
+    counts = {k: len(v) if isinstance(v, list) else -1 for k, v in columns.items()}
+    if not columns or len(set(counts.values())) != 1 or -1 in counts.values():
+        raise ValueError(f"samples file {p}: named inputs must be lists with the same number of rows; got {counts}")
+    n = next(iter(counts.values()))
+    return [{k: v[i] for k, v in columns.items()} for i in range(n)]
+
+
+def _npy_rows(p: Path) -> list[Any]:
+    import numpy as np
+
+    try:
+        arr = np.load(p, allow_pickle=False)  # never unpickle a user's file
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"samples file {p} is not a numeric .npy array: {exc}") from None
+    return _array_rows(p, arr, "the array")
+
+
+def _npz_rows(p: Path) -> list[Any]:
+    import numpy as np
+
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"samples file {p} is not a numeric .npz archive: {exc}") from None
+    if not arrays:
+        raise ValueError(f"samples file {p} holds no arrays; expected one array per model input")
+    if list(arrays) == ["arr_0"]:
+        return _array_rows(p, arrays["arr_0"], "arr_0")
+    return _columns_to_rows(p, {k: _array_rows(p, a, k) for k, a in arrays.items()})
+
+
+def _array_rows(p: Path, arr: Any, what: str) -> list[Any]:
+    import numpy as np
+
+    if arr.dtype.kind not in "iuf" or arr.ndim < 1:
+        raise ValueError(f"samples file {p}: {what} must be a numeric array of rows; got {arr.dtype} "
+                         f"of shape {arr.shape}")
+    if arr.dtype.kind == "f" and not bool(np.isfinite(arr).all()):
+        raise ValueError(f"samples file {p}: {what} holds NaN or infinity; expected finite numbers")
+    return arr.tolist()
+
+
+def _csv_rows(p: Path) -> list[list[float]]:
+    import csv
+
+    rows: list[list[float]] = []
+    with p.open(newline="") as f:
+        for i, record in enumerate(csv.reader(f)):
+            if not record or all(not c.strip() for c in record):
+                continue
+            try:
+                rows.append([float(c) for c in record])
+            except ValueError:
+                if i == 0:
+                    continue  # a header line
+                raise ValueError(f"samples file {p}: line {i + 1} is not all numbers") from None
     return rows
 
 
-def build_bodies(rows: Sequence[Sequence[float]], instances_per_request: int) -> list[bytes]:
+def _check_instances(p: Path, rows: list[Any]) -> None:
+    """Every instance a numeric row (of the first one's shape) or an object of such rows."""
+    import numpy as np
+
+    first = rows[0]
+    if isinstance(first, dict):
+        keys = set(first)
+        bad = next((i for i, r in enumerate(rows) if not isinstance(r, dict) or set(r) != keys), None)
+        if bad is not None:
+            raise ValueError(f"samples file {p}: instance {bad} must be an object with the keys "
+                             f"{', '.join(sorted(keys))}")
+        for key in sorted(keys):
+            _check_instances(p, [r[key] for r in rows])
+        return
+    if _has_bool(rows):
+        raise ValueError(f"samples file {p}: booleans in the instances; expected numbers")
+    try:
+        arr = np.asarray(rows)
+    except (ValueError, TypeError):
+        arr = None
+    if arr is None or arr.dtype.kind not in "iuf":
+        bad = next((i for i, r in enumerate(rows) if np.shape(r) != np.shape(first)), 0)
+        raise ValueError(f"samples file {p}: instance {bad} must be a list of numbers like instance 0 "
+                         f"(shape {np.shape(first)})")
+
+
+def _has_bool(value: Any) -> bool:
+    if type(value) is bool:
+        return True
+    return type(value) is list and any(_has_bool(v) for v in value)
+
+
+# -- payloads generated from a model's signature ----------------------------------------------------
+#
+# The signature comes from the endpoint's metadata (GET /v1/models/NAME/metadata, TF
+# Serving's format) or from the signature.json written beside an imported model: not
+# from agent, which this package must not import.
+
+DISTRIBUTIONS = ("uniform", "normal", "zeros")
+DEFAULT_VOCAB_SIZE = 2  # integer inputs: ids 0..vocab-1 (0 and 1 are valid for any embedding)
+GENERATED_ROWS = 256
+INT_DTYPES = frozenset({"int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"})
+_TF_DTYPES = {"DT_HALF": "float16", "DT_FLOAT": "float32", "DT_DOUBLE": "float64", "DT_BFLOAT16": "bfloat16",
+              "DT_INT8": "int8", "DT_INT16": "int16", "DT_INT32": "int32", "DT_INT64": "int64",
+              "DT_UINT8": "uint8", "DT_UINT16": "uint16", "DT_UINT32": "uint32", "DT_UINT64": "uint64"}
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    shape: tuple[int, ...]  # without the batch dimension
+    dtype: str
+
+
+@dataclass(frozen=True)
+class PayloadSpec:
+    """How to generate rows: a distribution over [low, high] for floats, ids below vocab_size for ints."""
+
+    distribution: str = "uniform"
+    low: float = 0.0
+    high: float = 1.0
+    vocab_size: int = DEFAULT_VOCAB_SIZE
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.distribution not in DISTRIBUTIONS:
+            raise ValueError(f"payload distribution must be one of {', '.join(DISTRIBUTIONS)}; "
+                             f"got {self.distribution!r}")
+        if not (math.isfinite(self.low) and math.isfinite(self.high)) or self.low > self.high:
+            raise ValueError(f"payload range must be finite with low <= high; got {self.low}..{self.high}")
+        if not isinstance(self.vocab_size, int) or self.vocab_size < 1:
+            raise ValueError(f"vocab size must be an integer >= 1; got {self.vocab_size!r}")
+
+
+def signature_from_metadata(doc: Any) -> tuple[InputSpec, ...]:
+    """The inputs of ``serving_default`` in a TF Serving GetModelMetadata JSON answer."""
+    try:
+        sig = doc["metadata"]["signature_def"]["signature_def"]["serving_default"]
+        inputs = sig["inputs"]
+        specs = []
+        for name in sorted(inputs):
+            t = inputs[name]
+            dims = [int(d["size"]) for d in t["tensor_shape"]["dim"]]
+            dtype = _TF_DTYPES[t["dtype"]]
+            if not dims or any(d < 1 for d in dims[1:]):
+                raise ValueError(f"input {name!r} has shape {dims}; payloads need fixed shapes (batch first)")
+            specs.append(InputSpec(name, tuple(dims[1:]), dtype))
+    except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, ValueError) and "payloads need" in str(exc):
+            raise
+        raise ValueError(f"model metadata without a usable 'serving_default' input signature ({exc!r})") from None
+    if not specs:
+        raise ValueError("model metadata lists no inputs")
+    return tuple(specs)
+
+
+def signature_from_file(path: str | os.PathLike[str]) -> tuple[InputSpec, ...]:
+    """The inputs from a ``signature.json`` (``{"inputs": [{"name", "shape", "dtype"}, ...], ...}``)."""
+    try:
+        doc = json.loads(Path(path).read_text())
+        return tuple(InputSpec(str(i["name"]), tuple(int(d) for d in i["shape"]), str(i["dtype"]))
+                     for i in doc["inputs"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"signature file {path}: expected {{'inputs': [{{name, shape, dtype}}, ...]}} "
+                         f"({exc})") from None
+
+
+def fetch_signature(host: str, model_name: str, timeout_s: float = 10.0) -> tuple[InputSpec, ...]:
+    """The inputs from the endpoint's ``/v1/models/NAME/metadata`` (any TF Serving-compatible server)."""
+    import urllib.error
+    import urllib.request
+
+    url = f"{host.rstrip('/')}/v1/models/{model_name}/metadata"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+            doc = json.loads(resp.read(MAX_SAMPLES_BYTES))
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise ValueError(f"cannot read the model's signature from {url} ({exc}); give --samples FILE") from None
+    return signature_from_metadata(doc)
+
+
+def generate_instances(inputs: Sequence[InputSpec], spec: PayloadSpec,
+                       count: int = GENERATED_ROWS) -> list[Any]:
+    """``count`` instances for these inputs: rows for one input, objects keyed by input name for several.
+
+    Floats (rounded to 6 digits: shorter bodies, still distinct) follow the
+    distribution over [low, high] (normal: centred, sd a quarter of the range,
+    clipped to it); integers are uniform ids in [0, vocab_size).
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(spec.seed)
+    columns = {}
+    for inp in inputs:
+        shape = (count, *inp.shape)
+        if inp.dtype in INT_DTYPES:
+            arr: Any = rng.integers(0, spec.vocab_size, size=shape) if spec.distribution != "zeros" \
+                else np.zeros(shape, dtype=np.int64)
+        elif spec.distribution == "zeros":
+            arr = np.zeros(shape)
+        elif spec.distribution == "normal":
+            mid, sd = (spec.low + spec.high) / 2, (spec.high - spec.low) / 4
+            arr = np.clip(rng.normal(mid, sd, size=shape), spec.low, spec.high).round(6)
+        else:
+            arr = rng.uniform(spec.low, spec.high, size=shape).round(6)
+        columns[inp.name] = arr.tolist()
+    if len(inputs) == 1:
+        return columns[inputs[0].name]
+    return [{name: col[i] for name, col in columns.items()} for i in range(count)]
+
+
+def write_instances(path: str | os.PathLike[str], instances: Sequence[Any]) -> Path:
+    """A samples file in TF Serving request format (what ``--samples`` reads back)."""
+    p = Path(path)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(json.dumps({"instances": list(instances)}, separators=(",", ":")))
+    tmp.replace(p)
+    return p
+
+
+def build_bodies(rows: Sequence[Any], instances_per_request: int) -> list[bytes]:
     """Encoded ``{"instances": [...]}`` bodies cycling through ``rows``, ``instances_per_request`` rows each."""
     if not rows:
         raise ValueError("need at least one feature row to build requests")
@@ -84,7 +340,7 @@ def build_bodies(rows: Sequence[Sequence[float]], instances_per_request: int) ->
     bodies = []
     for b in range(count):
         start = b * instances_per_request
-        chosen = [list(rows[(start + i) % len(rows)]) for i in range(instances_per_request)]
+        chosen = [rows[(start + i) % len(rows)] for i in range(instances_per_request)]
         bodies.append(json.dumps({"instances": chosen}, separators=(",", ":")).encode())
     return bodies
 

@@ -246,3 +246,46 @@ def test_train_serve_swarm_and_compare_in_the_browser(app: tuple[str, Registry])
                 _shot(page, "tune")
         finally:
             browser.close()
+
+
+def test_import_serve_and_swarm_your_own_model_in_the_browser(app: tuple[str, Registry], tmp_path: Path) -> None:
+    """A user's CNN (.keras, one (8, 8, 1) input) uploaded on the Serve page, served, asked once and swarmed."""
+    from model_zoo import cnn_model
+    from playwright.sync_api import expect, sync_playwright
+
+    model_file = tmp_path / "my_cnn.keras"
+    cnn_model().save(model_file)
+    url, registry = app
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM_PATH, headless=True, args=list(CHROMIUM_ARGS))
+        try:
+            page = browser.new_page(viewport=VIEWPORT)
+            page.goto(f"{url}/serve")
+            expect(page.get_by_text("Import a model")).to_be_visible(timeout=UI_TIMEOUT_MS)
+            page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(str(model_file))
+            expect(page.get_by_text("my_cnn.keras").first).to_be_visible(timeout=UI_TIMEOUT_MS)
+            page.get_by_role("button", name="Import", exact=True).click()
+            expect(page.get_by_text("image 8x8x1 float32")).to_be_visible(timeout=SERVE_TIMEOUT_MS)
+            (imported,) = registry.list_runs(kind="train")
+            assert imported.config["imported"] is True and imported.summary["param_count"] == 40 + 3 * 36 + 3
+            _shot(page, "serve_import")
+
+            page.get_by_role("button", name="Start endpoint").click()
+            expect(page.get_by_role("button", name="Send request")).to_be_visible(timeout=SERVE_TIMEOUT_MS)
+            page.get_by_role("button", name="Send request").click()
+            expect(page.locator('[data-testid="stMetric"]', has_text="prediction")).to_be_visible(
+                timeout=UI_TIMEOUT_MS)
+            serve = registry.list_runs(kind="serve")[0]
+            assert serve.status == "running"
+
+            _nav(page, "Load test")
+            expect(page.get_by_text(f"POST {serve.summary['url']}")).to_be_visible(timeout=UI_TIMEOUT_MS)
+            _set_number(page, "Duration (s)", 5)
+            page.get_by_role("button", name="Start swarm").click()
+            expect(page.get_by_text("Failures by reason")).to_be_visible(timeout=SWARM_TIMEOUT_MS)
+            swarm = registry.list_runs(kind="loadtest")[0]
+            assert swarm.status == "completed", swarm.error
+            assert swarm.summary["requests"] > 0 and swarm.summary["failures"] == 0
+            _shot(page, "load_test_imported")
+        finally:
+            browser.close()

@@ -399,6 +399,28 @@ def test_serve_page_accepts_zero_batch_threads_like_the_serving_config(home: Pat
     assert at.button(key="serve.start").disabled
 
 
+@pytest.mark.integration
+def test_serve_page_imports_a_model_by_path_and_refuses_a_bad_one(
+    home: Path, registry: Registry, trained_model: Path, tmp_path: Path
+) -> None:
+    at = _page("serve")
+    assert not at.exception
+    (tmp_path / "model.h5").write_bytes(b"x")
+    at.text_input(key="serve.import_path").set_value(str(tmp_path / "model.h5")).run()
+    at.button(key="serve.import").click().run()
+    assert not at.exception
+    assert [e.value for e in at.error] == ["Not imported: model.h5: .h5 files are refused (they can run code when "
+                                           "loaded); save the model as .keras or as a SavedModel directory"]
+    assert registry.list_runs() == []
+    at.text_input(key="serve.import_path").set_value(str(trained_model)).run()
+    at.button(key="serve.import").click().run()
+    assert not at.exception and not at.error
+    (run,) = registry.list_runs(kind="train")
+    assert run.config["imported"] is True and run.status == "completed"
+    assert at.selectbox(key="serve.model").value == run.id  # the picker shows the imported model
+    assert "features 64 float32" in _text(at)
+
+
 def test_serve_page_renders_a_stopped_endpoint(home: Path, registry: Registry) -> None:
     model_run = _train_run(registry)
     model_path = registry.get_run(model_run).summary["model_path"]
@@ -608,6 +630,31 @@ def test_pages_do_not_import_tensorflow(page: str, home: Path, registry: Registr
 
 # -- app.py: navigation -----------------------------------------------------------------------
 
+def test_every_page_takes_an_imported_saved_model(home: Path, registry: Registry) -> None:
+    """An imported model (a train run without training metrics, a SavedModel directory) in every picker."""
+    run_id = registry.create_run("train", {"imported": True, "format": "saved_model", "source": "/x"},
+                                 name="imported sm", status="running")
+    folder = registry.artifacts_dir(run_id)
+    (folder / "saved_model").mkdir()
+    (folder / "saved_model" / "saved_model.pb").write_bytes(b"")
+    (folder / "samples.json").write_text(json.dumps({"instances": [{"vec": [0.5, 0.5], "tokens": [1, 0]}]}))
+    signature = {"inputs": [{"name": "tokens", "shape": [2], "dtype": "int32"},
+                            {"name": "vec", "shape": [2], "dtype": "float32"}],
+                 "outputs": [{"name": "score", "shape": [1], "dtype": "float32"}]}
+    registry.update_summary(run_id, {"model_path": str(folder / "saved_model"), "imported": True,
+                                     "format": "saved_model", "signature": signature, "param_count": 12,
+                                     "size_bytes": 2048, "data": {"name": "imported (saved model)", "task": None}})
+    registry.set_status(run_id, "completed")
+    for name in ("train", "serve", "load_test", "tune", "run_history"):
+        at = _page(name)
+        assert not at.exception, (name, at.exception)
+        if name != "load_test":  # (which lists what its form still lacks, with no endpoint running)
+            assert not at.error, (name, [e.value for e in at.error])
+    at = _page("serve")
+    assert at.selectbox(key="serve.model").value == run_id
+    assert "tokens 2 int32, vec 2 float32" in _text(at)
+
+
 APP = PAGES.parent.parent / "app.py"
 
 
@@ -638,3 +685,4 @@ def test_app_skips_a_page_whose_file_is_missing(home: Path, tmp_path: Path) -> N
     at.switch_page(str(pages / "run_history.py")).run()
     assert not at.exception
     assert "Runs" in at.title[0].value
+

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from loadtest import payload, results, shapes, slo
@@ -341,3 +342,61 @@ def test_run_outcome(summary: dict, stopped: bool, code: int, status: str, error
         assert error is None
     else:
         assert error_part in error
+
+
+# -- payloads for any model: user files and rows generated from the signature -----------------------
+
+TWO_INPUTS = (payload.InputSpec("tokens", (5,), "int32"), payload.InputSpec("vec", (2, 2), "float32"))
+
+
+def test_generated_instances_follow_the_signature_distribution_and_vocabulary() -> None:
+    rows = payload.generate_instances(TWO_INPUTS, payload.PayloadSpec("uniform", -2.0, 3.0, vocab_size=7), 200)
+    assert len(rows) == 200 and all(sorted(r) == ["tokens", "vec"] for r in rows)
+    tokens = np.array([r["tokens"] for r in rows])
+    vec = np.array([r["vec"] for r in rows])
+    assert tokens.shape == (200, 5) and tokens.dtype.kind == "i" and tokens.min() >= 0 and tokens.max() == 6
+    assert vec.shape == (200, 2, 2) and vec.min() >= -2.0 and vec.max() <= 3.0 and vec.std() > 1.0
+    normal = np.array(payload.generate_instances(TWO_INPUTS[1:], payload.PayloadSpec("normal", 0.0, 4.0), 500))
+    assert normal.shape == (500, 2, 2) and normal.min() >= 0.0 and normal.max() <= 4.0
+    assert abs(normal.mean() - 2.0) < 0.2 and 0.7 < normal.std() < 1.1  # centred, sd a quarter of the range
+    zeros = payload.generate_instances(TWO_INPUTS[1:], payload.PayloadSpec("zeros"), 3)
+    assert zeros == [[[0.0, 0.0], [0.0, 0.0]]] * 3
+    for bad, needle in [({"distribution": "cauchy"}, "distribution"), ({"low": 2.0, "high": 1.0}, "low <= high"),
+                        ({"vocab_size": 0}, "vocab size")]:
+        with pytest.raises(ValueError, match=needle):
+            payload.PayloadSpec(**bad)
+
+
+def test_signature_from_tf_serving_metadata() -> None:
+    def tensor(dtype: str, dims: list[int]) -> dict:
+        return {"dtype": dtype, "tensor_shape": {"dim": [{"size": str(d), "name": ""} for d in dims]}}
+
+    doc = {"metadata": {"signature_def": {"signature_def": {"serving_default": {
+        "inputs": {"vec": tensor("DT_FLOAT", [-1, 2, 2]), "tokens": tensor("DT_INT32", [-1, 5])},
+        "outputs": {"y": tensor("DT_FLOAT", [-1, 1])}}}}}}
+    assert payload.signature_from_metadata(doc) == TWO_INPUTS
+    doc["metadata"]["signature_def"]["signature_def"]["serving_default"]["inputs"]["vec"] = tensor("DT_FLOAT", [-1, -1])
+    with pytest.raises(ValueError, match="fixed shapes"):
+        payload.signature_from_metadata(doc)
+    with pytest.raises(ValueError, match="serving_default"):
+        payload.signature_from_metadata({"metadata": {}})
+
+
+def test_samples_files_in_every_format(tmp_path: Path) -> None:
+    np.save(tmp_path / "a.npy", np.arange(12, dtype=np.float32).reshape(3, 2, 2))
+    assert payload.load_samples_file(tmp_path / "a.npy")[1] == [[4.0, 5.0], [6.0, 7.0]]
+    np.savez(tmp_path / "b.npz", tokens=np.ones((2, 5), dtype=np.int32), vec=np.zeros((2, 2, 2)))
+    rows = payload.load_samples_file(tmp_path / "b.npz")
+    assert rows[0] == {"tokens": [1] * 5, "vec": [[0.0, 0.0], [0.0, 0.0]]} and len(rows) == 2
+    (tmp_path / "c.csv").write_text("x1,x2,x3\n1,2,3\n4,5,6\n")
+    assert payload.load_samples_file(tmp_path / "c.csv") == [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]
+    (tmp_path / "d.json").write_text(json.dumps({"inputs": {"tokens": [[1, 2]], "vec": [[0.5, 0.5]]}}))
+    assert payload.load_samples_file(tmp_path / "d.json") == [{"tokens": [1, 2], "vec": [0.5, 0.5]}]
+    (tmp_path / "e.json").write_text(json.dumps({"instances": [{"a": [1]}, {"b": [1]}]}))
+    (tmp_path / "f.csv").write_text("1,2\n3,x\n")
+    np.save(tmp_path / "g.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    (tmp_path / "h.json").write_text(json.dumps({"instances": [[True, 1.0]]}))
+    for name, needle in [("e.json", "must be an object with the keys a"), ("f.csv", "line 2 is not all numbers"),
+                         ("g.npy", "not a numeric .npy"), ("h.json", "booleans")]:
+        with pytest.raises(ValueError, match=needle):
+            payload.load_samples_file(tmp_path / name)

@@ -13,8 +13,17 @@ import orjson
 import pytest
 
 from agent.serving.batcher import Batcher, DeadlineExceededError, QueueFullError
-from agent.serving.codec import PredictRequest, RequestError, RowChecker, decode_predict, encode_predict, json_rows
+from agent.serving.codec import (
+    OutputEncoder,
+    PredictRequest,
+    RequestError,
+    RowChecker,
+    decode_predict,
+    encode_predict,
+    json_rows,
+)
 from agent.serving.config import NO_BATCHING, RUNTIMES, ServingConfig
+from agent.signature import Signature, TensorSpec
 
 N = 4  # features in the codec tests
 
@@ -761,3 +770,63 @@ def test_batcher_parsed_request_sliced_across_parallel_batch_threads() -> None:
     assert sorted(model.shapes) == [2, 4]
     assert checker.batch_calls == []  # a slice of a request is never converted as a whole batch
     assert checker.request_calls == [6, 6]  # each thread converted the whole request
+
+
+# -- signatures: shaped, integer and several inputs; several outputs ------------------------------
+
+SIG = Signature((TensorSpec("tokens", (3,), "int32"), TensorSpec("image", (2, 2, 1), "float32")),
+                (TensorSpec("probs", (2,), "float32"), TensorSpec("label", (), "int64")))
+
+
+def test_codec_packs_named_inputs_in_both_formats_and_unpacks_them() -> None:
+    tokens, image = [[1, 2, 3], [4, 5, 6]], [[[[0.5]] * 2] * 2, [[[1.5]] * 2] * 2]
+    row = {"instances": [{"tokens": t, "image": i} for t, i in zip(tokens, image, strict=True)]}
+    col = {"inputs": {"image": image, "tokens": tokens}}
+    for body, columnar in [(row, False), (col, True)]:
+        req = decode_predict(orjson.dumps(body), SIG, 10)
+        assert req.columnar is columnar and req.x.dtype == np.float32 and req.x.shape == (2, 3 + 4)
+        t, i = SIG.unpack(req.x)
+        assert t.dtype == np.int32 and t.tolist() == tokens and i.shape == (2, 2, 2, 1) and i.tolist() == image
+
+
+@pytest.mark.parametrize(("body", "needle"), [
+    ({"instances": [[1, 2, 3]]}, "this model has 2 inputs ('tokens', 'image'); send each instance as an object"),
+    ({"inputs": [[1, 2, 3]]}, "send 'inputs' as an object of named arrays"),
+    ({"inputs": {"tokens": [[1, 2, 3]]}}, "'inputs' names tokens; this model's inputs are 'tokens', 'image'"),
+    ({"instances": [{"tokens": [1, 2, 3]}]}, "every instance object must have the keys 'tokens', 'image'"),
+    ({"inputs": {"tokens": [[1, 2, 3]], "image": [[[[0]] * 2] * 2] * 2}}, "different numbers of rows"),
+    ({"inputs": {"tokens": [[1.5, 2, 3]], "image": [[[[0]] * 2] * 2]}},
+     "non-integer numbers in input 'tokens' of 'inputs'; expected integers (input 'tokens' N x 3 int32)"),
+    ({"inputs": {"tokens": [[1, 2, 2**25]], "image": [[[[0]] * 2] * 2]}}, "integer out of range"),
+    ({"inputs": {"tokens": [[1, 2, 3]], "image": [[[0, 0], [0, 0]]]}},
+     "wrong shape in input 'image' of 'inputs': got 1x2x2; expected rows of shape 2 x 2 x 1 (float32) "
+     "(input 'image' N x 2 x 2 x 1 float32)"),
+])
+def test_codec_signature_errors_name_the_input_shape_and_dtype(body: dict, needle: str) -> None:
+    with pytest.raises(RequestError) as err:
+        decode_predict(orjson.dumps(body), SIG, 10)
+    assert err.value.status == 400 and needle in err.value.message
+
+
+def test_row_checker_fast_path_for_one_shaped_or_integer_input() -> None:
+    image = TensorSpec("image", (2, 2, 1), "float32")
+    rows = [[[[1], [2]], [[3], [4]]]]
+    assert RowChecker(image, 10).batch(rows).tolist() == [[1.0, 2.0, 3.0, 4.0]]
+    assert RowChecker(image, 10).batch([[1, 2, 3, 4]]) is None  # flat rows for a shaped input: per request
+    with pytest.raises(RequestError, match=r"wrong shape in 'instances': got 1x4; expected rows of shape 2 x 2 x 1"):
+        RowChecker(image, 10).request([[1, 2, 3, 4]])
+    ids = TensorSpec("ids", (2,), "int32")
+    assert RowChecker(ids, 10).batch([[1, 2]]).tolist() == [[1.0, 2.0]]
+    assert RowChecker(ids, 10).batch([[1.5, 2]]) is None
+
+
+def test_output_encoder_names_several_outputs_as_tf_serving_does() -> None:
+    enc = OutputEncoder(SIG)
+    y = SIG.pack_outputs([np.array([[0.25, 0.75], [0.5, 0.5]], dtype=np.float32), np.array([1, 0])])
+    rows = enc.rows(y)
+    assert orjson.loads(enc.encode(rows, columnar=False)) == {
+        "predictions": [{"probs": [0.25, 0.75], "label": 1}, {"probs": [0.5, 0.5], "label": 0}]}
+    assert orjson.loads(enc.encode(rows[1:], columnar=True)) == {"outputs": {"probs": [[0.5, 0.5]], "label": [0]}}
+    meta = SIG.metadata("m", "1")["metadata"]["signature_def"]["signature_def"]["serving_default"]
+    assert meta["inputs"]["tokens"]["dtype"] == "DT_INT32" and meta["outputs"]["label"]["dtype"] == "DT_INT64"
+    assert [d["size"] for d in meta["inputs"]["image"]["tensor_shape"]["dim"]] == ["-1", "2", "2", "1"]

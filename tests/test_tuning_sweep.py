@@ -128,7 +128,7 @@ def _cli(*args: str, home: Path, timeout: float = 240) -> subprocess.CompletedPr
 
 def test_cli_bad_usage_exits_2_with_one_line(home: Path, trained_model: Path) -> None:
     for args, message in [
-        ((), "--model PATH.keras is required"),
+        ((), "--model PATH (.keras or SavedModel directory) is required"),
         (("--model", str(trained_model)), "--grid"),
         (("--model", str(trained_model), "--grid", "max_batch_size=1,x"), "not a valid int"),
         (("--model", str(trained_model), "--grid", "colour=1"), "unknown serving parameter"),

@@ -31,6 +31,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -56,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=("serving", "models"), default="serving",
                    help="serving: sweep endpoint parameters for one model (default); models: train a grid of "
                         "models and weigh accuracy against latency and capacity")
-    p.add_argument("--model", help="serving mode: the model.keras to serve (its samples.json is the payload)")
+    p.add_argument("--model", help="serving mode: the model to serve, a .keras file or a SavedModel directory "
+                   "(the samples.json beside it is the payload; a model without one is imported first and "
+                   "gets rows generated from its signature)")
     p.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2",
                    help=f"serving values to sweep (repeatable); NAME one of {', '.join(PARAM_TYPES)}")
     p.add_argument("--base-config", metavar="FILE.json",
@@ -166,13 +169,11 @@ def _serving(registry, args: argparse.Namespace) -> int:
     from tuning.sweep import SweepSpec, create_sweep
 
     if not args.model:
-        raise UsageError("--model PATH.keras is required for a serving sweep")
+        raise UsageError("--model PATH (.keras or SavedModel directory) is required for a serving sweep")
     try:
         model = check_model_path(args.model)
     except (ModelFormatError, ValueError, OSError) as exc:
         raise UsageError(f"--model: {exc}") from None
-    if not (model.parent / "samples.json").exists():
-        raise UsageError(f"--model: no samples.json beside {model}; export the model with TuneSwarm's training")
     if not args.grid:
         raise UsageError("give at least one --grid NAME=V1,V2 (e.g. --grid max_batch_size=1,8,32)")
     try:
@@ -184,6 +185,18 @@ def _serving(registry, args: argparse.Namespace) -> int:
             spec.serving_config(params)  # every grid point must be a valid endpoint config
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    if not (model.parent / "samples.json").exists():
+        # A user's own model: import it (a registry run with its signature and payload rows
+        # generated from it), then sweep the imported copy like a trained model.
+        from tuning.imports import ImportRefusedError, import_model
+
+        try:
+            imported = import_model(registry, model)
+        except ImportRefusedError as exc:
+            raise UsageError(f"--model: {exc}") from None
+        print(f"imported {model} as run {imported.run_id} (no samples.json beside it: payload rows "
+              "generated from its signature)", flush=True)
+        spec = replace(spec, model_path=str(imported.model_path))
     run_id = create_sweep(registry, spec, name=args.name)
     ladder = f"{list(spec.rates)} req/s offered" if spec.open_loop else f"{list(spec.users)} users"
     print(f"sweep {run_id}: {space.size} configs on the grid, ladder {ladder}, "

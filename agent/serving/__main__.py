@@ -1,13 +1,15 @@
 """CLI: serve a model over TensorFlow Serving's REST API.
 
-    python -m agent.serving --model PATH.keras --name digits --port 8600 --runtime tflite \\
+    python -m agent.serving --model PATH --name digits --port 8600 --runtime tflite \\
         --max-batch-size 64 --batch-timeout-ms 2 --max-enqueued-batches 64 --workers 1
 
 Prints exactly one line ``ready: http://HOST:PORT`` once the model is loaded and
 warmed (``--port 0`` picks a free port). Recorded as a ``serve`` run in the
 registry. SIGTERM/SIGINT/SIGHUP stop it gracefully: no new connections, in-flight
 requests finish (bounded), the run ends ``stopped``, exit 0. Exit 2 on bad usage
-or a model file that is refused (the run ends ``failed``); 1 when serving fails.
+or a model that is refused (PATH is a .keras file or a SavedModel directory;
+anything else, or a runtime that cannot take the format, is refused; the run ends
+``failed``); 1 when serving fails.
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = DEFAULT_CONFIG
     p = _Parser(prog="python -m agent.serving", description=__doc__,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", help="path to the .keras model file to serve (required unless --ceiling)")
+    p.add_argument("--model", help="the model to serve: a .keras file (loaded in safe mode) or a TensorFlow "
+                   "SavedModel directory (its serving_default signature) (required unless --ceiling)")
     p.add_argument("--name", default="model", help="model name in the URL /v1/models/NAME (default: model)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to bind; 0 picks a free one "
@@ -115,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.inherit_fd is not None:
         try:
-            return _worker(args, config_from_args(args), _check_model(args))
+            config = config_from_args(args)
+            return _worker(args, config, _check_model(args, config.runtime))
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_USAGE
@@ -172,8 +176,12 @@ def _serve(registry: Registry, run_id: str, job: ServeJob, ctx: lifecycle.JobCon
     model_path = None
     if not job.ceiling:
         from agent.export import check_model_path
+        from agent.serving.runtimes import check_runtime_format
 
-        model_path = str(check_model_path(job.model_path))  # ModelFormatError is a ValueError: exit 2
+        # ModelFormatError is a ValueError: exit 2, as is a runtime that cannot take the format.
+        path = check_model_path(job.model_path)
+        check_runtime_format(job.serving.runtime, path)
+        model_path = str(path)
     try:
         sock = bind_socket(job.host, job.port)
     except OSError as exc:
@@ -216,14 +224,17 @@ def _strip_type(text: str) -> str:
     return text
 
 
-def _check_model(args: argparse.Namespace) -> str | None:
+def _check_model(args: argparse.Namespace, runtime: str) -> str | None:
     if args.ceiling:
         return None
     if not args.model:
         raise ValueError("--model PATH.keras is required (or --ceiling for the reference handler)")
     from agent.export import check_model_path
+    from agent.serving.runtimes import check_runtime_format
 
-    return str(check_model_path(args.model))  # ModelFormatError is a ValueError
+    path = check_model_path(args.model)  # ModelFormatError is a ValueError
+    check_runtime_format(runtime, path)  # so is RuntimeRefusedError
+    return str(path)
 
 
 def _worker(args: argparse.Namespace, config: ServingConfig, model_path: str | None) -> int:

@@ -32,16 +32,16 @@ import numpy as np
 from agent.serving.batcher import Batcher, DeadlineExceededError, QueueFullError
 from agent.serving.codec import (
     SIGNATURE_NAME,
+    OutputEncoder,
     RequestError,
     RowChecker,
     decode_predict,
     encode_error,
     encode_json,
-    encode_predict,
-    json_rows,
 )
 from agent.serving.config import ServingConfig
 from agent.serving.metrics import ServingMetrics
+from agent.signature import Signature, TensorSpec
 
 log = logging.getLogger("agent.serving")
 
@@ -90,6 +90,8 @@ class ServingApp:
         self.n_features = 0
         self.output_dim = 0
         self.output_name = "predictions"
+        self.signature: Signature | None = None  # set at start-up, from the runtime
+        self.encoder: OutputEncoder | None = None
         self.on_ready = on_ready
         self.batcher: Batcher | None = None
         self._timeout_s = config.request_timeout_ms / 1000.0 or None
@@ -179,7 +181,8 @@ class ServingApp:
     def _metadata(self) -> tuple[int, bytes]:
         if not self.ready:
             return 503, encode_error("model is loading; metadata is available once /readyz is 200")
-        return 200, encode_json(metadata_document(self.name, self.n_features, self.output_dim, self.output_name))
+        assert self.signature is not None
+        return 200, encode_json(self.signature.metadata(self.name, MODEL_VERSION, SIGNATURE_NAME))
 
     async def _predict(self, scope: Scope, receive: Receive, send: Send) -> int:
         if scope["method"] != "POST":
@@ -204,7 +207,7 @@ class ServingApp:
         if not self.ready or batcher is None:
             return await _error(send, 503, "model is loading; retry when /readyz is 200", retry_after=b"1")
         try:
-            req = decode_predict(body, self.n_features, self.config.max_instances)
+            req = decode_predict(body, self.signature, self.config.max_instances)  # type: ignore[arg-type]
             rows = await batcher.enqueue(req.x, self._timeout_s)
         except RequestError as exc:
             return await _error(send, exc.status, exc.message)
@@ -213,7 +216,7 @@ class ServingApp:
             return await _error(send, 503, str(exc), retry_after=str(exc.retry_after_s).encode())
         except DeadlineExceededError as exc:
             return await _error(send, 504, str(exc))
-        body = encode_predict(rows, req.columnar)
+        body = self.encoder.encode(rows, req.columnar)  # type: ignore[union-attr]
         await send({"type": "http.response.start", "status": 200,
                     "headers": [JSON_CONTENT_TYPE, (b"content-length", b"%d" % len(body))]})
         await send({"type": "http.response.body", "body": body})
@@ -247,14 +250,17 @@ class ServingApp:
                 raise ValueError("no model path and no runtime given")
             self.runtime = await asyncio.to_thread(make_runtime, self.config.runtime, self.model_path, self.config)
         self.n_features = int(self.runtime.n_features)
-        if self.model_path is not None:
+        signature: Signature | None = getattr(self.runtime, "signature", None)
+        if signature is not None and self.model_path is not None and len(signature.outputs) == 1:
             from agent.export import load_metadata
 
             meta = load_metadata(self.model_path)
-            if meta is not None:
-                self.output_name = meta.output_name
-        batcher = Batcher(self.runtime.predict, self.config,
-                          rows=RowChecker(self.n_features, self.config.max_instances))
+            if meta is not None:  # a trained bundle records its output's name
+                out = signature.outputs[0]
+                signature = Signature(signature.inputs, (TensorSpec(meta.output_name, out.shape, out.dtype),))
+        single = signature.single_input if signature is not None else None
+        rows = RowChecker(single if single is not None else self.n_features, self.config.max_instances)
+        batcher = Batcher(self.runtime.predict, self.config, rows=rows)
         await batcher.start()
         self.batcher = batcher
         # Warm-up goes through the batcher so the batch threads build their
@@ -262,8 +268,13 @@ class ServingApp:
         for size in self.config.warmup_batch_sizes:
             y = await batcher.submit(np.zeros((size, self.n_features), dtype=np.float32))
             self.output_dim = int(np.prod(y.shape[1:])) if y.ndim > 1 else 1
+        if signature is None:  # a runtime given without one: a float vector in, as the warm-up shows out
+            signature = Signature.flat(self.n_features, self.output_dim, output_name=self.output_name)
+        self.signature = signature
+        self.output_name = signature.outputs[0].name if signature.outputs else self.output_name
+        encoder = self.encoder = OutputEncoder(signature)
         batcher.observer = self.metrics  # warm-up batches are not traffic
-        batcher.outputs = json_rows  # requests get their rows' JSON, encoded once per batch
+        batcher.outputs = encoder.rows  # requests get their rows' JSON, encoded once per batch
         # The model, TensorFlow and the imports are long-lived: move them out of the
         # garbage collector's view so its collections only scan per-request garbage.
         gc.collect()
@@ -280,32 +291,6 @@ class ServingApp:
             await self.batcher.close(SHUTDOWN_BATCH_WAIT_S)
 
 
-def metadata_document(name: str, n_features: int, output_dim: int, output_name: str = "predictions") -> dict[str, Any]:
-    """GetModelMetadataResponse as TF Serving renders it in JSON."""
-
-    def tensor(tensor_name: str, dims: list[int]) -> dict[str, Any]:
-        return {
-            "dtype": "DT_FLOAT",
-            "tensor_shape": {"dim": [{"size": str(d), "name": ""} for d in dims], "unknown_rank": False},
-            "name": tensor_name,
-        }
-
-    return {
-        "model_spec": {"name": name, "signature_name": "", "version": MODEL_VERSION},
-        "metadata": {
-            "signature_def": {
-                "signature_def": {
-                    SIGNATURE_NAME: {
-                        "inputs": {"features": tensor("serving_default_features:0", [-1, n_features])},
-                        "outputs": {output_name: tensor("StatefulPartitionedCall:0", [-1, output_dim])},
-                        "method_name": "tensorflow/serving/predict",
-                    }
-                }
-            }
-        },
-    }
-
-
 def create_app(
     model_path: str | os.PathLike[str] | None,
     name: str,
@@ -316,7 +301,8 @@ def create_app(
 ) -> ServingApp:
     """The endpoint app. The model is loaded in the ASGI lifespan (not here).
 
-    ``runtime`` (anything with ``name``, ``n_features`` and ``predict(x)``) replaces
+    ``runtime`` (anything with ``name``, ``n_features``, ``predict(x)`` and optionally
+    ``signature``; without one it serves a float vector of ``n_features``) replaces
     building one from ``model_path``/``config.runtime``; ``on_ready`` is called
     once the model is warmed and ``/readyz`` answers 200.
     """

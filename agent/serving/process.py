@@ -122,6 +122,12 @@ def start_endpoint(
     Raises EndpointError (with the job's one-line reason) if the process ends or
     is not ready within ``ready_timeout_s`` (it is then stopped).
     """
+    if model_path is not None and not ceiling:
+        from agent.export import check_model_path
+        from agent.serving.runtimes import check_runtime_format
+
+        # Refuse .h5 etc., and a runtime that cannot take the format, before starting anything.
+        check_runtime_format(config.runtime, check_model_path(model_path))
     job = ServeJob(None if ceiling else str(Path(model_path)) if model_path is not None else None, name, host, port,
                    ceiling, config, log_level)
     run_id = start(registry, job, name=run_name, parent_id=parent_id)

@@ -1,7 +1,7 @@
 """Runtimes: the engines that execute a model on a batch (a tuning knob).
 
 - ``keras``        the Keras model called directly (eager; most Python per batch)
-- ``tf-function``  a ``tf.function`` graph with a fixed ``[None, n_features]`` signature
+- ``tf-function``  a ``tf.function`` graph with a fixed ``[None, *shape]`` signature per input
 - ``xla``          the same graph compiled with XLA (``jit_compile=True``); one
                    compilation per distinct batch shape, hence ``allowed_batch_sizes``
 - ``tflite``       the TFLite interpreter (float32) on a converted flatbuffer
@@ -9,7 +9,10 @@
                    float activations): smaller, usually faster, slightly less exact
 
 Every runtime is built once at start-up (conversions are cached beside the
-model, see ``agent.export``) and exposes ``predict(x) -> y`` for float32 rows.
+model, see ``agent.export``) and exposes ``predict(x) -> y`` for the packed float32
+batch matrix of ``agent.signature`` (one float input: the rows themselves). A
+``.keras`` file runs under every runtime; a SavedModel (its ``serving_default``
+signature) under all but ``keras``.
 ``predict`` is called from the batcher's threads: the TF runtimes are safe to
 call concurrently; TFLite interpreters are not, so there is one per thread.
 This module's job is TensorFlow, so it imports it (lazily, inside the builders,
@@ -19,6 +22,7 @@ so importing ``agent.serving`` stays cheap).
 from __future__ import annotations
 
 import os
+import re
 import threading
 import warnings
 from collections.abc import Callable
@@ -29,37 +33,55 @@ import numpy as np
 
 from agent import export
 from agent.serving.config import RUNTIMES, ServingConfig
+from agent.signature import Signature
 
 
 class Runtime(Protocol):
     name: str
-    n_features: int
+    n_features: int  # columns of the packed input matrix (agent.signature)
+    signature: Signature
 
     def predict(self, x: np.ndarray) -> np.ndarray: ...
 
 
-class TensorFlowRuntime:
-    """keras / tf-function / xla: one callable shared by all batch threads."""
+class RuntimeRefusedError(ValueError):
+    """This runtime cannot run this model; said at start, with the reason, never on a request."""
 
-    def __init__(self, name: str, n_features: int, fn: Callable[[Any], Any]) -> None:
+
+class TensorFlowRuntime:
+    """keras / tf-function / xla: one callable shared by all batch threads.
+
+    ``fn`` takes the inputs (in signature order) as positional arrays and returns the
+    outputs as a list in signature order.
+    """
+
+    def __init__(self, name: str, signature: Signature, fn: Callable[..., Any]) -> None:
         self.name = name
-        self.n_features = n_features
+        self.signature = signature
+        self.n_features = signature.input_width
         self._fn = fn
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(self._fn(x))
+        outs = self._fn(*self.signature.unpack(x))
+        return self.signature.pack_outputs([np.asarray(o) for o in outs])
 
 
 class TFLiteRuntime:
-    """TFLite interpreter, one per calling thread (interpreters are not thread-safe)."""
+    """TFLite interpreter, one per calling thread (interpreters are not thread-safe).
 
-    def __init__(self, name: str, flatbuffer: bytes, num_threads: int | None) -> None:
+    Tensors are found by name through the flatbuffer's ``serving_default`` signature,
+    so a model's several inputs and outputs land where they belong; a flatbuffer
+    converted from a one-input one-output Keras model is used by position.
+    """
+
+    def __init__(self, name: str, flatbuffer: bytes, num_threads: int | None, signature: Signature) -> None:
         self.name = name
+        self.signature = signature
+        self.n_features = signature.input_width
         self._flatbuffer = flatbuffer
         self._num_threads = num_threads
         self._local = threading.local()
-        probe = self._interpreter()
-        self.n_features = int(probe.get_input_details()[0]["shape_signature"][-1])
+        self._interpreter()  # a flatbuffer that does not fit the signature is refused here, at start
 
     def _interpreter(self) -> Any:
         import tensorflow as tf
@@ -72,8 +94,7 @@ class TFLiteRuntime:
         interp.allocate_tensors()
         state = self._local
         state.interp = interp
-        state.inp = interp.get_input_details()[0]["index"]
-        state.out = interp.get_output_details()[0]["index"]
+        state.inputs, state.outputs = _tensor_indices(interp, self.signature)
         state.rows = int(interp.get_input_details()[0]["shape"][0])
         return interp
 
@@ -81,16 +102,47 @@ class TFLiteRuntime:
         state = self._local
         interp = getattr(state, "interp", None) or self._interpreter()
         rows = len(x)
+        sig = self.signature
         if rows != state.rows:
             # Re-allocation only happens when the batch shape changes; padding to
             # allowed_batch_sizes keeps the shapes to a few.
-            interp.resize_tensor_input(state.inp, [rows, x.shape[1]], strict=False)
+            for (index, _dtype), spec in zip(state.inputs, sig.inputs, strict=True):
+                interp.resize_tensor_input(index, [rows, *spec.shape], strict=False)
             interp.allocate_tensors()
             state.rows = rows
-        interp.set_tensor(state.inp, x)
+        if len(state.inputs) == 1 and x.ndim == 2 and len(sig.inputs[0].shape) == 1 and x.dtype == state.inputs[0][1]:
+            interp.set_tensor(state.inputs[0][0], x)  # the common case: the batch matrix is the input
+        else:
+            for (index, dtype), arr in zip(state.inputs, sig.unpack(x), strict=True):
+                interp.set_tensor(index, np.ascontiguousarray(arr, dtype=dtype))
         interp.invoke()
         # get_tensor copies, so the result stays valid after the next invoke.
-        return interp.get_tensor(state.out)
+        if len(state.outputs) == 1:
+            return interp.get_tensor(state.outputs[0])
+        return sig.pack_outputs([interp.get_tensor(i) for i in state.outputs])
+
+
+def _tensor_indices(interp: Any, signature: Signature) -> tuple[list[tuple[int, Any]], list[int]]:
+    """(index, dtype) of each input and index of each output, in signature order."""
+    if len(signature.inputs) == 1 and len(signature.outputs) <= 1:
+        inp = interp.get_input_details()[0]
+        return [(inp["index"], inp["dtype"])], [interp.get_output_details()[0]["index"]]
+    runner = interp.get_signature_runner(export.SERVING_SIGNATURE)
+    ins = runner.get_input_details()
+    outs = runner.get_output_details()
+    missing = [s.name for s in signature.inputs if s.name not in ins]
+    if missing:
+        raise RuntimeRefusedError(f"the TFLite conversion has no input named {', '.join(missing)} "
+                                  f"(it has {', '.join(sorted(ins))})")
+    out_names = [s.name for s in signature.outputs]
+    if not set(out_names) <= set(outs):
+        # Keras' export names a list of outputs output_0, output_1, ... in model order.
+        out_names = [f"output_{i}" for i in range(len(out_names))]
+        if not set(out_names) <= set(outs):
+            raise RuntimeRefusedError(f"the TFLite conversion's outputs ({', '.join(sorted(outs))}) do not "
+                                      "match the model's")
+    return ([(ins[s.name]["index"], ins[s.name]["dtype"]) for s in signature.inputs],
+            [outs[n]["index"] for n in out_names])
 
 
 def configure_tf_threads(intra_op: int, inter_op: int) -> None:
@@ -106,31 +158,57 @@ def configure_tf_threads(intra_op: int, inter_op: int) -> None:
         pass  # TF already initialised in this process (tests building several runtimes)
 
 
+def check_runtime_format(name: str, path: Path) -> None:
+    """Refuse, before loading anything, a runtime that cannot take this model format."""
+    if name == "keras" and path.is_dir():
+        raise RuntimeRefusedError(f"runtime 'keras' needs a .keras model; {path.name} is a SavedModel: "
+                                  "use tf-function, xla, tflite or tflite-int8")
+
+
 def make_runtime(name: str, model_path: str | os.PathLike[str], config: ServingConfig | None = None) -> Runtime:
-    """Build runtime ``name`` for the ``.keras`` model at ``model_path`` (refuses other formats)."""
+    """Build runtime ``name`` for the ``.keras`` file or SavedModel directory at ``model_path``.
+
+    Refuses other formats (ModelFormatError) and runtimes that cannot run this model
+    (RuntimeRefusedError); either way with a one-line reason, before any request.
+    The runtime is tried once on a one-row batch of zeros, so a model the runtime
+    cannot execute fails here and not on a client's first request.
+    """
     if name not in RUNTIMES:
         raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}; got {name!r}")
     config = config or ServingConfig(runtime=name)
     path = export.check_model_path(model_path)
     configure_tf_threads(config.intra_op_threads, config.inter_op_threads)
-    if name in ("tflite", "tflite-int8"):
-        variant = "int8" if name == "tflite-int8" else "float32"
-        flat = export.convert_to_tflite(path, variant)
-        return TFLiteRuntime(name, Path(flat).read_bytes(), config.intra_op_threads or None)
-    model = export.load_model(path)
-    n_features = _n_features(model, path)
-    if name == "keras":
+    check_runtime_format(name, path)
+    servable = export.load_servable(path)
+    runtime: Runtime
+    try:
+        if name in ("tflite", "tflite-int8"):
+            variant = "int8" if name == "tflite-int8" else "float32"
+            flat = export.convert_to_tflite(path, variant, model=servable.model if servable.keras_model else None)
+            runtime = TFLiteRuntime(name, Path(flat).read_bytes(), config.intra_op_threads or None,
+                                    servable.signature)
+        elif name == "keras":
+            call = servable.call
+            runtime = TensorFlowRuntime(name, servable.signature, lambda *xs: call(list(xs)))
+        else:
+            runtime = TensorFlowRuntime(name, servable.signature,
+                                        export.serving_function(servable, jit_compile=(name == "xla")))
+        runtime.predict(np.zeros((1, runtime.n_features), dtype=np.float32))
+    except (RuntimeRefusedError, export.ModelFormatError):
+        raise
+    except Exception as exc:  # TF's converter/compiler errors are pages long: one line says why
+        raise RuntimeRefusedError(f"runtime {name!r} cannot run {path.name}: {_refusal_reason(name, exc)}") from None
+    return runtime
 
-        def call(x: np.ndarray) -> Any:
-            return model(x, training=False)
 
-        return TensorFlowRuntime(name, n_features, call)
-    fn = export.serving_function(model, n_features, jit_compile=(name == "xla"))
-    return TensorFlowRuntime(name, n_features, fn)
-
-
-def _n_features(model: Any, path: Path) -> int:
-    meta = export.load_metadata(path)
-    if meta is not None:
-        return meta.spec.n_features
-    return int(model.input_shape[-1])
+def _refusal_reason(name: str, exc: BaseException) -> str:
+    text = str(exc)
+    if name.startswith("tflite"):
+        ops = sorted(set(re.findall(r"\b(?:tf\.)?(TensorList\w+|Flex\w+)", text)))
+        if ops:
+            # Recurrent layers with a dynamic batch lower to TensorList ops, which the
+            # TFLite builtins lack and this interpreter has no Flex delegate for.
+            return (f"the TFLite conversion needs TensorFlow ops this interpreter lacks ({', '.join(ops[:3])}; "
+                    "typical of recurrent layers); use tf-function or xla")
+    line = export.first_line(exc)
+    return line if len(line) <= 200 else line[:197] + "..."

@@ -1,4 +1,9 @@
-"""Serve page: run a trained model behind the embedded TF Serving-compatible endpoint and watch it work."""
+"""Serve page: run a trained or imported model behind the embedded TF Serving-compatible endpoint and watch it work.
+
+Import: upload a ``.keras`` file (or a ``.zip`` of a SavedModel directory) or give a
+path on this machine; ``tuning.imports`` checks it in a child process and records it
+as a run, so it shows up in every model picker.
+"""
 
 from __future__ import annotations
 
@@ -34,9 +39,46 @@ state = st.session_state
 
 
 def trained_models(registry: Registry) -> list[Run]:
-    """Finished training runs whose model file exists."""
+    """Finished training runs and imported models whose model file (or SavedModel directory) exists."""
     runs = registry.list_runs(kind="train", status=("completed", "stopped"))
-    return [r for r in runs if r.summary.get("model_path") and Path(r.summary["model_path"]).is_file()]
+    return [r for r in runs if r.summary.get("model_path") and Path(r.summary["model_path"]).exists()]
+
+
+def import_section(registry: Registry, expanded: bool) -> None:
+    """Upload or point at a model; on success the picker shows it."""
+    from tuning.imports import MAX_UPLOAD_BYTES
+
+    with st.expander("Import a model", expanded=expanded, icon=":material/upload:"):
+        st.caption("A Keras 3 `.keras` file (loaded in safe mode) or a TensorFlow SavedModel directory "
+                   "(served through its `serving_default` signature) with fixed-shape numeric inputs.")
+        c1, c2 = st.columns(2)
+        upload = c1.file_uploader("Upload .keras or .zip of a SavedModel", type=["keras", "zip"],
+                                  key=key("upload"), max_upload_size=MAX_UPLOAD_BYTES // 2**20,
+                                  help="upload: a .keras file, or a SavedModel directory zipped "
+                                       f"(at most {MAX_UPLOAD_BYTES // 2**20} MB)")
+        path = c2.text_input("…or a path on this machine", key=key("import_path"),
+                             placeholder="/path/to/model.keras or /path/to/saved_model_dir",
+                             help="path: a .keras file or a SavedModel directory readable by this server")
+        if st.button("Import", key=key("import"), icon=":material/upload:", disabled=not (upload or path.strip()),
+                     help="Check the model (in a separate process), copy it into the run registry and record "
+                          "its signature, parameters and size"):
+            _import(registry, upload, path.strip())
+
+
+def _import(registry: Registry, upload: Any, path: str) -> None:
+    from tuning.imports import ImportRefusedError, import_model, import_upload
+
+    with st.spinner("Reading the model (loading TensorFlow in a separate process)…"):
+        try:
+            if upload is not None:
+                imported = import_upload(registry, upload.name, upload.getvalue())
+            else:
+                imported = import_model(registry, path)
+        except (ImportRefusedError, OSError) as exc:
+            st.error(f"Not imported: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+            return
+    ui.show_next(key("model"), imported.run_id)
+    st.rerun()
 
 
 def model_path_of(serve: Run) -> str | None:
@@ -66,8 +108,9 @@ st.caption("The embedded endpoint speaks TensorFlow Serving's REST API and batch
            "Turn the knobs, restart, and read where the time goes.")
 
 models = trained_models(registry)
+import_section(registry, expanded=not models)
 if not models:
-    st.info("No trained model yet. Train one on the **Train** page first.")
+    st.info("No trained model yet. Train one on the **Train** page first, or import your own above.")
     st.stop()
 
 # -- model and knobs ---------------------------------------------------------------------------
@@ -75,17 +118,24 @@ if not models:
 left, right = st.columns([1, 1], gap="large")
 with left:
     st.subheader("Model")
-    model_run = ui.run_picker("Trained model", models, key=key("model"),
-                              help="model: a finished training run whose model.keras the endpoint loads "
-                                   "(safe mode; .keras only)")
+    model_run = ui.run_picker("Model", models, key=key("model"),
+                              help="model: a finished training run or an imported model (.keras in safe mode, "
+                                   "or a SavedModel directory)")
     assert model_run is not None
     s = model_run.summary
     tm = s.get("test_metrics") or {}
     c1, c2, c3 = st.columns(3)
-    c1.metric("dataset", (s.get("data") or {}).get("name", "—"))
+    if s.get("imported"):
+        c1.metric("format", "SavedModel" if s.get("format") == "saved_model" else ".keras")
+    else:
+        c1.metric("dataset", (s.get("data") or {}).get("name", "—"))
     c2.metric("parameters", f"{s.get('param_count', 0):,}")
-    quality = ("accuracy", tm["accuracy"]) if "accuracy" in tm else ("MSE", tm.get("mse"))
-    c3.metric(f"test {quality[0]}", "—" if quality[1] is None else f"{quality[1]:.4f}")
+    if s.get("imported"):
+        c3.metric("size", f"{(s.get('size_bytes') or 0) / 2**20:.2f} MB")
+        st.caption("Inputs: " + serving_view.describe_signature(s.get("signature") or {}))
+    else:
+        quality = ("accuracy", tm["accuracy"]) if "accuracy" in tm else ("MSE", tm.get("mse"))
+        c3.metric(f"test {quality[0]}", "—" if quality[1] is None else f"{quality[1]:.4f}")
     st.text_input("Model name in URLs", key=key("model_name"),
                   help="name: the {name} in /v1/models/{name}:predict (letters, digits, - and _)")
 with right:
@@ -258,7 +308,7 @@ def _try_it(run: Run) -> None:
     idx = int(c1.number_input("Sample row", 0, len(samples) - 1, step=1, key=key("sample_index"),
                               help="which held-out test row to send as one instance"))
     row = samples[idx]
-    c2.caption(f"{len(row)} features: " + ", ".join(f"{v:g}" for v in row[:16]) + (" …" if len(row) > 16 else ""))
+    c2.caption(serving_view.describe_row(row))
     if st.button("Send request", key=key("send"), icon=":material/send:",
                  help="POST {\"instances\": [row]} to :predict and show the answer"):
         t = time.perf_counter()
