@@ -81,16 +81,18 @@ class EndpointHandle:
 def start(registry: Registry, job: ServeJob, *, name: str | None = None, parent_id: str | None = None) -> str:
     """Record ``job`` as a new ``serve`` run and launch it; returns the run id at once (not yet ready).
 
-    A refused model file (.h5, not a Keras archive) raises ModelFormatError before
-    any process starts; the run is recorded ``failed`` with the reason.
+    A refused model (.h5, not a Keras archive or SavedModel, or a runtime that cannot
+    take its format) raises ModelFormatError/RuntimeRefusedError before any process
+    starts; the run is recorded ``failed`` with the reason.
     """
     run_id = jobs.create(registry, "serve", job.to_dict(), name=name or job.label, parent_id=parent_id)
     if not job.ceiling:
-        from agent.export import ModelFormatError, check_model_path
+        from agent.export import check_model_path
+        from agent.serving.runtimes import check_runtime_format
 
         try:
-            check_model_path(job.model_path)
-        except ModelFormatError as exc:
+            check_runtime_format(job.serving.runtime, check_model_path(job.model_path))
+        except ValueError as exc:  # both refusals are ValueErrors with a one-line reason
             registry.finish_if_active(run_id, State.FAILED, str(exc))
             raise
     jobs.launch(registry, run_id)
@@ -122,12 +124,6 @@ def start_endpoint(
     Raises EndpointError (with the job's one-line reason) if the process ends or
     is not ready within ``ready_timeout_s`` (it is then stopped).
     """
-    if model_path is not None and not ceiling:
-        from agent.export import check_model_path
-        from agent.serving.runtimes import check_runtime_format
-
-        # Refuse .h5 etc., and a runtime that cannot take the format, before starting anything.
-        check_runtime_format(config.runtime, check_model_path(model_path))
     job = ServeJob(None if ceiling else str(Path(model_path)) if model_path is not None else None, name, host, port,
                    ceiling, config, log_level)
     run_id = start(registry, job, name=run_name, parent_id=parent_id)
