@@ -32,6 +32,7 @@ GRACEFUL_SHUTDOWN_S = 20  # in-flight requests get this long after SIGTERM
 WORKER_READY_TIMEOUT_S = 300.0
 WORKER_STOP_TIMEOUT_S = GRACEFUL_SHUTDOWN_S + 10.0
 POLL_S = 0.1
+KEEP_ALIVE_S = 5  # uvicorn's timeout_keep_alive: an idle keep-alive connection closes after this long
 
 
 @dataclass(frozen=True)
@@ -72,14 +73,21 @@ def build_app(opts: ServeOptions, on_ready: Callable[[Any], None]) -> Any:
     return create_app(opts.model_path, opts.name, opts.config, on_ready=on_ready)
 
 
-def run_uvicorn(app: Any, sock: socket.socket, log_level: str) -> None:
-    """Serve ``app`` on ``sock`` until SIGTERM/SIGINT (graceful: in-flight requests finish)."""
+def run_uvicorn(app: Any, sock: socket.socket, log_level: str, limits: ServingConfig | None = None) -> None:
+    """Serve ``app`` on ``sock`` until SIGTERM/SIGINT (graceful: in-flight requests finish).
+
+    The protocol is uvicorn's httptools one with the connection limits of ``limits``
+    (default: the default config's) and, when the app has one, its admission (agent/serving/protocol.py).
+    """
     import uvicorn
+
+    from agent.serving.protocol import protocol_class
 
     config = uvicorn.Config(
         app,
         loop="uvloop",
-        http="httptools",
+        http=protocol_class(limits or ServingConfig(), getattr(app, "admission", None)),
+        timeout_keep_alive=KEEP_ALIVE_S,
         lifespan="on",
         access_log=False,
         log_level=log_level,
@@ -104,7 +112,7 @@ def _ignore_signal(signum: int, frame: Any) -> None:
 def serve_single(opts: ServeOptions, sock: socket.socket, on_ready: Callable[[Any], None]) -> str | None:
     """Serve in this process; returns the start-up error (None after a clean shutdown)."""
     app = build_app(opts, on_ready)
-    run_uvicorn(app, sock, opts.log_level)
+    run_uvicorn(app, sock, opts.log_level, opts.config)
     return getattr(app, "startup_error", None)
 
 

@@ -1,0 +1,284 @@
+"""The endpoint's HTTP protocol: uvicorn's httptools protocol with the limits it lacks.
+
+uvicorn (0.3x) with httptools gives ``timeout_keep_alive`` (idle time between
+requests) and ``limit_concurrency``, and nothing else: a connection that never
+sends a byte, or sends half a request line and stalls, is held forever; headers
+have no size or count limit (``h11_max_incomplete_event_size`` exists for h11
+only). This subclass, passed to uvicorn as its ``http`` protocol class, adds:
+
+- a time limit for receiving a whole request, headers and body
+  (``receive_timeout_ms``), counted from the connection's start for its first
+  request and from the first byte for later ones; past it the request is answered
+  408 (or the connection simply closed when a response is already under way);
+- a head limit: more than ``max_header_bytes`` of request line + headers, or more
+  than ``max_headers`` header fields, is answered 431 and the connection closed;
+  bytes are counted as they arrive, so a client dripping an endless header holds
+  at most the limit plus one socket read in memory;
+- a connection limit: beyond ``max_connections`` open connections, a new
+  connection's request is answered 503 + ``Connection: close``. Unlike uvicorn's
+  ``limit_concurrency`` (which refuses every request on every connection once the
+  count is reached, so a connection flood stops all traffic), the connections
+  already being served keep being served;
+- admission before parsing (see ``Admission``): when the batch queue is full, a
+  predict request is answered 503 from its head alone, without an ASGI task and
+  without reading its body into the app; the connection is then not read again
+  until the queue has room (or ``RETRY_AFTER_S`` passed), so a client that
+  retries at once cannot keep the event loop answering 503s while the batcher
+  waits for it.
+
+The per-request additions on the hot path are a few attribute updates; the
+timers are one per connection, re-armed lazily.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Callable
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from agent.serving.config import ServingConfig
+
+RETRY_AFTER_S = 1  # a shed connection is read again at the latest after this long
+
+
+class _HeadTooLargeError(Exception):
+    """Raised from a parser callback to stop parsing a head over the limits."""
+
+
+def _raw_response(status: bytes, body: bytes, extra: bytes = b"", *, close: bool) -> bytes:
+    return (b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\n" + extra
+            + (b"connection: close\r\n" if close else b"")
+            + b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+
+def _error_body(message: str) -> bytes:
+    import json
+
+    return json.dumps({"error": message}).encode()
+
+
+class Admission:
+    """What the protocol needs to refuse a predict request from its head alone.
+
+    The app fills it once the model is ready: ``full`` says whether the batch queue
+    would refuse even a one-row request (so the answer is the same whatever the
+    body holds), ``paths`` are the raw predict paths, ``on_shed`` records a shed
+    in the app's metrics. The batcher calls ``room`` when rows leave its queue;
+    shed connections parked meanwhile are then read again, oldest first.
+    """
+
+    def __init__(self) -> None:
+        self.full: Callable[[], bool] | None = None
+        self.paths: frozenset[bytes] = frozenset()
+        self.on_shed: Callable[[float], None] = lambda seconds: None
+        self.response = b""
+        self._parked: collections.deque[tuple[float, BoundedHttpToolsProtocol]] = collections.deque()
+
+    def enable(self, full: Callable[[], bool], paths: frozenset[bytes], message: str,
+               on_shed: Callable[[float], None]) -> None:
+        self.response = _raw_response(b"503 Service Unavailable", _error_body(message),
+                                      b"retry-after: %d\r\n" % RETRY_AFTER_S, close=False)
+        self.paths = paths
+        self.on_shed = on_shed
+        self.full = full
+
+    def sheds(self, method: bytes, url: bytes) -> bool:
+        full = self.full
+        return (full is not None and method == b"POST" and full()
+                and url.partition(b"?")[0] in self.paths)
+
+    def park(self, proto: BoundedHttpToolsProtocol) -> None:
+        proto.transport.pause_reading()
+        self._parked.append((time.monotonic(), proto))
+
+    def room(self, rows: int) -> None:
+        """``rows`` rows of queue room appeared: read that many parked connections again
+        (each holds at least one row), plus any parked longer than RETRY_AFTER_S."""
+        parked = self._parked
+        if not parked:
+            return
+        stale = time.monotonic() - RETRY_AFTER_S
+        while parked and (rows > 0 or parked[0][0] < stale):
+            _, proto = parked.popleft()
+            if proto.transport.is_closing():
+                continue
+            proto.transport.resume_reading()
+            rows -= 1
+
+    @property
+    def parked(self) -> int:
+        return len(self._parked)
+
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol plus the limits above. :func:`protocol_class` makes one
+    with its limits set; uvicorn builds an instance per connection."""
+
+    limits: ServingConfig = ServingConfig()
+    admission: Admission | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        limits = self.limits
+        self._receive_s = limits.receive_timeout_ms / 1000.0
+        self._max_head = limits.max_header_bytes
+        self._max_headers = limits.max_headers
+        self._max_connections = limits.max_connections
+        self._admission = self.admission
+        self._rx_since: float | None = None  # loop time the request being received began (None: not receiving)
+        self._rx_timer: Any = None
+        self._in_head = False
+        self._head_bytes = 0
+        self._n_headers = 0
+        self._refusal: bytes | None = None  # a response that replaces uvicorn's 400 for a head over the limits
+        self._discarding = False  # the current request was answered from its head: ignore its body
+        self._over_limit = False
+        self._shed = False  # the request answered from its head was shed (park the connection after it)
+
+    # -- connection ------------------------------------------------------------------------------
+
+    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._over_limit = len(self.connections) > self._max_connections
+        self._rx_since = self.loop.time()
+        self._rx_timer = self.loop.call_later(self._receive_s, self._check_receive)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._rx_timer is not None:
+            self._rx_timer.cancel()
+            self._rx_timer = None
+        super().connection_lost(exc)
+
+    def _check_receive(self) -> None:
+        """The receive timer: close a connection whose request is not complete in time."""
+        self._rx_timer = None
+        if self.transport.is_closing():
+            return
+        since = self._rx_since
+        now = self.loop.time()
+        if since is not None and now - since >= self._receive_s:
+            responding = self.cycle is not None and not self.cycle.response_complete
+            if not responding:
+                self.transport.write(self._with_defaults(_raw_response(
+                    b"408 Request Timeout",
+                    _error_body(f"request not received completely within {self._receive_s * 1000:.0f} ms; "
+                                "send the whole request at once"), close=True)))
+            self.transport.close()
+            return
+        delay = self._receive_s - (now - since) if since is not None else self._receive_s
+        self._rx_timer = self.loop.call_later(delay, self._check_receive)
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_head:
+            self._head_bytes += len(data)
+        super().data_received(data)
+        # Checked after parsing: a read that completes the head and carries body bytes is fine.
+        if self._in_head and self._head_bytes > self._max_head and not self.transport.is_closing():
+            self._refuse_head(f"request line and headers exceed {self._max_head} bytes")
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._rx_since is None:
+            self._rx_since = self.loop.time()
+        self._in_head = True
+        self._head_bytes = 0
+        self._n_headers = 0
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._n_headers += 1
+        if self._n_headers > self._max_headers:
+            self._refusal = self._head_refusal(f"more than {self._max_headers} header fields")
+            raise _HeadTooLargeError
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        idle = self.cycle is None or self.cycle.response_complete  # no response under way on this connection
+        if self._over_limit and idle:
+            self._answer_from_head(self._with_defaults(_raw_response(
+                b"503 Service Unavailable",
+                _error_body(f"too many connections (limit {self._max_connections}); retry later"),
+                b"retry-after: %d\r\n" % RETRY_AFTER_S, close=True)))
+            self.transport.close()
+            return
+        adm = self._admission
+        if adm is not None and idle and adm.sheds(self.parser.get_method(), self.url):
+            t0 = time.perf_counter()
+            self._answer_from_head(adm.response)
+            self._shed = True
+            adm.on_shed(time.perf_counter() - t0)
+            return
+        super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if not self._discarding:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        self._rx_since = None
+        if self._discarding:
+            self._discarding = False
+            adm = self._admission
+            if not self.parser.should_keep_alive():
+                self.transport.close()
+            elif not self.transport.is_closing():
+                # As after any response: an idle keep-alive connection closes after timeout_keep_alive.
+                self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive,
+                                                                    self.timeout_keep_alive_handler)
+                if adm is not None and self._shed:
+                    adm.park(self)
+            return
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        # A predict connection just answered while the queue is full would only send a
+        # request to be shed: read it again when there is room (FIFO with the shed ones).
+        adm = self._admission
+        if (adm is not None and adm.full is not None and adm.full() and not self.pipeline
+                and not self.transport.is_closing() and self.url.partition(b"?")[0] in adm.paths):
+            adm.park(self)
+
+    def _answer_from_head(self, response: bytes) -> None:
+        """Answer the request being parsed without the app; its body (if any) is skipped."""
+        self._discarding = True
+        self._shed = False
+        self.transport.write(response)
+
+    # -- refusals --------------------------------------------------------------------------------
+
+    def _head_refusal(self, what: str) -> bytes:
+        return self._with_defaults(_raw_response(b"431 Request Header Fields Too Large",
+                                                 _error_body(f"{what}; send a smaller head"), close=True))
+
+    def _refuse_head(self, what: str) -> None:
+        if self.cycle is None or self.cycle.response_complete:
+            self.transport.write(self._head_refusal(what))
+        self.transport.close()
+
+    def send_400_response(self, msg: str) -> None:
+        # uvicorn calls this for any parser error, including the one on_header raises at the limit.
+        refusal, self._refusal = self._refusal, None
+        if refusal is None:
+            super().send_400_response(msg)
+            return
+        if self.cycle is None or self.cycle.response_complete:
+            self.transport.write(refusal)
+        self.transport.close()
+
+    def _with_defaults(self, response: bytes) -> bytes:
+        """``response`` with the server's default headers (Date) after its status line."""
+        head, _, rest = response.partition(b"\r\n")
+        defaults = b"".join(n + b": " + v + b"\r\n" for n, v in self.server_state.default_headers)
+        return head + b"\r\n" + defaults + rest
+
+
+def protocol_class(limits: ServingConfig, admission: Admission | None) -> type[BoundedHttpToolsProtocol]:
+    """The ``http`` protocol class for ``uvicorn.Config`` (which takes a class there): the
+    bounded protocol with these limits and this admission."""
+    return type("BoundedHttpToolsProtocol", (BoundedHttpToolsProtocol,), {"limits": limits, "admission": admission})
