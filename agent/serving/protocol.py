@@ -42,6 +42,9 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from agent.serving.config import ServingConfig
 
 RETRY_AFTER_S = 1  # a shed connection is read again at the latest after this long
+# Scope key of a predict request the protocol let through: its row counts as in transit
+# (head read, not yet in the batch queue) until the app calls ``Admission.arrived``.
+IN_TRANSIT_KEY = "tuneswarm.in_transit"
 
 
 class _HeadTooLargeError(Exception):
@@ -63,50 +66,80 @@ def _error_body(message: str) -> bytes:
 class Admission:
     """What the protocol needs to refuse a predict request from its head alone.
 
-    The app fills it once the model is ready: ``full`` says whether the batch queue
-    would refuse even a one-row request (so the answer is the same whatever the
-    body holds), ``paths`` are the raw predict paths, ``on_shed`` records a shed
-    in the app's metrics. The batcher calls ``room`` when rows leave its queue;
-    shed connections parked meanwhile are then read again, oldest first.
+    The app enables it once the model is ready, with the batch queue's depth (rows)
+    and bound, the raw predict paths and ``on_shed`` (records a shed in the app's
+    metrics). The queue counts as full when even a one-row request would not fit,
+    so the answer is the same whatever the body holds.
+
+    Connections are parked (not read) while the queue is full: one that was just
+    shed, and one that was just answered (its next request would only be shed).
+    When rows leave the queue (the batcher calls ``room``), parked connections are
+    read again, oldest first, one per free row; each holds a reservation for its
+    row until its next request's head arrives, so a reading connection cannot take
+    the room promised to a parked one and be shed in its place. A request let through
+    counts one row "in transit" from its head until the app queues it (``arrived``),
+    since the app reads and parses its body on a later turn of the loop. A connection parked
+    longer than RETRY_AFTER_S is read again anyway (and shed if there is still no room).
     """
 
     def __init__(self) -> None:
-        self.full: Callable[[], bool] | None = None
+        self.enabled = False
         self.paths: frozenset[bytes] = frozenset()
         self.on_shed: Callable[[float], None] = lambda seconds: None
         self.response = b""
+        self.reserved = 0  # rows promised to connections read again, whose requests are not in yet
+        self.in_transit = 0  # predict requests let through whose rows are not in the queue yet
+        self._queued: Callable[[], int] = lambda: 0
+        self._capacity = 0
         self._parked: collections.deque[tuple[float, BoundedHttpToolsProtocol]] = collections.deque()
 
-    def enable(self, full: Callable[[], bool], paths: frozenset[bytes], message: str,
+    def enable(self, queued_rows: Callable[[], int], capacity_rows: int, paths: frozenset[bytes], message: str,
                on_shed: Callable[[float], None]) -> None:
         self.response = _raw_response(b"503 Service Unavailable", _error_body(message),
                                       b"retry-after: %d\r\n" % RETRY_AFTER_S, close=False)
         self.paths = paths
         self.on_shed = on_shed
-        self.full = full
+        self._queued = queued_rows
+        self._capacity = capacity_rows
+        self.enabled = True
 
-    def sheds(self, method: bytes, url: bytes) -> bool:
-        full = self.full
-        return (full is not None and method == b"POST" and full()
-                and url.partition(b"?")[0] in self.paths)
+    def full(self) -> bool:
+        return self._queued() + self.reserved + self.in_transit >= self._capacity
+
+    def arrived(self, scope: dict[str, Any]) -> None:
+        """The request of ``scope`` left transit (queued, refused or answered); idempotent."""
+        if scope.pop(IN_TRANSIT_KEY, False):
+            self.in_transit -= 1
+
+    def is_predict(self, url: bytes) -> bool:
+        return url.partition(b"?")[0] in self.paths
 
     def park(self, proto: BoundedHttpToolsProtocol) -> None:
         proto.transport.pause_reading()
         self._parked.append((time.monotonic(), proto))
 
     def room(self, rows: int) -> None:
-        """``rows`` rows of queue room appeared: read that many parked connections again
-        (each holds at least one row), plus any parked longer than RETRY_AFTER_S."""
+        """Rows left the queue: read parked connections again, one per free row (reserved),
+        plus any parked longer than RETRY_AFTER_S."""
         parked = self._parked
         if not parked:
             return
+        free = self._capacity - self._queued() - self.reserved - self.in_transit
         stale = time.monotonic() - RETRY_AFTER_S
-        while parked and (rows > 0 or parked[0][0] < stale):
+        while parked and (free > 0 or parked[0][0] < stale):
             _, proto = parked.popleft()
             if proto.transport.is_closing():
                 continue
+            if free > 0:
+                proto.reserved = True
+                self.reserved += 1
+                free -= 1
             proto.transport.resume_reading()
-            rows -= 1
+
+    def release(self, proto: BoundedHttpToolsProtocol) -> None:
+        """The reservation of ``proto`` ends (its request head arrived, or it closed)."""
+        proto.reserved = False
+        self.reserved -= 1
 
     @property
     def parked(self) -> int:
@@ -137,6 +170,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._discarding = False  # the current request was answered from its head: ignore its body
         self._over_limit = False
         self._shed = False  # the request answered from its head was shed (park the connection after it)
+        self.reserved = False  # holds a row of queue room (Admission.room)
 
     # -- connection ------------------------------------------------------------------------------
 
@@ -147,6 +181,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._rx_timer = self.loop.call_later(self._receive_s, self._check_receive)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.reserved and self._admission is not None:
+            self._admission.release(self)
         if self._rx_timer is not None:
             self._rx_timer.cancel()
             self._rx_timer = None
@@ -207,12 +243,18 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
             return
         adm = self._admission
-        if adm is not None and idle and adm.sheds(self.parser.get_method(), self.url):
-            t0 = time.perf_counter()
-            self._answer_from_head(adm.response)
-            self._shed = True
-            adm.on_shed(time.perf_counter() - t0)
-            return
+        if self.reserved and adm is not None:
+            adm.release(self)  # this request takes the row reserved for it (or is shed like any other)
+        if (adm is not None and idle and adm.enabled and self.parser.get_method() == b"POST"
+                and adm.is_predict(self.url)):
+            if adm.full():
+                t0 = time.perf_counter()
+                self._answer_from_head(adm.response)
+                self._shed = True
+                adm.on_shed(time.perf_counter() - t0)
+                return
+            adm.in_transit += 1
+            self.scope[IN_TRANSIT_KEY] = True  # type: ignore[literal-required]
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
@@ -240,8 +282,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         # A predict connection just answered while the queue is full would only send a
         # request to be shed: read it again when there is room (FIFO with the shed ones).
         adm = self._admission
-        if (adm is not None and adm.full is not None and adm.full() and not self.pipeline
-                and not self.transport.is_closing() and self.url.partition(b"?")[0] in adm.paths):
+        if (adm is not None and adm.enabled and adm.full() and not self.pipeline
+                and not self.transport.is_closing() and adm.is_predict(self.url)):
             adm.park(self)
 
     def _answer_from_head(self, response: bytes) -> None:

@@ -244,7 +244,7 @@ def _results(registry: Registry, run: Run) -> None:
         st.warning(f"Load generator saturated: {s.get('saturation_reason') or 'Locust ran out of CPU'}. "
                    "This run measured Locust, not the server; rerun with more Locust processes.")
     if s.get("verdict"):
-        (st.success if run.status == "completed" and not s.get("failures") else st.info)(s["verdict"])
+        {"error": st.error, "success": st.success}.get(fmt.verdict_kind(run), st.info)(s["verdict"])
     if "requests" in s:
         m = st.columns(6)
         m[0].metric("requests", f"{int(s.get('requests') or 0):,}", help="requests completed in the run")
