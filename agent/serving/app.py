@@ -376,7 +376,10 @@ class CeilingApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             if scope["method"] == "POST":
-                body = await read_body(receive, 1 << 30)
+                try:
+                    body = await read_body(receive, 1 << 30)
+                except ClientDisconnectedError:
+                    return
                 await respond(send, 200, self.answer(body or b""))
             else:
                 await respond(send, 200, encode_json({"status": "ok"}))

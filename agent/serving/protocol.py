@@ -92,6 +92,7 @@ class Admission:
         self._queued: Callable[[], int] = lambda: 0
         self._capacity = 0
         self._parked: collections.deque[tuple[float, BoundedHttpToolsProtocol]] = collections.deque()
+        self._sweep_timer: Any = None
 
     def enable(self, queued_rows: Callable[[], int], capacity_rows: int, paths: frozenset[bytes], message: str,
                on_shed: Callable[[float], None]) -> None:
@@ -117,10 +118,20 @@ class Admission:
     def park(self, proto: BoundedHttpToolsProtocol) -> None:
         proto.transport.pause_reading()
         self._parked.append((time.monotonic(), proto))
+        if self._sweep_timer is None:
+            self._sweep_timer = proto.loop.call_later(RETRY_AFTER_S, self._sweep, proto.loop)
 
-    def room(self, rows: int) -> None:
-        """Rows left the queue: read parked connections again, one per free row (reserved),
-        plus any parked longer than RETRY_AFTER_S."""
+    def _sweep(self, loop: Any) -> None:
+        """While connections are parked, look every RETRY_AFTER_S even without traffic: nothing
+        parked waits longer than that because the queue drained with no batch to call ``room``."""
+        self._sweep_timer = None
+        self.room()
+        if self._parked:
+            self._sweep_timer = loop.call_later(RETRY_AFTER_S, self._sweep, loop)
+
+    def room(self, rows: int = 0) -> None:
+        """Rows left the queue (the batcher's ``on_room``; ``rows`` is informative): read parked
+        connections again, one per free row (reserved), plus any parked longer than RETRY_AFTER_S."""
         parked = self._parked
         if not parked:
             return
@@ -136,10 +147,13 @@ class Admission:
                 free -= 1
             proto.transport.resume_reading()
 
-    def release(self, proto: BoundedHttpToolsProtocol) -> None:
-        """The reservation of ``proto`` ends (its request head arrived, or it closed)."""
+    def release(self, proto: BoundedHttpToolsProtocol, *, unused: bool = False) -> None:
+        """The reservation of ``proto`` ends: its request head arrived (and takes the row),
+        or it closed ``unused`` (the row goes to the next parked connection)."""
         proto.reserved = False
         self.reserved -= 1
+        if unused:
+            self.room()
 
     @property
     def parked(self) -> int:
@@ -164,7 +178,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._rx_since: float | None = None  # loop time the request being received began (None: not receiving)
         self._rx_timer: Any = None
         self._in_head = False
-        self._head_bytes = 0
+        self._head_bytes = 0  # request target + header names and values parsed so far
+        self._head_reads = 0  # bytes of the reads that fell wholly inside the head
         self._n_headers = 0
         self._refusal: bytes | None = None  # a response that replaces uvicorn's 400 for a head over the limits
         self._discarding = False  # the current request was answered from its head: ignore its body
@@ -182,7 +197,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.reserved and self._admission is not None:
-            self._admission.release(self)
+            self._admission.release(self, unused=True)
         if self._rx_timer is not None:
             self._rx_timer.cancel()
             self._rx_timer = None
@@ -196,7 +211,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         since = self._rx_since
         now = self.loop.time()
         if since is not None and now - since >= self._receive_s:
-            responding = self.cycle is not None and not self.cycle.response_complete
+            cycle = self.cycle
+            responding = cycle is not None and cycle.response_started and not cycle.response_complete
             if not responding:
                 self.transport.write(self._with_defaults(_raw_response(
                     b"408 Request Timeout",
@@ -210,12 +226,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     # -- reading ---------------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        if self._in_head:
-            self._head_bytes += len(data)
+        was_in_head = self._in_head
         super().data_received(data)
-        # Checked after parsing: a read that completes the head and carries body bytes is fine.
-        if self._in_head and self._head_bytes > self._max_head and not self.transport.is_closing():
-            self._refuse_head(f"request line and headers exceed {self._max_head} bytes")
+        # A read that began and ended inside a head is all head: this bounds a head that never
+        # completes (the parser keeps a partial header value in memory until it does).
+        if was_in_head and self._in_head:
+            self._head_reads += len(data)
+            if self._head_reads > self._max_head and not self.transport.is_closing():
+                self._refuse_head(self._head_limit_text)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -223,14 +241,31 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._rx_since = self.loop.time()
         self._in_head = True
         self._head_bytes = 0
+        self._head_reads = 0
         self._n_headers = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._count_head(len(url))
+        super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._n_headers += 1
         if self._n_headers > self._max_headers:
             self._refusal = self._head_refusal(f"more than {self._max_headers} header fields")
             raise _HeadTooLargeError
+        self._count_head(len(name) + len(value))
         super().on_header(name, value)
+
+    def _count_head(self, n: int) -> None:
+        """Exact size of the parsed parts of the head; past the limit, stop parsing (431)."""
+        self._head_bytes += n
+        if self._head_bytes > self._max_head:
+            self._refusal = self._head_refusal(self._head_limit_text)
+            raise _HeadTooLargeError
+
+    @property
+    def _head_limit_text(self) -> str:
+        return f"request line and headers exceed {self._max_head} bytes"
 
     def on_headers_complete(self) -> None:
         self._in_head = False

@@ -73,17 +73,19 @@ def build_app(opts: ServeOptions, on_ready: Callable[[Any], None]) -> Any:
     return create_app(opts.model_path, opts.name, opts.config, on_ready=on_ready)
 
 
-def run_uvicorn(app: Any, sock: socket.socket, log_level: str, limits: ServingConfig | None = None) -> None:
-    """Serve ``app`` on ``sock`` until SIGTERM/SIGINT (graceful: in-flight requests finish).
+def uvicorn_config(app: Any, log_level: str, limits: ServingConfig | None = None,
+                   graceful_s: float = GRACEFUL_SHUTDOWN_S) -> Any:
+    """The ``uvicorn.Config`` the endpoint runs with (tests serve with it too).
 
     The protocol is uvicorn's httptools one with the connection limits of ``limits``
-    (default: the default config's) and, when the app has one, its admission (agent/serving/protocol.py).
+    (default: the default config's) and, when the app has one, its admission
+    (agent/serving/protocol.py); ``timeout_keep_alive`` is uvicorn's own.
     """
     import uvicorn
 
     from agent.serving.protocol import protocol_class
 
-    config = uvicorn.Config(
+    return uvicorn.Config(
         app,
         loop="uvloop",
         http=protocol_class(limits or ServingConfig(), getattr(app, "admission", None)),
@@ -92,9 +94,16 @@ def run_uvicorn(app: Any, sock: socket.socket, log_level: str, limits: ServingCo
         access_log=False,
         log_level=log_level,
         server_header=False,
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        timeout_graceful_shutdown=graceful_s,
         backlog=LISTEN_BACKLOG,
     )
+
+
+def run_uvicorn(app: Any, sock: socket.socket, log_level: str, limits: ServingConfig | None = None) -> None:
+    """Serve ``app`` on ``sock`` until SIGTERM/SIGINT (graceful: in-flight requests finish)."""
+    import uvicorn
+
+    config = uvicorn_config(app, log_level, limits)
     # uvicorn re-raises the signal that stopped it once it has shut down, to hand
     # it to the previous handler; a no-op handler makes that an orderly exit 0.
     previous = {s: signal.signal(s, _ignore_signal) for s in (signal.SIGTERM, signal.SIGINT)}
