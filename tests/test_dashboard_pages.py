@@ -581,6 +581,23 @@ def test_loadtest_page_renders_a_finished_swarm(home: Path, registry: Registry) 
     assert sorted(b.label for b in at.get("download_button")) == ["csv report", "html report"]
 
 
+def test_loadtest_page_headlines_a_failed_gate_as_fail_without_failures(home: Path, registry: Registry) -> None:
+    from loadtest import results
+
+    run_id = _load_run(registry)
+    summary = {"requests": 4000, "failures": 0, "fail_ratio": 0.0, "rps": 680.0, "p95_ms": 160.0,
+               "failures_by_reason": {}, "saturated": False, "shed": 0, "target": "http://127.0.0.1:8600",
+               "slo": [{"expr": "p95<=100ms", "metric": "p95", "op": "<=", "limit": 100.0, "measured": 160.0,
+                        "passed": False}]}
+    registry.update_summary(run_id, {**summary, "verdict": results.verdict(summary)})
+    at = _page("load_test")
+    assert not at.exception
+    headline = ("FAIL: p95<=100ms measured 160 ms (limit <= 100 ms) | "
+                "680 req/s, p95 160 ms, no failures out of 4000")
+    assert headline in [e.value for e in at.error]  # (the start form's own checks are errors too)
+    assert not any("680 req/s" in s.value for s in at.success)
+
+
 @pytest.mark.parametrize("page", ["train", "serve", "load_test", "run_history"])
 def test_pages_do_not_import_tensorflow(page: str, home: Path, registry: Registry) -> None:
     """First paint must not wait for TensorFlow: rendering a page (with a run to show) leaves it unloaded."""
