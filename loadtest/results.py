@@ -489,6 +489,20 @@ def rate_shortfall(summary: Mapping[str, Any]) -> str | None:
             + "; ".join(reasons))
 
 
+def overload_point(summary: Mapping[str, Any]) -> dict[str, float] | None:
+    """One point of goodput and 503s against offered load from an open-loop run's summary:
+    ``offered``, ``achieved``, ``goodput`` (successful requests/s) and ``shed_per_s``; None
+    for a closed-loop run or one without requests."""
+    offered = summary.get("offered_rps")
+    requests = int(summary.get("requests") or 0)
+    rps = float(summary.get("rps") or 0.0)
+    if not offered or not requests or rps <= 0:
+        return None
+    seconds = requests / rps
+    return {"offered": float(offered), "achieved": rps, "goodput": float(summary.get("ok_rps") or 0.0),
+            "shed_per_s": int(summary.get("shed") or 0) / seconds}
+
+
 def _facts(summary: Mapping[str, Any]) -> str:
     """What the run measured, worst news first (the verdict without its gates)."""
     requests = int(summary.get("requests") or 0)

@@ -598,6 +598,25 @@ def test_loadtest_page_headlines_a_failed_gate_as_fail_without_failures(home: Pa
     assert not any("680 req/s" in s.value for s in at.success)
 
 
+def test_loadtest_page_shows_goodput_and_503s_against_offered_rate_for_rate_runs(home: Path,
+                                                                               registry: Registry) -> None:
+    host = "http://127.0.0.1:8600"
+    for offered, ok_rps, shed in ((2000.0, 2000.0, 0), (8000.0, 5000.0, 9000)):
+        run_id = registry.create_run("loadtest", {"host": host, "shape": "rate", "users": 64, "target_rps": offered,
+                                                  "run_time_s": 3}, name=f"rate {offered:.0f}", status="running")
+        registry.update_summary(run_id, {"requests": int(3 * (ok_rps + shed / 3)), "failures": shed, "rps":
+                                         ok_rps + shed / 3, "ok_rps": ok_rps, "shed": shed, "offered_rps": offered,
+                                         "verdict": "x"})
+        registry.set_status(run_id, "completed")
+    at = _page("load_test")
+    assert not at.exception
+    figs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    overload = next(f for f in figs if f["layout"].get("title", {}).get("text", "").startswith("Goodput and 503s"))
+    traces = {t["name"]: t for t in overload["data"]}
+    assert traces["goodput (2xx/s)"]["x"] == [2000.0, 8000.0] and traces["goodput (2xx/s)"]["y"] == [2000.0, 5000.0]
+    assert traces["503/s"]["y"][1] == pytest.approx(3000.0)
+
+
 @pytest.mark.parametrize("page", ["train", "serve", "load_test", "run_history"])
 def test_pages_do_not_import_tensorflow(page: str, home: Path, registry: Registry) -> None:
     """First paint must not wait for TensorFlow: rendering a page (with a run to show) leaves it unloaded."""
