@@ -42,7 +42,7 @@ from agent.serving.codec import (
 )
 from agent.serving.config import ServingConfig
 from agent.serving.metrics import ServingMetrics
-from agent.serving.protocol import IN_TRANSIT_KEY, Admission
+from agent.serving.protocol import Admission
 
 log = logging.getLogger("agent.serving")
 
@@ -190,14 +190,6 @@ class ServingApp:
         return 200, encode_json(metadata_document(self.name, self.n_features, self.output_dim, self.output_name))
 
     async def _predict(self, scope: Scope, receive: Receive, send: Send) -> int:
-        if IN_TRANSIT_KEY not in scope:
-            return await self._predict_request(scope, receive, send)
-        try:
-            return await self._predict_request(scope, receive, send)
-        finally:
-            self.admission.arrived(scope)  # a request answered before it was queued
-
-    async def _predict_request(self, scope: Scope, receive: Receive, send: Send) -> int:
         if scope["method"] != "POST":
             return await _error(send, 405, f"{scope['method']} not allowed on {scope['path']}; use POST",
                                 allow=b"POST")
@@ -227,9 +219,7 @@ class ServingApp:
             return await _error(send, 413, f"body exceeds the limit of {self._max_body} bytes")
         try:
             req = decode_predict(body, self.n_features, self.config.max_instances)
-            pending = batcher.enqueue(req.x, self._timeout_s)
-            self.admission.arrived(scope)  # its rows are in the queue now
-            rows = await pending
+            rows = await batcher.enqueue(req.x, self._timeout_s)
         except RequestError as exc:
             return await _error(send, exc.status, exc.message)
         except QueueFullError as exc:
@@ -295,7 +285,7 @@ class ServingApp:
         self.metrics.watch_queue(lambda: batcher.queued_rows, lambda: batcher.queued_requests,
                                  lambda: batcher.in_flight_batches)
         batcher.on_room = self.admission.room
-        self.admission.enable(lambda: batcher.queued_rows, self.config.queue_capacity_rows,
+        self.admission.enable(batcher, self.config.queue_capacity_rows,
                               frozenset(p.encode() for p in self._fast_predict), self._shed_message,
                               self.metrics.shed_answered)
         self.ready = True

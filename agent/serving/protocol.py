@@ -10,10 +10,11 @@ only). This subclass, passed to uvicorn as its ``http`` protocol class, adds:
   (``receive_timeout_ms``), counted from the connection's start for its first
   request and from the first byte for later ones; past it the request is answered
   408 (or the connection simply closed when a response is already under way);
-- a head limit: more than ``max_header_bytes`` of request line + headers, or more
-  than ``max_headers`` header fields, is answered 431 and the connection closed;
-  bytes are counted as they arrive, so a client dripping an endless header holds
-  at most the limit plus one socket read in memory;
+- a head limit: more than ``max_header_bytes`` of request target + header fields,
+  or more than ``max_headers`` header fields, is answered 431 and the connection
+  closed; reads that fall inside an unfinished head are counted as they arrive,
+  so a client dripping an endless header makes the server hold at most about the
+  limit plus two socket reads;
 - a connection limit: beyond ``max_connections`` open connections, a new
   connection's request is answered 503 + ``Connection: close``. Unlike uvicorn's
   ``limit_concurrency`` (which refuses every request on every connection once the
@@ -26,8 +27,10 @@ only). This subclass, passed to uvicorn as its ``http`` protocol class, adds:
   retries at once cannot keep the event loop answering 503s while the batcher
   waits for it.
 
-The per-request additions on the hot path are a few attribute updates; the
-timers are one per connection, re-armed lazily.
+The per-request additions on the hot path are a few attribute updates and, for
+a predict request, one ``call_soon``; the head is measured exactly only when it
+spanned reads or came in a read larger than the limit (a small request arrives
+in one small read); the timers are one per connection, re-armed lazily.
 """
 
 from __future__ import annotations
@@ -35,20 +38,13 @@ from __future__ import annotations
 import collections
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from agent.serving.config import ServingConfig
 
 RETRY_AFTER_S = 1  # a shed connection is read again at the latest after this long
-# Scope key of a predict request the protocol let through: its row counts as in transit
-# (head read, not yet in the batch queue) until the app calls ``Admission.arrived``.
-IN_TRANSIT_KEY = "tuneswarm.in_transit"
-
-
-class _HeadTooLargeError(Exception):
-    """Raised from a parser callback to stop parsing a head over the limits."""
 
 
 def _raw_response(status: bytes, body: bytes, extra: bytes = b"", *, close: bool) -> bytes:
@@ -61,6 +57,13 @@ def _error_body(message: str) -> bytes:
     import json
 
     return json.dumps({"error": message}).encode()
+
+
+class QueuedRows(Protocol):
+    """The batch queue as admission sees it (the batcher)."""
+
+    @property
+    def queued_rows(self) -> int: ...
 
 
 class Admission:
@@ -77,8 +80,9 @@ class Admission:
     read again, oldest first, one per free row; each holds a reservation for its
     row until its next request's head arrives, so a reading connection cannot take
     the room promised to a parked one and be shed in its place. A request let through
-    counts one row "in transit" from its head until the app queues it (``arrived``),
-    since the app reads and parses its body on a later turn of the loop. A connection parked
+    counts one row "in transit" from its head until its ASGI task's first step has
+    run (the app reads, parses and queues a body that has arrived without yielding),
+    so requests read in the same turn of the loop cannot overfill the queue. A connection parked
     longer than RETRY_AFTER_S is read again anyway (and shed if there is still no room).
     """
 
@@ -89,28 +93,28 @@ class Admission:
         self.response = b""
         self.reserved = 0  # rows promised to connections read again, whose requests are not in yet
         self.in_transit = 0  # predict requests let through whose rows are not in the queue yet
-        self._queued: Callable[[], int] = lambda: 0
+        self._queue: QueuedRows | None = None
         self._capacity = 0
         self._parked: collections.deque[tuple[float, BoundedHttpToolsProtocol]] = collections.deque()
         self._sweep_timer: Any = None
 
-    def enable(self, queued_rows: Callable[[], int], capacity_rows: int, paths: frozenset[bytes], message: str,
+    def enable(self, queue: QueuedRows, capacity_rows: int, paths: frozenset[bytes], message: str,
                on_shed: Callable[[float], None]) -> None:
         self.response = _raw_response(b"503 Service Unavailable", _error_body(message),
                                       b"retry-after: %d\r\n" % RETRY_AFTER_S, close=False)
         self.paths = paths
         self.on_shed = on_shed
-        self._queued = queued_rows
+        self._queue = queue
         self._capacity = capacity_rows
         self.enabled = True
 
     def full(self) -> bool:
-        return self._queued() + self.reserved + self.in_transit >= self._capacity
+        assert self._queue is not None
+        return self._queue.queued_rows + self.reserved + self.in_transit >= self._capacity
 
-    def arrived(self, scope: dict[str, Any]) -> None:
-        """The request of ``scope`` left transit (queued, refused or answered); idempotent."""
-        if scope.pop(IN_TRANSIT_KEY, False):
-            self.in_transit -= 1
+    def arrived(self) -> None:
+        """A request let through has had its first step (queued, refused or waiting for its body)."""
+        self.in_transit -= 1
 
     def is_predict(self, url: bytes) -> bool:
         return url.partition(b"?")[0] in self.paths
@@ -135,7 +139,9 @@ class Admission:
         parked = self._parked
         if not parked:
             return
-        free = self._capacity - self._queued() - self.reserved - self.in_transit
+        if self._queue is None:
+            return
+        free = self._capacity - self._queue.queued_rows - self.reserved - self.in_transit
         stale = time.monotonic() - RETRY_AFTER_S
         while parked and (free > 0 or parked[0][0] < stale):
             _, proto = parked.popleft()
@@ -178,10 +184,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._rx_since: float | None = None  # loop time the request being received began (None: not receiving)
         self._rx_timer: Any = None
         self._in_head = False
-        self._head_bytes = 0  # request target + header names and values parsed so far
-        self._head_reads = 0  # bytes of the reads that fell wholly inside the head
-        self._n_headers = 0
-        self._refusal: bytes | None = None  # a response that replaces uvicorn's 400 for a head over the limits
+        self._head_reads = 0  # bytes of the reads that fell wholly inside the head being received
+        self._big_read = False  # the last read that started outside a head was larger than the head limit
         self._discarding = False  # the current request was answered from its head: ignore its body
         self._over_limit = False
         self._shed = False  # the request answered from its head was shed (park the connection after it)
@@ -226,42 +230,39 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     # -- reading ---------------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        was_in_head = self._in_head
+        if self._in_head:
+            super().data_received(data)
+            if self._in_head:  # the whole read fell inside the head: count it as it comes
+                self._head_reads += len(data)
+                if self._head_reads > self._max_head and not self.transport.is_closing():
+                    self._refuse_head()
+            return
+        self._big_read = len(data) > self._max_head
         super().data_received(data)
-        # A read that began and ended inside a head is all head: this bounds a head that never
-        # completes (the parser keeps a partial header value in memory until it does).
-        if was_in_head and self._in_head:
-            self._head_reads += len(data)
-            if self._head_reads > self._max_head and not self.transport.is_closing():
-                self._refuse_head(self._head_limit_text)
+        if self._in_head and self._big_read and not self.transport.is_closing():
+            # A head began in this large read and is not complete: what was parsed of it so far.
+            self._head_reads = self._head_size()
+            if self._head_reads > self._max_head:
+                self._refuse_head()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         if self._rx_since is None:
             self._rx_since = self.loop.time()
         self._in_head = True
-        self._head_bytes = 0
         self._head_reads = 0
-        self._n_headers = 0
 
-    def on_url(self, url: bytes) -> None:
-        self._count_head(len(url))
-        super().on_url(url)
+    def _head_size(self) -> int:
+        return len(self.url) + sum(len(n) + len(v) for n, v in self.headers)
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._n_headers += 1
-        if self._n_headers > self._max_headers:
-            self._refusal = self._head_refusal(f"more than {self._max_headers} header fields")
-            raise _HeadTooLargeError
-        self._count_head(len(name) + len(value))
-        super().on_header(name, value)
-
-    def _count_head(self, n: int) -> None:
-        """Exact size of the parsed parts of the head; past the limit, stop parsing (431)."""
-        self._head_bytes += n
-        if self._head_bytes > self._max_head:
-            self._refusal = self._head_refusal(self._head_limit_text)
-            raise _HeadTooLargeError
+    def _head_over_limits(self) -> str | None:
+        """What is wrong with the complete head just parsed, if anything."""
+        if len(self.headers) > self._max_headers:
+            return f"more than {self._max_headers} header fields"
+        # Only a head that spanned reads, or came in a read larger than the limit, can exceed it.
+        if (self._head_reads or self._big_read) and self._head_size() > self._max_head:
+            return self._head_limit_text
+        return None
 
     @property
     def _head_limit_text(self) -> str:
@@ -270,6 +271,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         idle = self.cycle is None or self.cycle.response_complete  # no response under way on this connection
+        if len(self.headers) > self._max_headers or self._head_reads or self._big_read:
+            what = self._head_over_limits()
+            if what is not None:
+                if idle:
+                    self._answer_from_head(self._head_refusal(what))
+                self._discarding = True
+                self.transport.close()
+                return
         if self._over_limit and idle:
             self._answer_from_head(self._with_defaults(_raw_response(
                 b"503 Service Unavailable",
@@ -288,8 +297,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 self._shed = True
                 adm.on_shed(time.perf_counter() - t0)
                 return
+            super().on_headers_complete()  # schedules the request's ASGI task
             adm.in_transit += 1
-            self.scope[IN_TRANSIT_KEY] = True  # type: ignore[literal-required]
+            self.loop.call_soon(adm.arrived)  # runs after that task's first step
+            return
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
@@ -333,19 +344,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         return self._with_defaults(_raw_response(b"431 Request Header Fields Too Large",
                                                  _error_body(f"{what}; send a smaller head"), close=True))
 
-    def _refuse_head(self, what: str) -> None:
+    def _refuse_head(self) -> None:
         if self.cycle is None or self.cycle.response_complete:
-            self.transport.write(self._head_refusal(what))
-        self.transport.close()
-
-    def send_400_response(self, msg: str) -> None:
-        # uvicorn calls this for any parser error, including the one on_header raises at the limit.
-        refusal, self._refusal = self._refusal, None
-        if refusal is None:
-            super().send_400_response(msg)
-            return
-        if self.cycle is None or self.cycle.response_complete:
-            self.transport.write(refusal)
+            self.transport.write(self._head_refusal(self._head_limit_text))
         self.transport.close()
 
     def _with_defaults(self, response: bytes) -> bytes:
