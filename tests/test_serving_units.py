@@ -57,6 +57,10 @@ def test_config_defaults_round_trip(tmp_path: Path) -> None:
         ({"max_body_bytes": 10}, "max_body_bytes must be in [1024"),
         ({"max_instances": 0}, "max_instances"),
         ({"workers": True}, "workers must be an integer"),
+        ({"receive_timeout_ms": 10}, "receive_timeout_ms must be in [100, 600000]"),
+        ({"max_header_bytes": 100}, "max_header_bytes must be in [1024"),
+        ({"max_headers": 0}, "max_headers must be in [1, 10000]"),
+        ({"max_connections": 0}, "max_connections must be in [1, 1000000]"),
     ],
 )
 def test_config_validation_names_field_and_range(changes: dict, needle: str) -> None:
