@@ -289,14 +289,15 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         adm = self._admission
         if self.reserved and adm is not None:
             adm.release(self)  # this request takes the row reserved for it (or is shed like any other)
-        if (adm is not None and idle and adm.enabled and self.parser.get_method() == b"POST"
-                and adm.is_predict(self.url)):
-            if adm.full():
+        if adm is not None and idle and adm.enabled:
+            if adm.full() and self.parser.get_method() == b"POST" and adm.is_predict(self.url):
                 t0 = time.perf_counter()
                 self._answer_from_head(adm.response)
                 self._shed = True
                 adm.on_shed(time.perf_counter() - t0)
                 return
+            # Any request counts while in transit (a probe or scrape only briefly): cheaper than
+            # telling predict requests apart on every request.
             super().on_headers_complete()  # schedules the request's ASGI task
             adm.in_transit += 1
             self.loop.call_soon(adm.arrived)  # runs after that task's first step
