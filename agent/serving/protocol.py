@@ -79,7 +79,7 @@ class Admission:
     When rows leave the queue (the batcher calls ``room``), parked connections are
     read again, oldest first, one per free row; each holds a reservation for its
     row until its next request's head arrives, so a reading connection cannot take
-    the room promised to a parked one and be shed in its place. A request let through
+    the room promised to a parked one and be shed in its place. Each request let through
     counts one row "in transit" from its head until its ASGI task's first step has
     run (the app reads, parses and queues a body that has arrived without yielding),
     so requests read in the same turn of the loop cannot overfill the queue. A connection parked
@@ -92,7 +92,7 @@ class Admission:
         self.on_shed: Callable[[float], None] = lambda seconds: None
         self.response = b""
         self.reserved = 0  # rows promised to connections read again, whose requests are not in yet
-        self.in_transit = 0  # predict requests let through whose rows are not in the queue yet
+        self.in_transit = 0  # requests let through whose ASGI task has not had its first step yet
         self._queue: QueuedRows | None = None
         self._capacity = 0
         self._parked: collections.deque[tuple[float, BoundedHttpToolsProtocol]] = collections.deque()
