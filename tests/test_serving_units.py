@@ -765,3 +765,14 @@ def test_batcher_parsed_request_sliced_across_parallel_batch_threads() -> None:
     assert sorted(model.shapes) == [2, 4]
     assert checker.batch_calls == []  # a slice of a request is never converted as a whole batch
     assert checker.request_calls == [6, 6]  # each thread converted the whole request
+
+
+def test_connection_limit_stays_within_the_open_file_limit() -> None:
+    import resource
+
+    from agent.serving.protocol import FD_HEADROOM, connection_limit
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert connection_limit(10) == 10
+    if soft != resource.RLIM_INFINITY:
+        assert connection_limit(soft * 2) == soft - FD_HEADROOM

@@ -36,6 +36,7 @@ in one small read); the timers are one per connection, re-armed lazily.
 from __future__ import annotations
 
 import collections
+import resource
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -45,6 +46,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from agent.serving.config import ServingConfig
 
 RETRY_AFTER_S = 1  # a shed connection is read again at the latest after this long
+FD_HEADROOM = 64  # file descriptors kept for the model, logs and the listening socket under RLIMIT_NOFILE
 
 
 def _raw_response(status: bytes, body: bytes, extra: bytes = b"", *, close: bool) -> bytes:
@@ -172,6 +174,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     limits: ServingConfig = ServingConfig()
     admission: Admission | None = None
+    max_connections: int = ServingConfig().max_connections  # limits.max_connections, within the open-file limit
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -179,7 +182,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._receive_s = limits.receive_timeout_ms / 1000.0
         self._max_head = limits.max_header_bytes
         self._max_headers = limits.max_headers
-        self._max_connections = limits.max_connections
+        self._max_connections = self.max_connections
         self._admission = self.admission
         self._rx_since: float | None = None  # loop time the request being received began (None: not receiving)
         self._rx_timer: Any = None
@@ -357,7 +360,17 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         return head + b"\r\n" + defaults + rest
 
 
+def connection_limit(configured: int) -> int:
+    """``configured``, lowered to fit the process's open-file limit with FD_HEADROOM to spare:
+    past that limit accept() fails for everyone, before any connection could be refused."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return configured
+    return max(1, min(configured, soft - FD_HEADROOM))
+
+
 def protocol_class(limits: ServingConfig, admission: Admission | None) -> type[BoundedHttpToolsProtocol]:
     """The ``http`` protocol class for ``uvicorn.Config`` (which takes a class there): the
     bounded protocol with these limits and this admission."""
-    return type("BoundedHttpToolsProtocol", (BoundedHttpToolsProtocol,), {"limits": limits, "admission": admission})
+    return type("BoundedHttpToolsProtocol", (BoundedHttpToolsProtocol,),
+                {"limits": limits, "admission": admission, "max_connections": connection_limit(limits.max_connections)})
