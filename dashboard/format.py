@@ -80,6 +80,11 @@ def headline(run: Run) -> str:
     return ""
 
 
+def gates_status(run: Run) -> str:
+    """``PASS``/``FAIL`` over a load test's SLO gates; empty for other runs and runs without gates."""
+    return verdict_status(run.summary) if run.kind == "loadtest" else ""
+
+
 def verdict_kind(run: Run) -> str:
     """How a finished load test's verdict is shown: ``error`` (a gate failed), ``success``
     (every gate held, or no gates and nothing went wrong) or ``info`` (something to read)."""

@@ -596,6 +596,7 @@ def test_loadtest_page_headlines_a_failed_gate_as_fail_without_failures(home: Pa
                 "680 req/s, p95 160 ms, no failures out of 4000")
     assert headline in [e.value for e in at.error]  # (the start form's own checks are errors too)
     assert not any("680 req/s" in s.value for s in at.success)
+    assert "completed · started" in _text(at) and "gates **FAIL**" in _text(at)
 
 
 def test_loadtest_page_shows_goodput_and_503s_against_offered_rate_for_rate_runs(home: Path,
