@@ -168,6 +168,27 @@ class Admission:
         return len(self._parked)
 
 
+class _Event:
+    def set(self) -> None:
+        pass
+
+
+class _Answered:
+    """Stands in as the cycle of a request the protocol answered from its head: complete,
+    so uvicorn's own callbacks skip the rest of that request (its body) as after any response."""
+
+    response_started = True
+    response_complete = True
+    more_body = False
+    message_event = _Event()
+
+
+ANSWERED = _Answered()
+
+
+_Base = HttpToolsProtocol  # its methods called directly on the hot path: cheaper than super()
+
+
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol plus the limits above. :func:`protocol_class` makes one
     with its limits set; uvicorn builds an instance per connection."""
@@ -184,14 +205,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._max_headers = limits.max_headers
         self._max_connections = self.max_connections
         self._admission = self.admission
-        self._rx_since: float | None = None  # loop time the request being received began (None: not receiving)
+        self._rx_since = 0.0  # loop time the request being received began (the connect, for the first)
         self._rx_timer: Any = None
+        self._begun = False  # a request has begun on this connection
         self._in_head = False
         self._head_reads = 0  # bytes of the reads that fell wholly inside the head being received
         self._big_read = False  # the last read that started outside a head was larger than the head limit
-        self._discarding = False  # the current request was answered from its head: ignore its body
         self._over_limit = False
-        self._shed = False  # the request answered from its head was shed (park the connection after it)
         self.reserved = False  # holds a row of queue room (Admission.room)
 
     # -- connection ------------------------------------------------------------------------------
@@ -210,38 +230,46 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._rx_timer = None
         super().connection_lost(exc)
 
+    def _receiving(self) -> bool:
+        """A request is being received: nothing yet on a new connection, a head, or a body the
+        app is still waiting for."""
+        cycle = self.cycle
+        return (not self._begun or self._in_head
+                or (cycle is not None and cycle.more_body and not cycle.response_complete))
+
     def _check_receive(self) -> None:
-        """The receive timer: close a connection whose request is not complete in time."""
+        """The receive timer (one per connection, re-armed lazily): close a connection whose
+        request is not complete in time."""
         self._rx_timer = None
         if self.transport.is_closing():
             return
-        since = self._rx_since
         now = self.loop.time()
-        if since is not None and now - since >= self._receive_s:
-            cycle = self.cycle
-            responding = cycle is not None and cycle.response_started and not cycle.response_complete
-            if not responding:
-                self.transport.write(self._with_defaults(_raw_response(
-                    b"408 Request Timeout",
-                    _error_body(f"request not received completely within {self._receive_s * 1000:.0f} ms; "
-                                "send the whole request at once"), close=True)))
-            self.transport.close()
+        if self._receiving():
+            late = now - self._rx_since
+            if late >= self._receive_s:
+                if self.cycle is None or not self.cycle.response_started:
+                    self.transport.write(self._with_defaults(_raw_response(
+                        b"408 Request Timeout",
+                        _error_body(f"request not received completely within {self._receive_s * 1000:.0f} ms; "
+                                    "send the whole request at once"), close=True)))
+                self.transport.close()
+                return
+            self._rx_timer = self.loop.call_later(self._receive_s - late, self._check_receive)
             return
-        delay = self._receive_s - (now - since) if since is not None else self._receive_s
-        self._rx_timer = self.loop.call_later(delay, self._check_receive)
+        self._rx_timer = self.loop.call_later(self._receive_s, self._check_receive)
 
     # -- reading ---------------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
         if self._in_head:
-            super().data_received(data)
+            _Base.data_received(self, data)
             if self._in_head:  # the whole read fell inside the head: count it as it comes
                 self._head_reads += len(data)
                 if self._head_reads > self._max_head and not self.transport.is_closing():
                     self._refuse_head()
             return
         self._big_read = len(data) > self._max_head
-        super().data_received(data)
+        _Base.data_received(self, data)
         if self._in_head and self._big_read and not self.transport.is_closing():
             # A head began in this large read and is not complete: what was parsed of it so far.
             self._head_reads = self._head_size()
@@ -249,9 +277,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 self._refuse_head()
 
     def on_message_begin(self) -> None:
-        super().on_message_begin()
-        if self._rx_since is None:
+        _Base.on_message_begin(self)
+        if self._begun:
             self._rx_since = self.loop.time()
+        else:
+            self._begun = True  # the first request's time counts from the connect
         self._in_head = True
         self._head_reads = 0
 
@@ -279,7 +309,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             if what is not None:
                 if idle:
                     self._answer_from_head(self._head_refusal(what))
-                self._discarding = True
+                self.cycle = ANSWERED  # type: ignore[assignment]
                 self.transport.close()
                 return
         if self._over_limit and idle:
@@ -296,39 +326,25 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             if adm.full() and self.parser.get_method() == b"POST" and adm.is_predict(self.url):
                 t0 = time.perf_counter()
                 self._answer_from_head(adm.response)
-                self._shed = True
                 adm.on_shed(time.perf_counter() - t0)
+                if not self.parser.should_keep_alive():
+                    self.transport.close()
+                else:
+                    # As after any response: an idle keep-alive connection closes after timeout_keep_alive.
+                    self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive,
+                                                                        self.timeout_keep_alive_handler)
+                    adm.park(self)  # what arrived of this request is still parsed (and skipped)
                 return
             # Any request counts while in transit (a probe or scrape only briefly): cheaper than
             # telling predict requests apart on every request.
-            super().on_headers_complete()  # schedules the request's ASGI task
+            _Base.on_headers_complete(self)  # schedules the request's ASGI task
             adm.in_transit += 1
             self.loop.call_soon(adm.arrived)  # runs after that task's first step
             return
-        super().on_headers_complete()
-
-    def on_body(self, body: bytes) -> None:
-        if not self._discarding:
-            super().on_body(body)
-
-    def on_message_complete(self) -> None:
-        self._rx_since = None
-        if self._discarding:
-            self._discarding = False
-            adm = self._admission
-            if not self.parser.should_keep_alive():
-                self.transport.close()
-            elif not self.transport.is_closing():
-                # As after any response: an idle keep-alive connection closes after timeout_keep_alive.
-                self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive,
-                                                                    self.timeout_keep_alive_handler)
-                if adm is not None and self._shed:
-                    adm.park(self)
-            return
-        super().on_message_complete()
+        _Base.on_headers_complete(self)
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()
+        _Base.on_response_complete(self)
         # A predict connection just answered while the queue is full would only send a
         # request to be shed: read it again when there is room (FIFO with the shed ones).
         adm = self._admission
@@ -337,9 +353,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             adm.park(self)
 
     def _answer_from_head(self, response: bytes) -> None:
-        """Answer the request being parsed without the app; its body (if any) is skipped."""
-        self._discarding = True
-        self._shed = False
+        """Answer the request being parsed without the app; the rest of it (its body) is skipped."""
+        self.cycle = ANSWERED  # type: ignore[assignment]
         self.transport.write(response)
 
     # -- refusals --------------------------------------------------------------------------------
