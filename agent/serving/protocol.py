@@ -1,6 +1,6 @@
 """The endpoint's HTTP protocol: uvicorn's httptools protocol with the limits it lacks.
 
-uvicorn (0.3x) with httptools gives ``timeout_keep_alive`` (idle time between
+uvicorn's httptools protocol enforces ``timeout_keep_alive`` (idle time between
 requests) and ``limit_concurrency``, and nothing else: a connection that never
 sends a byte, or sends half a request line and stalls, is held forever; headers
 have no size or count limit (``h11_max_incomplete_event_size`` exists for h11
@@ -27,8 +27,8 @@ only). This subclass, passed to uvicorn as its ``http`` protocol class, adds:
   retries at once cannot keep the event loop answering 503s while the batcher
   waits for it.
 
-The per-request additions on the hot path are a few attribute updates and, for
-a predict request, one ``call_soon``; the head is measured exactly only when it
+The per-request additions on the hot path are a few attribute updates and, while
+admission is on, one ``call_soon``; the head is measured exactly only when it
 spanned reads or came in a read larger than the limit (a small request arrives
 in one small read); the timers are one per connection, re-armed lazily.
 """
@@ -36,6 +36,7 @@ in one small read); the timers are one per connection, re-armed lazily.
 from __future__ import annotations
 
 import collections
+import json
 import resource
 import time
 from collections.abc import Callable
@@ -56,8 +57,6 @@ def _raw_response(status: bytes, body: bytes, extra: bytes = b"", *, close: bool
 
 
 def _error_body(message: str) -> bytes:
-    import json
-
     return json.dumps({"error": message}).encode()
 
 
