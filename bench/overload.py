@@ -151,8 +151,22 @@ def median_point(rounds: Sequence[Point]) -> Point:
     return ordered[len(ordered) // 2]
 
 
+@dataclass(frozen=True)
+class ConfigRun:
+    points: list[Point]  # the median round of each closed-loop point, then the open-loop points
+    rounds: dict[int, list[Point]]  # every round of each closed-loop point, by connections
+
+
+def paired(rounds: dict[int, list[Point]], num: int, den: int, figure: str) -> float:
+    """Median over rounds of ``figure`` at ``num`` connections / at ``den``, each ratio within one
+    round (the two points ran back to back, so a busy phase of the machine hits both)."""
+    ratios = sorted(getattr(a, figure) / getattr(b, figure) for a, b in zip(rounds[num], rounds[den], strict=True)
+                    if getattr(b, figure))
+    return ratios[len(ratios) // 2] if ratios else 0.0
+
+
 def run_config(label: str, cfg: ServingConfig, model: Path, bodies: Sequence[bytes], conns: Sequence[int],
-               seconds: float, rounds: int) -> list[Point]:
+               seconds: float, rounds: int) -> ConfigRun:
     """Closed-loop points interleaved over ``rounds`` (the median round of each is kept), then
     the open-loop points at multiples of the capacity measured at SATURATING connections."""
     proc, port = start_server(Scenario(label, cfg.runtime, cfg), model)
@@ -180,7 +194,7 @@ def run_config(label: str, cfg: ServingConfig, model: Path, bodies: Sequence[byt
             print_row(p, cfg)
     finally:
         stop_server(proc)
-    return points
+    return ConfigRun(points, per)
 
 
 HEADER = (f"{'config':<10}{'load':<10}{'offered/s':>10}{'200/s':>9}{'503/s':>9}{'batch/s':>9}{'200/cpu-s':>10}"
@@ -200,9 +214,9 @@ def print_row(p: Point, cfg: ServingConfig) -> None:
           f"{_ms(p.delta.p99_shed_latency_s):>9}{p.busy:>6.0%}{p.client_p99_ms:>9.1f}", flush=True)
 
 
-def checks(points: Sequence[Point], cfg: ServingConfig, far: int) -> bool:
-    by_load = {p.load: p for p in points}
-    sat, flood = by_load[f"{SATURATING} conn"], by_load[f"{far} conn"]
+def checks(run: ConfigRun, cfg: ServingConfig, far: int) -> bool:
+    by_load = {p.load: p for p in run.points}
+    flood = by_load[f"{far} conn"]
     ok = True
 
     def line(name: str, value: float, limit: float, good: bool) -> None:
@@ -210,13 +224,15 @@ def checks(points: Sequence[Point], cfg: ServingConfig, far: int) -> bool:
         ok = ok and good
         print(f"  {name:<58}{value:>10.2f}  limit {limit:>8.2f}  {'OK' if good else 'MISSED'}")
 
-    g = flood.goodput_per_core / sat.goodput_per_core if sat.goodput_per_core else 0.0
-    line(f"goodput per core {far} conn / {SATURATING} conn", g, GOODPUT_RATIO, g >= GOODPUT_RATIO)
-    b = flood.batches_per_core / sat.batches_per_core if sat.batches_per_core else 0.0
-    line(f"batches per core {far} conn / {SATURATING} conn", b, BATCH_RATIO, b >= BATCH_RATIO)
-    raw = flood.goodput / sat.goodput if sat.goodput else 0.0
-    print(f"  (goodput per wall-clock second {far} / {SATURATING} conn: {raw:.2f}; server busy "
-          f"{flood.busy:.0%} / {sat.busy:.0%} of its core)")
+    g = paired(run.rounds, far, SATURATING, "goodput_per_core")
+    line(f"goodput per core {far} conn / {SATURATING} conn (paired)", g, GOODPUT_RATIO, g >= GOODPUT_RATIO)
+    b = paired(run.rounds, far, SATURATING, "batches_per_core")
+    line(f"batches per core {far} conn / {SATURATING} conn (paired)", b, BATCH_RATIO, b >= BATCH_RATIO)
+    raw = paired(run.rounds, far, SATURATING, "goodput")
+    busy = ", ".join(f"{a.busy:.0%}/{b.busy:.0%}" for a, b in zip(run.rounds[far], run.rounds[SATURATING],
+                                                                  strict=True))
+    print(f"  (goodput per wall-clock second {far} / {SATURATING} conn, paired: {raw:.2f}; server busy "
+          f"{far}/{SATURATING} conn by round: {busy})")
     bound = flood.wait_bound_s(cfg)
     wait = flood.delta.mean_queue_wait_s
     if bound is not None and wait is not None:
