@@ -52,6 +52,7 @@ from agent.serving.metrics import SnapshotDelta, server_cpu_seconds, snapshot_de
 from bench.serving import (
     CLIENT_CORE,
     MODEL_NAME,
+    SATURATED_BUSY,
     Scenario,
     parse_wrk,
     request_bodies,
@@ -233,6 +234,9 @@ def checks(run: ConfigRun, cfg: ServingConfig, far: int) -> bool:
                                                                   strict=True))
     print(f"  (goodput per wall-clock second {far} / {SATURATING} conn, paired: {raw:.2f}; server busy "
           f"{far}/{SATURATING} conn by round: {busy})")
+    if all(p.busy < SATURATED_BUSY for p in run.rounds[SATURATING]):
+        print(f"  note: the server never got {SATURATED_BUSY:.0%} of its core at {SATURATING} connections (other "
+              "processes had it): the per-core figures compare unsaturated points")
     bound = flood.wait_bound_s(cfg)
     wait = flood.delta.mean_queue_wait_s
     if bound is not None and wait is not None:
