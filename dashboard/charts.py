@@ -291,6 +291,32 @@ def latency_split_figure(queue_ms: float | None, compute_ms: float | None, other
     return fig
 
 
+def overload_figure(points: Sequence[Mapping[str, float]], *, current: float | None = None) -> go.Figure:
+    """Goodput and 503s/s against offered load, one point per open-loop run (see
+    ``loadtest.results.overload_point``); the diagonal is "everything offered was served"."""
+    fig = go.Figure()
+    _style(fig, "Goodput and 503s against offered load")
+    pts = sorted(points, key=lambda p: p["offered"])
+    if not pts:
+        return _empty(fig, "no open-loop (rate) runs yet")
+    xs = [p["offered"] for p in pts]
+    top = max(xs)
+    fig.add_trace(go.Scatter(x=[0, top], y=[0, top], mode="lines", name="offered", line={"dash": "dot",
+                             "color": "#c7c7c7"}, hoverinfo="skip"))
+    fig.add_trace(go.Scatter(x=xs, y=[p["goodput"] for p in pts], mode="lines+markers", name="goodput (2xx/s)",
+                             line={"color": COLORS["rps"]}))
+    fig.add_trace(go.Scatter(x=xs, y=[p["shed_per_s"] for p in pts], mode="lines+markers", name="503/s",
+                             line={"color": COLORS["server_shed_per_s"]}))
+    fig.add_trace(go.Scatter(x=xs, y=[p["achieved"] for p in pts], mode="markers", name="achieved (all answers)/s",
+                             marker={"color": "#7f7f7f", "symbol": "x"}))
+    if current is not None:
+        fig.add_vline(x=current, line={"color": "#ff7f0e", "width": 1}, annotation_text="this run")
+    fig.update_xaxes(title_text="offered requests/s", rangemode="tozero")
+    fig.update_yaxes(title_text="requests/s", rangemode="tozero")
+    fig.update_layout(hovermode="closest")
+    return fig
+
+
 def timeline_figure(rows: Sequence[Mapping[str, Any]], names: Sequence[str], title: str, y_title: str,
                     *, x_key: str = "t") -> go.Figure:
     """A few lines over time from wide rows (the Serve page's scraped history)."""

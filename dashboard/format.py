@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from loadtest.results import rate_shortfall, verdict_status
 from runs.registry import Run
 
 # Plain symbols (not emoji) so labels render with the fonts any browser has.
@@ -65,14 +66,37 @@ def headline(run: Run) -> str:
         text = f"{s['rps']:.0f} req/s"
         if p95 is not None:
             text += f", p95 {p95:.1f} ms"
-        if s.get("slo"):
-            text += ", SLO " + ("pass" if s.get("slo_passed", all(g.get("passed") for g in s["slo"])) else "FAIL")
+        status = verdict_status(s)
+        if status == "FAIL":
+            failed = ", ".join(str(g.get("expr")) for g in s["slo"] if not g.get("passed"))
+            return f"FAIL ({failed}): {text}"
+        if status == "PASS":
+            return f"PASS: {text}"
         return text
     if run.kind == "serve" and s.get("url"):
         return f"{s.get('runtime', '')} at {s['url']}".strip()
     if run.error:
         return run.error.splitlines()[0][:120]
     return ""
+
+
+def gates_status(run: Run) -> str:
+    """``PASS``/``FAIL`` over a load test's SLO gates; empty for other runs and runs without gates."""
+    return verdict_status(run.summary) if run.kind == "loadtest" else ""
+
+
+def verdict_kind(run: Run) -> str:
+    """How a finished load test's verdict is shown: ``error`` (a gate failed), ``success``
+    (every gate held, or no gates and nothing went wrong) or ``info`` (something to read)."""
+    s = run.summary
+    status = verdict_status(s)
+    if status == "FAIL":
+        return "error"
+    if run.status != "completed":
+        return "info"
+    if status == "PASS":
+        return "success"
+    return "success" if not s.get("failures") and not rate_shortfall(s) and not s.get("saturated") else "info"
 
 
 def runs_table(runs: Iterable[Run]) -> list[dict[str, Any]]:

@@ -23,6 +23,9 @@ def show_check(check: Check) -> None:
 def status_line(run: Run) -> None:
     icon = fmt.STATUS_ICONS.get(run.status, "")
     text = f"{icon} **{run.name}** — {run.status} · started {fmt.when(run.started_at)} · {fmt.duration(run.duration_s)}"
+    gates = fmt.gates_status(run)
+    if gates:  # "completed" says the run ended, not that it passed
+        text += f" · gates **{gates}**"
     if run.status == "failed":
         st.error(f"{run.name} failed: {run.error or 'no error recorded'}")
     elif run.status == "interrupted":

@@ -342,6 +342,7 @@ def summarize(
     offered_rps: float | None = None,
     target: str = "",
     server_frames: Sequence[Mapping[str, float | None]] = (),
+    users: int | None = None,
 ) -> dict[str, Any]:
     """The run summary (the keys the registry, the CLI, the gates and tuning read).
 
@@ -391,6 +392,7 @@ def summarize(
         "saturation_reason": saturation_reason,
         "locust_cpu_pct": cpu_mean,
         "offered_rps": offered_rps,
+        "users": users,
         "shed": shed,
         "target": target,
     }
@@ -417,8 +419,92 @@ def target_unreachable(summary: Mapping[str, Any]) -> bool:
     return failures >= requests and not any(is_http_answer(r) for r in reasons)
 
 
+RATE_SHORTFALL = 0.9  # an open-loop run achieving less than this share of its offered rate fell short
+
+
 def verdict(summary: Mapping[str, Any]) -> str:
-    """One line that says what the run measured, worst news first."""
+    """The run's headline: ``PASS``/``FAIL`` over its SLO gates first (a failed gate named
+    with measured vs limit), then what happened, worst news first. Without gates there
+    is no PASS/FAIL, only what happened. Call it again once ``summary["slo"]`` is set."""
+    facts = _facts(summary)
+    gates: Sequence[Mapping[str, Any]] = summary.get("slo") or ()
+    if not gates:
+        return facts
+    failed = [g for g in gates if not g.get("passed")]
+    if failed:
+        return "FAIL: " + "; ".join(gate_text(g) for g in failed) + " | " + facts.removeprefix("ok: ")
+    return f"PASS: {'the gate' if len(gates) == 1 else f'all {len(gates)} gates'} held | " + facts.removeprefix("ok: ")
+
+
+def verdict_status(summary: Mapping[str, Any]) -> str:
+    """``"PASS"`` when the run had gates and every one held, ``"FAIL"`` when one failed, else ``""``."""
+    gates = summary.get("slo") or ()
+    if not gates:
+        return ""
+    return "PASS" if all(g.get("passed") for g in gates) else "FAIL"
+
+
+def gate_text(gate: Mapping[str, Any]) -> str:
+    """``p95<=100ms measured 160 ms (limit <= 100 ms)`` from a recorded gate."""
+    metric = str(gate.get("metric", ""))
+    unit = {"rps": " req/s", "fail_ratio": "", "failures": ""}.get(metric, " ms")
+    measured = gate.get("measured")
+    shown = "n/a (the run has no such figure)" if measured is None else f"{float(measured):.4g}{unit}"
+    return f"{gate.get('expr')} measured {shown} (limit {gate.get('op')} {float(gate.get('limit', 0.0)):.4g}{unit})"
+
+
+def rate_shortfall(summary: Mapping[str, Any]) -> str | None:
+    """For an open-loop run that achieved under RATE_SHORTFALL of its offered rate: offered
+    vs achieved and why: the server shed or slowed, or the load generator could not offer it
+    (Locust out of CPU, or too few users: each user waits for its answer, so offering a rate
+    takes about rate x mean response time users). None when there is no shortfall."""
+    offered = summary.get("offered_rps")
+    if not offered:
+        return None
+    achieved = float(summary.get("rps") or 0.0)
+    if achieved >= RATE_SHORTFALL * offered:
+        return None
+    reasons: list[str] = []
+    shed = int(summary.get("shed") or 0)
+    server = summary.get("server") or {}
+    queue_ms = server.get("queue_ms")
+    queue_txt = f", mean queue wait {queue_ms:.1f} ms" if queue_ms is not None else ""
+    if shed:
+        reasons.append(f"the server shed load: {shed} requests got 503 (queue full{queue_txt}), "
+                       "the offered rate is above its capacity")
+    if summary.get("saturated"):
+        reasons.append(f"the load generator could not keep up ({summary.get('saturation_reason')})")
+    users = summary.get("users")
+    avg_ms = summary.get("avg_ms")
+    if users and avg_ms:
+        needed = math.ceil(offered * avg_ms / 1000.0)
+        if users < needed:
+            reasons.append(f"{users} users cannot offer it at a mean response time of {avg_ms:.1f} ms: "
+                           f"that needs about {needed} users (rate x mean response time)")
+        elif not reasons:
+            reasons.append(f"the server slowed: mean response time {avg_ms:.1f} ms{queue_txt}")
+    if not reasons:
+        reasons.append("neither 503s, a saturated load generator nor too few users explain it")
+    return (f"offered {offered:.0f} req/s, achieved {achieved:.0f} req/s ({achieved / offered:.0%}): "
+            + "; ".join(reasons))
+
+
+def overload_point(summary: Mapping[str, Any]) -> dict[str, float] | None:
+    """One point of goodput and 503s against offered load from an open-loop run's summary:
+    ``offered``, ``achieved``, ``goodput`` (successful requests/s) and ``shed_per_s``; None
+    for a closed-loop run or one without requests."""
+    offered = summary.get("offered_rps")
+    requests = int(summary.get("requests") or 0)
+    rps = float(summary.get("rps") or 0.0)
+    if not offered or not requests or rps <= 0:
+        return None
+    seconds = requests / rps
+    return {"offered": float(offered), "achieved": rps, "goodput": float(summary.get("ok_rps") or 0.0),
+            "shed_per_s": int(summary.get("shed") or 0) / seconds}
+
+
+def _facts(summary: Mapping[str, Any]) -> str:
+    """What the run measured, worst news first (the verdict without its gates)."""
     requests = int(summary.get("requests") or 0)
     failures = int(summary.get("failures") or 0)
     reasons: Mapping[str, int] = summary.get("failures_by_reason") or {}
@@ -443,7 +529,10 @@ def verdict(summary: Mapping[str, Any]) -> str:
             "not the server; add --processes or workers"
         )
     shed = int(summary.get("shed") or 0)
-    if shed:
+    shortfall = rate_shortfall(summary)
+    if shortfall:
+        parts.append(shortfall)  # names the 503s itself
+    elif shed:
         offered = summary.get("offered_rps")
         offered_txt = f" at an offered {offered:.0f} req/s" if offered else ""
         parts.append(

@@ -485,6 +485,7 @@ class SwarmJob:
             cpu_samples=self.cpu_samples,
             log_text=_read_text(self.log_path),
             offered_rps=shapes.offered_rps(self.config.shape_spec()),
+            users=self.config.shape_spec().users,
             target=self.config.host,
             server_frames=self.server_frames,
         )
@@ -500,6 +501,7 @@ class SwarmJob:
         gates = slo.evaluate(self.config.parsed_slos(), summary)
         summary["slo"] = [g.to_dict() for g in gates]
         summary["slo_passed"] = all(g.passed for g in gates)
+        summary["verdict"] = results.verdict(summary)  # now over the gates too: PASS only when every one held
         summary["exit_code"] = self.proc.returncode
         return summary
 

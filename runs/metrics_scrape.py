@@ -61,6 +61,7 @@ class ServerSnapshot:
     at: float = 0.0
     requests_by_code: dict[str, float] = field(default_factory=dict)
     latency: HistogramValue = HistogramValue()
+    shed_latency: HistogramValue = HistogramValue()
     queue_wait: HistogramValue = HistogramValue()
     compute: HistogramValue = HistogramValue()
     batch_size: HistogramValue = HistogramValue()
@@ -91,7 +92,8 @@ class SnapshotDelta:
     requests_per_s: float | None
     mean_latency_s: float | None
     p50_latency_s: float | None
-    p99_latency_s: float | None
+    p99_latency_s: float | None  # of answers other than 503
+    p99_shed_latency_s: float | None  # of 503 answers
     mean_queue_wait_s: float | None
     mean_compute_s: float | None  # per batch
     batches: float
@@ -138,6 +140,7 @@ def parse_metrics(text: str, at: float = 0.0) -> ServerSnapshot:
         at=at,
         requests_by_code=by_code,
         latency=hist("request_latency_seconds"),
+        shed_latency=hist("shed_latency_seconds"),
         queue_wait=hist("queue_wait_seconds"),
         compute=hist("compute_seconds"),
         batch_size=hist("batch_size_rows"),
@@ -179,6 +182,7 @@ def snapshot_delta(a: ServerSnapshot, b: ServerSnapshot) -> SnapshotDelta:
         mean_latency_s=_mean_delta(a.latency, b.latency),
         p50_latency_s=histogram_quantile(0.5, lat_buckets),
         p99_latency_s=histogram_quantile(0.99, lat_buckets),
+        p99_shed_latency_s=histogram_quantile(0.99, _bucket_delta(a.shed_latency.buckets, b.shed_latency.buckets)),
         mean_queue_wait_s=_mean_delta(a.queue_wait, b.queue_wait),
         mean_compute_s=_mean_delta(a.compute, b.compute),
         batches=batches,

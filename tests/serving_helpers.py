@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from agent.serving.config import ServingConfig
+
 START_TIMEOUT_S = 60.0
 
 
@@ -77,16 +79,16 @@ def _complete(data: bytes) -> bool:
 
 
 @contextmanager
-def running_server(app: Any) -> Iterator[int]:
-    """Serve ``app`` with uvicorn (uvloop + httptools, as the CLI does) on a free port; yields the port."""
+def running_server(app: Any, limits: ServingConfig | None = None) -> Iterator[int]:
+    """Serve ``app`` on a free port with the CLI's uvicorn config (uvloop, the bounded httptools
+    protocol with ``limits`` or the app's own config, the app's admission); yields the port."""
     import uvicorn
 
-    from agent.serving.server import bind_socket
+    from agent.serving.server import bind_socket, uvicorn_config
 
     sock = bind_socket("127.0.0.1", 0)
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, loop="uvloop", http="httptools", lifespan="on", access_log=False,
-                            log_level="warning", timeout_graceful_shutdown=5)
+    config = uvicorn_config(app, "warning", limits or getattr(app, "config", None), graceful_s=5)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

@@ -397,3 +397,18 @@ def test_predict_sends_tf_serving_rows_and_reads_errors(fake_endpoint: str) -> N
     assert status == 200 and body == {"predictions": [[0.25, 0.75]]}
     status, body = endpoint_client.predict(fake_endpoint, "m", [[1.0]])
     assert status == 400 and "2 features" in body["error"]
+
+
+def test_overload_figure_plots_goodput_and_503s_against_offered_load() -> None:
+    from loadtest.results import overload_point
+
+    runs = [{"offered_rps": 4000.0, "requests": 40000, "rps": 4000.0, "ok_rps": 4000.0, "shed": 0},
+            {"offered_rps": 20000.0, "requests": 100000, "rps": 10000.0, "ok_rps": 6000.0, "shed": 40000}]
+    points = [overload_point(s) for s in runs]
+    assert points[1] == {"offered": 20000.0, "achieved": 10000.0, "goodput": 6000.0, "shed_per_s": 4000.0}
+    assert overload_point({"offered_rps": None, "requests": 5, "rps": 1.0}) is None  # closed loop
+    fig = charts.overload_figure([p for p in points if p], current=20000.0)
+    traces = {t.name: t for t in fig.data}
+    assert list(traces["goodput (2xx/s)"].y) == [4000.0, 6000.0]
+    assert list(traces["503/s"].y) == [0.0, 4000.0] and list(traces["503/s"].x) == [4000.0, 20000.0]
+    assert "no open-loop" in charts.overload_figure([]).layout.annotations[0].text

@@ -606,6 +606,43 @@ def test_loadtest_page_renders_a_finished_swarm(home: Path, registry: Registry) 
     assert sorted(b.label for b in at.get("download_button")) == ["csv report", "html report"]
 
 
+def test_loadtest_page_headlines_a_failed_gate_as_fail_without_failures(home: Path, registry: Registry) -> None:
+    from loadtest import results
+
+    run_id = _load_run(registry)
+    summary = {"requests": 4000, "failures": 0, "fail_ratio": 0.0, "rps": 680.0, "p95_ms": 160.0,
+               "failures_by_reason": {}, "saturated": False, "shed": 0, "target": "http://127.0.0.1:8600",
+               "slo": [{"expr": "p95<=100ms", "metric": "p95", "op": "<=", "limit": 100.0, "measured": 160.0,
+                        "passed": False}]}
+    registry.update_summary(run_id, {**summary, "verdict": results.verdict(summary)})
+    at = _page("load_test")
+    assert not at.exception
+    headline = ("FAIL: p95<=100ms measured 160 ms (limit <= 100 ms) | "
+                "680 req/s, p95 160 ms, no failures out of 4000")
+    assert headline in [e.value for e in at.error]  # (the start form's own checks are errors too)
+    assert not any("680 req/s" in s.value for s in at.success)
+    assert "completed · started" in _text(at) and "gates **FAIL**" in _text(at)
+
+
+def test_loadtest_page_shows_goodput_and_503s_against_offered_rate_for_rate_runs(home: Path,
+                                                                               registry: Registry) -> None:
+    host = "http://127.0.0.1:8600"
+    for offered, ok_rps, shed in ((2000.0, 2000.0, 0), (8000.0, 5000.0, 9000)):
+        run_id = registry.create_run("loadtest", {"host": host, "shape": "rate", "users": 64, "target_rps": offered,
+                                                  "run_time_s": 3}, name=f"rate {offered:.0f}", status="running")
+        registry.update_summary(run_id, {"requests": int(3 * (ok_rps + shed / 3)), "failures": shed, "rps":
+                                         ok_rps + shed / 3, "ok_rps": ok_rps, "shed": shed, "offered_rps": offered,
+                                         "verdict": "x"})
+        registry.set_status(run_id, "completed")
+    at = _page("load_test")
+    assert not at.exception
+    figs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    overload = next(f for f in figs if f["layout"].get("title", {}).get("text", "").startswith("Goodput and 503s"))
+    traces = {t["name"]: t for t in overload["data"]}
+    assert traces["goodput (2xx/s)"]["x"] == [2000.0, 8000.0] and traces["goodput (2xx/s)"]["y"] == [2000.0, 5000.0]
+    assert traces["503/s"]["y"][1] == pytest.approx(3000.0)
+
+
 @pytest.mark.integration  # a fresh interpreter per page
 @pytest.mark.parametrize("page", ["train", "serve", "load_test", "run_history"])
 def test_pages_do_not_import_tensorflow(page: str, home: Path, registry: Registry) -> None:

@@ -18,6 +18,7 @@ import pytest
 from agent.serving.config import ServingConfig
 from agent.serving.process import EndpointHandle, start_endpoint, stop_endpoint
 from loadtest import slo
+from loadtest.__main__ import format_summary
 from loadtest.__main__ import main as cli_main
 from loadtest.runner import LoadTestConfig, load_result, run_loadtest, start_loadtest, stop_loadtest
 from runs import jobs
@@ -92,7 +93,7 @@ def test_constant_run_records_series_summary_and_gates(
         run_time_s=4,
         instances_per_request=2,
         samples_path=str(trained_model),
-        slos=("fail_ratio<=0.01", "p99<=5s", "rps>=1000000"),
+        slos=("fail_ratio<=0.01", "p99<=5s", "rps>=1000000", "p95<=0.001ms"),
     )
     result = run_loadtest(swarm_registry, config, serve_run_id=model_endpoint.run_id)
     assert result.status == "completed", result.error
@@ -118,8 +119,13 @@ def test_constant_run_records_series_summary_and_gates(
     assert 0.5 * s["requests"] <= sum(v or 0 for _, v in series["rps"]) <= s["requests"]
 
     # Gates: judged on the recorded summary, stored with it, and read back identically.
-    assert [g.passed for g in result.gates] == [True, True, False]
+    assert [g.passed for g in result.gates] == [True, True, False, False]
     assert not result.passed
+    # No request failed, yet the run is a FAIL naming its failed gates, in the registry and the CLI.
+    assert s["verdict"].startswith("FAIL: rps>=1000000 measured ")
+    assert "; p95<=0.001ms measured " in s["verdict"] and "(limit <= 0.001 ms)" in s["verdict"]
+    assert swarm_registry.get_run(result.run_id).summary["verdict"] == s["verdict"]
+    assert f"verdict: {s['verdict']}" in format_summary(load_result(swarm_registry, result.run_id))
     again = slo.evaluate(slo.parse_slos(config.slos), swarm_registry.get_run(result.run_id).summary)
     assert again == list(load_result(swarm_registry, result.run_id).gates)
 
@@ -247,6 +253,18 @@ def test_open_loop_above_capacity_sheds_and_says_so(swarm_registry: Registry, tr
     assert not result.passed
 
 
+def test_rate_far_above_what_the_generator_offers_says_so(swarm_registry: Registry, ceiling: EndpointHandle) -> None:
+    # Two users cannot offer 20,000 req/s to anything: each waits for its answer.
+    config = LoadTestConfig(host=ceiling.url, n_features=N_FEATURES, shape="rate", users=2, spawn_rate=2,
+                            target_rps=20000, run_time_s=3)
+    result = run_loadtest(swarm_registry, config)
+    s = result.summary
+    assert result.status == "completed", result.error
+    assert s["shed"] == 0 and s["rps"] < 0.5 * 20000
+    assert f"offered 20000 req/s, achieved {s['rps']:.0f} req/s" in s["verdict"]
+    assert "2 users cannot offer it" in s["verdict"] or "load generator could not keep up" in s["verdict"]
+
+
 def test_cli_exit_codes_against_a_running_host(
     home: Path, ceiling: EndpointHandle, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -257,7 +275,8 @@ def test_cli_exit_codes_against_a_running_host(
     for name in ("locust_stats.csv", "locust_stats_history.csv", "locust.json", "locust.html", "summary.json"):
         assert (tmp_path / name).is_file(), name
     assert cli_main([*common, "--slo", "rps>=100000000"]) == 1
-    assert "FAIL  rps>=100000000" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "FAIL  rps>=100000000" in out and "verdict: FAIL: rps>=100000000 measured " in out
 
 
 def test_cli_serve_starts_and_always_stops_the_endpoint(

@@ -222,6 +222,65 @@ def test_stats_csv_totals_and_summary_verdicts() -> None:
     assert "never answered" in down["verdict"] and down["fail_ratio"] == 1.0
 
 
+def _gate(expr: str, metric: str, op: str, limit: float, measured: float | None, passed: bool) -> dict:
+    return {"expr": expr, "metric": metric, "op": op, "limit": limit, "measured": measured, "passed": passed}
+
+
+CLEAN_RUN = {"requests": 4000, "failures": 0, "fail_ratio": 0.0, "rps": 680.0, "p95_ms": 160.0, "avg_ms": 90.0,
+             "failures_by_reason": {}, "saturated": False, "shed": 0, "target": "http://t"}
+
+
+def test_a_failed_gate_makes_the_verdict_fail_and_names_it_with_measured_and_limit() -> None:
+    summary = {**CLEAN_RUN, "slo": [_gate("fail_ratio<=0.01", "fail_ratio", "<=", 0.01, 0.0, True),
+                                    _gate("p95<=100ms", "p95", "<=", 100.0, 160.0, False)]}
+    text = results.verdict(summary)
+    assert text.startswith("FAIL: p95<=100ms measured 160 ms (limit <= 100 ms) | ")
+    assert "fail_ratio" not in text.split("|")[0]  # only the failed gate is named
+    assert "680 req/s" in text and not text.startswith("ok")
+    assert results.verdict_status(summary) == "FAIL"
+    summary["slo"][1] = _gate("p95<=200ms", "p95", "<=", 200.0, 160.0, True)
+    assert results.verdict(summary).startswith("PASS: all 2 gates held | 680 req/s, p95 160 ms")
+    # A gate the run could not measure fails and says so.
+    summary["slo"] = [_gate("p99<=1s", "p99", "<=", 1000.0, None, False)]
+    assert results.verdict(summary).startswith("FAIL: p99<=1s measured n/a")
+    assert results.verdict(CLEAN_RUN).startswith("ok: 680 req/s") and results.verdict_status(CLEAN_RUN) == ""
+
+
+def test_rate_run_short_of_its_offered_rate_says_who_fell_short() -> None:
+    rate = {**CLEAN_RUN, "offered_rps": 2000.0, "users": 64, "avg_ms": 94.0}
+    text = results.verdict(rate)
+    assert "offered 2000 req/s, achieved 680 req/s (34%)" in text
+    assert "64 users cannot offer it at a mean response time of 94.0 ms: that needs about 188 users" in text
+    busy = {**rate, "users": 400, "saturated": True, "saturation_reason": "Locust used 97% of its CPU"}
+    assert "the load generator could not keep up (Locust used 97% of its CPU)" in results.verdict(busy)
+    shed = {**rate, "users": 400, "shed": 900, "failures": 900, "failures_by_reason": {"503 shed": 900},
+            "server": {"queue_ms": 3.5}}
+    assert "the server shed load: 900 requests got 503 (queue full, mean queue wait 3.5 ms)" in results.verdict(shed)
+    slow = {**rate, "users": 400}
+    assert "the server slowed: mean response time 94.0 ms" in results.verdict(slow)
+    assert results.rate_shortfall({**rate, "rps": 1950.0}) is None  # within 10% of the offered rate
+    assert results.rate_shortfall(CLEAN_RUN) is None  # closed loop: nothing offered
+
+
+def test_run_headlines_and_verdict_colour_follow_the_gates() -> None:
+    from dashboard import format as fmt
+    from runs.registry import Run
+
+    failed = {**CLEAN_RUN, "slo": [_gate("p95<=100ms", "p95", "<=", 100.0, 160.0, False)]}
+    failed["verdict"] = results.verdict(failed)
+
+    def run_with(summary: dict) -> Run:
+        return Run(id="r1", kind="loadtest", name="swarm", config={}, status="completed", pid=None,
+                   pid_started=None, created_at=0.0, started_at=0.0, ended_at=1.0, error=None,
+                   stop_requested=False, summary=summary)
+
+    run = run_with(failed)
+    assert fmt.headline(run) == "FAIL (p95<=100ms): 680 req/s, p95 160.0 ms"
+    assert fmt.verdict_kind(run) == "error"
+    run = run_with({**failed, "slo": [_gate("p95<=200ms", "p95", "<=", 200.0, 160.0, True)]})
+    assert fmt.headline(run).startswith("PASS: ") and fmt.verdict_kind(run) == "success"
+
+
 def test_saturation_from_locust_warning_or_measured_cpu() -> None:
     assert results.detect_saturation("... WARNING/root: CPU usage above 90%! This may constrain", [10.0])[0]
     assert results.detect_saturation("", [95.0, 97.0, 40.0])[0]

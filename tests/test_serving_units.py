@@ -66,6 +66,10 @@ def test_config_defaults_round_trip(tmp_path: Path) -> None:
         ({"max_body_bytes": 10}, "max_body_bytes must be in [1024"),
         ({"max_instances": 0}, "max_instances"),
         ({"workers": True}, "workers must be an integer"),
+        ({"receive_timeout_ms": 10}, "receive_timeout_ms must be in [100, 600000]"),
+        ({"max_header_bytes": 100}, "max_header_bytes must be in [1024"),
+        ({"max_headers": 0}, "max_headers must be in [1, 10000]"),
+        ({"max_connections": 0}, "max_connections must be in [1, 1000000]"),
     ],
 )
 def test_config_validation_names_field_and_range(changes: dict, needle: str) -> None:
@@ -830,3 +834,14 @@ def test_output_encoder_names_several_outputs_as_tf_serving_does() -> None:
     meta = SIG.metadata("m", "1")["metadata"]["signature_def"]["signature_def"]["serving_default"]
     assert meta["inputs"]["tokens"]["dtype"] == "DT_INT32" and meta["outputs"]["label"]["dtype"] == "DT_INT64"
     assert [d["size"] for d in meta["inputs"]["image"]["tensor_shape"]["dim"]] == ["-1", "2", "2", "1"]
+
+
+def test_connection_limit_stays_within_the_open_file_limit() -> None:
+    import resource
+
+    from agent.serving.protocol import FD_HEADROOM, connection_limit
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert connection_limit(10) == 10
+    if soft != resource.RLIM_INFINITY:
+        assert connection_limit(soft * 2) == soft - FD_HEADROOM

@@ -79,6 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
                    f"(default: {d.request_timeout_ms:g})")
     g.add_argument("--max-body-bytes", type=int, help=f"largest request body, 413 beyond (default: {d.max_body_bytes})")
     g.add_argument("--max-instances", type=int, help=f"most rows per request, 400 beyond (default: {d.max_instances})")
+    lim = p.add_argument_group("connection limits (what uvicorn's httptools protocol does not bound itself)")
+    lim.add_argument("--receive-timeout-ms", type=float, help="time to receive a whole request, head and body; "
+                     f"408 and close beyond it (default: {d.receive_timeout_ms:g})")
+    lim.add_argument("--max-header-bytes", type=int, help="largest request line + headers; 431 and close beyond "
+                     f"(default: {d.max_header_bytes})")
+    lim.add_argument("--max-headers", type=int, help=f"most header fields per request; 431 and close beyond "
+                     f"(default: {d.max_headers})")
+    lim.add_argument("--max-connections", type=int, help="open connections per server process; requests on "
+                     f"connections beyond it get 503 and close (default: {d.max_connections})")
     p.add_argument("--ceiling", action="store_true", help="serve the minimal fixed-answer handler instead of a "
                    "model (the performance reference; no --model needed)")
     p.add_argument("--run-id", help="serve the endpoint recorded in this registry run (started by its start()); "
@@ -93,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 FLAG_FIELDS = ("runtime", "max_batch_size", "batch_timeout_ms", "allowed_batch_sizes", "num_batch_threads",
                "max_enqueued_batches", "workers", "intra_op_threads", "inter_op_threads", "request_timeout_ms",
-               "max_body_bytes", "max_instances")
+               "max_body_bytes", "max_instances", "receive_timeout_ms", "max_header_bytes", "max_headers",
+               "max_connections")
 
 
 def config_from_args(args: argparse.Namespace) -> ServingConfig:

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.serving.batcher import Batcher, DeadlineExceededError, QueueFullError
+from agent.serving.batcher import RETRY_AFTER_S, Batcher, DeadlineExceededError, QueueFullError
 from agent.serving.codec import (
     SIGNATURE_NAME,
     OutputEncoder,
@@ -41,6 +41,7 @@ from agent.serving.codec import (
 )
 from agent.serving.config import ServingConfig
 from agent.serving.metrics import ServingMetrics
+from agent.serving.protocol import Admission
 from agent.signature import Signature, TensorSpec
 
 log = logging.getLogger("agent.serving")
@@ -62,6 +63,7 @@ MODEL_PATH_RE = re.compile(
 )
 # Probes and scrapes are not traffic: counting them would show an idle endpoint as busy.
 UNCOUNTED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+CLIENT_GONE = 499  # nginx's code for a client that closed the connection before its answer (never sent)
 PATHS_HELP = "/v1/models/{name}[/versions/{v}][:predict|/metadata], /healthz, /readyz or /metrics"
 
 Scope = dict[str, Any]
@@ -97,6 +99,8 @@ class ServingApp:
         self._timeout_s = config.request_timeout_ms / 1000.0 or None
         self._max_body = config.max_body_bytes
         self._fast_predict = {f"/v1/models/{name}:predict", f"/v1/models/{name}/versions/{MODEL_VERSION}:predict"}
+        # The server's protocol refuses predict requests from their head while the queue is full.
+        self.admission = Admission()
 
     # -- ASGI entry ------------------------------------------------------------------------------
 
@@ -167,6 +171,10 @@ class ServingApp:
         return 503, encode_error(f"not ready: {reason}")
 
     @property
+    def _shed_message(self) -> str:
+        return f"queue full ({self.config.queue_capacity_rows} rows waiting); retry later"
+
+    @property
     def runtime_name(self) -> str:
         return str(getattr(self.runtime, "name", self.config.runtime))
 
@@ -200,12 +208,18 @@ class ServingApp:
                                 "send application/json")
         if length > self._max_body:
             return await _error(send, 413, f"body of {length} bytes exceeds the limit of {self._max_body} bytes")
-        body = await read_body(receive, self._max_body)
-        if body is None:
-            return await _error(send, 413, f"body exceeds the limit of {self._max_body} bytes")
         batcher = self.batcher
         if not self.ready or batcher is None:
             return await _error(send, 503, "model is loading; retry when /readyz is 200", retry_after=b"1")
+        if batcher.full:  # shed before reading the body (the bounded protocol usually did already)
+            self.metrics.shed()
+            return await _error(send, 503, self._shed_message, retry_after=b"%d" % RETRY_AFTER_S)
+        try:
+            body = await read_body(receive, self._max_body)
+        except ClientDisconnectedError:
+            return CLIENT_GONE
+        if body is None:
+            return await _error(send, 413, f"body exceeds the limit of {self._max_body} bytes")
         try:
             req = decode_predict(body, self.signature, self.config.max_instances)  # type: ignore[arg-type]
             rows = await batcher.enqueue(req.x, self._timeout_s)
@@ -281,6 +295,10 @@ class ServingApp:
         gc.freeze()
         self.metrics.watch_queue(lambda: batcher.queued_rows, lambda: batcher.queued_requests,
                                  lambda: batcher.in_flight_batches)
+        batcher.on_room = self.admission.room
+        self.admission.enable(batcher, self.config.queue_capacity_rows,
+                              frozenset(p.encode() for p in self._fast_predict), self._shed_message,
+                              self.metrics.shed_answered)
         self.ready = True
         if self.on_ready is not None:
             self.on_ready(self)
@@ -334,7 +352,10 @@ class CeilingApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             if scope["method"] == "POST":
-                body = await read_body(receive, 1 << 30)
+                try:
+                    body = await read_body(receive, 1 << 30)
+                except ClientDisconnectedError:
+                    return
                 await respond(send, 200, self.answer(body or b""))
             else:
                 await respond(send, 200, encode_json({"status": "ok"}))
@@ -363,9 +384,16 @@ def _is_json_type(content_type: bytes) -> bool:
     return media in ACCEPTED_CONTENT_TYPES or media.endswith(b"+json")
 
 
+class ClientDisconnectedError(Exception):
+    """The client closed the connection (or the server closed it: receive time limit) mid-body."""
+
+
 async def read_body(receive: Receive, limit: int) -> bytes | None:
-    """The request body, or None once more than ``limit`` bytes arrived (chunked uploads)."""
+    """The request body, or None once more than ``limit`` bytes arrived (chunked uploads);
+    raises ClientDisconnectedError when the connection closed before the body was complete."""
     message = await receive()
+    if message["type"] == "http.disconnect":
+        raise ClientDisconnectedError
     body = message.get("body", b"")
     if not message.get("more_body", False):
         return body if len(body) <= limit else None
@@ -374,7 +402,7 @@ async def read_body(receive: Receive, limit: int) -> bytes | None:
     while message.get("more_body", False):
         message = await receive()
         if message["type"] == "http.disconnect":
-            break
+            raise ClientDisconnectedError
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:

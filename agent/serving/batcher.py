@@ -16,6 +16,12 @@ It lives on the server's event loop and is testable without HTTP
   a submit that would exceed it fails at once with ``QueueFullError`` (never waits);
 - a request whose deadline passes is failed with ``DeadlineExceededError``; its
   rows still waiting are dropped from the queue;
+- a full batch is handed to a free batch thread right where it becomes full
+  (in ``enqueue``, or when a batch finishes), not on a later turn of the event
+  loop: when the loop is busy (answering many connections), batch formation and
+  dispatch do not wait behind it;
+- ``full`` says whether even a one-row request would be refused, so a server can
+  shed a request before reading its body; ``on_room`` hears when rows leave the queue;
 - a request may come as a float32 matrix or as parsed rows (nested lists) that a
   ``RowConverter`` turns into one: a whole batch in one call when every row is
   good, else request by request, so a bad request fails alone with its own error
@@ -156,7 +162,10 @@ class Batcher:
         # Batch threads take (slices, rows) jobs from here; None tells one to exit.
         self._jobs: queue.SimpleQueue[tuple[list[_Slice], int] | None] = queue.SimpleQueue()
         self._workers: list[threading.Thread] = []
-        self._slots: asyncio.Semaphore | None = None
+        self._free = self._threads  # batch threads not running a batch
+        self._idle: asyncio.Event | None = None  # set when every batch thread is free
+        # Called with the rows of queue room that appeared when a batch took rows (admission).
+        self.on_room: Callable[[int], None] | None = None
         self._wakeup: asyncio.Event | None = None
         self._dispatcher: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -176,6 +185,11 @@ class Batcher:
     def in_flight_batches(self) -> int:
         return self._in_flight_batches
 
+    @property
+    def full(self) -> bool:
+        """Whether a one-row request would be refused now (so any request would be)."""
+        return self._queued_rows >= self._capacity
+
     # -- life cycle ------------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -185,7 +199,8 @@ class Batcher:
                              for i in range(self._threads)]
             for t in self._workers:
                 t.start()
-        self._slots = asyncio.Semaphore(self._threads)
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._wakeup = asyncio.Event()
         self._dispatcher = asyncio.create_task(self._dispatch(), name="batcher")
 
@@ -194,13 +209,11 @@ class Batcher:
         if self._dispatcher is None:
             return
         self._closing = True
-        assert self._wakeup is not None and self._slots is not None
+        assert self._wakeup is not None and self._idle is not None
         self._wakeup.set()
         try:
             await asyncio.wait_for(asyncio.shield(self._dispatcher), timeout_s)
-            # Every slot free again = every batch finished.
-            for _ in range(self._threads):
-                await asyncio.wait_for(self._slots.acquire(), timeout_s)
+            await asyncio.wait_for(self._idle.wait(), timeout_s)  # every batch finished
         except TimeoutError:
             log.warning("batcher: batches still running after %.0fs at shutdown", timeout_s)
             self._dispatcher.cancel()
@@ -248,7 +261,12 @@ class Batcher:
         was_empty = not self._queue
         self._queue.append(item)
         self._queued_rows += n
-        if was_empty or self._queued_rows >= self._max_batch:
+        if self._queued_rows >= self._max_batch:
+            if self._free and not self._inline:
+                self._launch()  # a full batch and a free thread: no reason to wait for the dispatcher's turn
+            else:
+                self._wakeup.set()
+        elif was_empty:
             self._wakeup.set()
         return item.future
 
@@ -259,13 +277,15 @@ class Batcher:
     # -- batching -------------------------------------------------------------------------------
 
     async def _dispatch(self) -> None:
-        assert self._wakeup is not None and self._slots is not None and self._loop is not None
+        """Runs partial batches when their timeout passes, and full ones nobody launched yet."""
+        assert self._wakeup is not None and self._loop is not None
         loop = self._loop
         while True:
             self._drop_dead_head()
-            if not self._queue:
-                if self._closing:
+            if not self._queue or not self._free:
+                if self._closing and not self._queue:
                     return
+                # Nothing to run, or every thread busy: _finish / enqueue set the event.
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
@@ -278,13 +298,12 @@ class Batcher:
                     await self._wakeup.wait()
                     timer.cancel()
                     continue
-            await self._slots.acquire()
-            slices, rows = self._take_batch()
-            if not slices:
-                self._slots.release()
-                continue
-            self._in_flight_batches += 1
             if self._inline:
+                slices, rows = self._take_batch()
+                if not slices:
+                    continue
+                self._free -= 1
+                self._in_flight_batches += 1
                 try:
                     outcome = self._execute(slices, rows)
                 except Exception as exc:
@@ -293,7 +312,18 @@ class Batcher:
                     self._finish(slices, outcome, None)
                 await asyncio.sleep(0)  # let the loop read and parse new requests between batches
                 continue
-            self._jobs.put((slices, rows))
+            self._launch()
+
+    def _launch(self) -> None:
+        """Take a batch from the queue and hand it to a free batch thread (on the loop, synchronously)."""
+        assert self._idle is not None
+        slices, rows = self._take_batch()
+        if not slices:
+            return
+        self._free -= 1
+        self._idle.clear()
+        self._in_flight_batches += 1
+        self._jobs.put((slices, rows))
 
     def _work(self) -> None:
         """A batch thread: run jobs, hand each result back with one call into the loop.
@@ -352,6 +382,8 @@ class Batcher:
         self._queued_rows -= rows
         if waits:
             self.observer.queue_waits(waits)
+        if self.on_room is not None and rows:
+            self.on_room(rows)
         return slices, rows
 
     def _padded_size(self, rows: int) -> int:
@@ -440,9 +472,24 @@ class Batcher:
 
     def _finish(self, taken: list[_Slice], outcome: _Outcome | None, exc: BaseException | None) -> None:
         """Back on the event loop: hand each request its rows (or its error, or the batch's)."""
-        assert self._slots is not None
+        assert self._idle is not None and self._wakeup is not None
         self._in_flight_batches -= 1
-        self._slots.release()
+        self._free += 1
+        if self._free == self._threads:
+            self._idle.set()
+        if outcome is not None:
+            for item, error in outcome.failed:  # first: their rows still queued must not go into the next batch
+                self._fail(item, error)
+        # The next full batch goes to the thread before this one's requests are answered, so
+        # the model runs while the loop writes responses; anything else is the dispatcher's
+        # (a partial batch's timeout, closing).
+        if self._queued_rows >= self._max_batch and not self._inline and not self._closing:
+            self._launch()
+        else:
+            self._wakeup.set()
+        self._deliver(taken, outcome, exc)
+
+    def _deliver(self, taken: list[_Slice], outcome: _Outcome | None, exc: BaseException | None) -> None:
         if exc is not None:
             log.error("batch of %d request(s) failed: %r", len(taken), exc)
             for s in taken:
@@ -450,8 +497,6 @@ class Batcher:
                     s[0].future.set_exception(exc)
             return
         assert outcome is not None
-        for item, error in outcome.failed:
-            self._fail(item, error)
         y = outcome.y
         if y is None:
             return

@@ -31,6 +31,12 @@ MAX_REQUEST_TIMEOUT_MS = 600_000.0
 MIN_BODY_BYTES = 1024
 MAX_BODY_BYTES_LIMIT = 1 << 30
 MAX_INSTANCES_LIMIT = 1_000_000
+MIN_RECEIVE_TIMEOUT_MS = 100.0
+MAX_RECEIVE_TIMEOUT_MS = 600_000.0
+MIN_HEADER_BYTES = 1024
+MAX_HEADER_BYTES_LIMIT = 1 << 20
+MAX_HEADERS_LIMIT = 10_000
+MAX_CONNECTIONS_LIMIT = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,12 @@ class ServingConfig:
     request_timeout_ms   per-request deadline, answered 504 when passed (0 = none)
     max_body_bytes       largest request body accepted (413 beyond it)
     max_instances        most rows in one request (400 beyond it)
+    receive_timeout_ms   time to receive a whole request, head and body (408 and close beyond it;
+                         for a new connection counted from the connect)
+    max_header_bytes     largest request line + headers (431 and close beyond it)
+    max_headers          most header fields in one request (431 and close beyond it)
+    max_connections      open connections per server process; a request on a connection
+                         beyond it gets 503 and the connection is closed
     """
 
     runtime: str = "tflite"
@@ -67,6 +79,10 @@ class ServingConfig:
     request_timeout_ms: float = 0.0
     max_body_bytes: int = 4 * 1024 * 1024
     max_instances: int = 1024
+    receive_timeout_ms: float = 5000.0
+    max_header_bytes: int = 32 * 1024
+    max_headers: int = 100
+    max_connections: int = 1000
 
     def __post_init__(self) -> None:
         if self.runtime not in RUNTIMES:
@@ -95,6 +111,10 @@ class ServingConfig:
         _check_number("request_timeout_ms", self.request_timeout_ms, 0.0, MAX_REQUEST_TIMEOUT_MS)
         _check_int("max_body_bytes", self.max_body_bytes, MIN_BODY_BYTES, MAX_BODY_BYTES_LIMIT)
         _check_int("max_instances", self.max_instances, 1, MAX_INSTANCES_LIMIT)
+        _check_number("receive_timeout_ms", self.receive_timeout_ms, MIN_RECEIVE_TIMEOUT_MS, MAX_RECEIVE_TIMEOUT_MS)
+        _check_int("max_header_bytes", self.max_header_bytes, MIN_HEADER_BYTES, MAX_HEADER_BYTES_LIMIT)
+        _check_int("max_headers", self.max_headers, 1, MAX_HEADERS_LIMIT)
+        _check_int("max_connections", self.max_connections, 1, MAX_CONNECTIONS_LIMIT)
 
     @property
     def queue_capacity_rows(self) -> int:

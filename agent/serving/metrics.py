@@ -5,7 +5,8 @@ so several apps in one process (tests) never share counters. The exposition
 answers "where does the time go?":
 
 - ``tuneswarm_requests_total{model,code}``          requests by HTTP status
-- ``tuneswarm_request_latency_seconds{model}``      end-to-end latency in the server
+- ``tuneswarm_request_latency_seconds{model}``      end-to-end latency in the server (503s apart)
+- ``tuneswarm_shed_latency_seconds{model}``         the same for 503 answers (shed, not ready)
 - ``tuneswarm_queue_wait_seconds{model}``           time a request waited for a batch
 - ``tuneswarm_compute_seconds{model}``              model execution time per batch
 - ``tuneswarm_batch_size_rows{model}``              realised batch size (rows, before padding)
@@ -115,6 +116,7 @@ class ServingMetrics:
         self.model = model
         self.by_code: dict[int, int] = {}
         self.latency = FastHistogram(LATENCY_BUCKETS)
+        self.shed_latency = FastHistogram(LATENCY_BUCKETS)
         self.waits = FastHistogram(LATENCY_BUCKETS)
         self.compute = FastHistogram(COMPUTE_BUCKETS)
         self.batch_sizes = FastHistogram(BATCH_SIZE_BUCKETS)
@@ -131,10 +133,16 @@ class ServingMetrics:
     def request_done(self, code: int, seconds: float) -> None:
         by_code = self.by_code
         by_code[code] = by_code.get(code, 0) + 1
-        self.latency.observe(seconds)
+        # 503s apart: a flood of instant refusals would otherwise hide the admitted requests' latency.
+        (self.shed_latency if code == 503 else self.latency).observe(seconds)
 
     def shed(self) -> None:
         self.shed_total += 1
+
+    def shed_answered(self, seconds: float) -> None:
+        """A request the server's protocol refused from its head (the app never saw it)."""
+        self.shed_total += 1
+        self.request_done(503, seconds)
 
     def queue_waits(self, seconds: list[float]) -> None:
         self.waits.observe_many(seconds)
@@ -161,6 +169,8 @@ class ServingMetrics:
         yield requests
         yield self.latency.family(f"{PREFIX}_request_latency_seconds",
                                   "End-to-end request latency inside the server (read body to response sent)", m)
+        yield self.shed_latency.family(f"{PREFIX}_shed_latency_seconds",
+                                       "Latency inside the server of 503 answers (queue full or not ready)", m)
         yield self.waits.family(f"{PREFIX}_queue_wait_seconds",
                                       "Time a request waited in the batch queue before its first rows ran", m)
         yield self.compute.family(f"{PREFIX}_compute_seconds", "Model execution time per batch", m)

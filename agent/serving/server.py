@@ -33,6 +33,7 @@ GRACEFUL_SHUTDOWN_S = 20  # in-flight requests get this long after SIGTERM
 WORKER_READY_TIMEOUT_S = 300.0
 WORKER_STOP_TIMEOUT_S = GRACEFUL_SHUTDOWN_S + 10.0
 POLL_S = 0.1
+KEEP_ALIVE_S = 5  # uvicorn's timeout_keep_alive: an idle keep-alive connection closes after this long
 
 
 @dataclass(frozen=True)
@@ -73,21 +74,37 @@ def build_app(opts: ServeOptions, on_ready: Callable[[Any], None]) -> Any:
     return create_app(opts.model_path, opts.name, opts.config, on_ready=on_ready)
 
 
-def run_uvicorn(app: Any, sock: socket.socket, log_level: str) -> None:
-    """Serve ``app`` on ``sock`` until SIGTERM/SIGINT (graceful: in-flight requests finish)."""
+def uvicorn_config(app: Any, log_level: str, limits: ServingConfig | None = None,
+                   graceful_s: float = GRACEFUL_SHUTDOWN_S) -> Any:
+    """The ``uvicorn.Config`` the endpoint runs with (tests serve with it too).
+
+    The protocol is uvicorn's httptools one with the connection limits of ``limits``
+    (default: the default config's) and, when the app has one, its admission
+    (agent/serving/protocol.py); ``timeout_keep_alive`` is uvicorn's own.
+    """
     import uvicorn
 
-    config = uvicorn.Config(
+    from agent.serving.protocol import protocol_class
+
+    return uvicorn.Config(
         app,
         loop="uvloop",
-        http="httptools",
+        http=protocol_class(limits or ServingConfig(), getattr(app, "admission", None)),
+        timeout_keep_alive=KEEP_ALIVE_S,
         lifespan="on",
         access_log=False,
         log_level=log_level,
         server_header=False,
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        timeout_graceful_shutdown=graceful_s,
         backlog=LISTEN_BACKLOG,
     )
+
+
+def run_uvicorn(app: Any, sock: socket.socket, log_level: str, limits: ServingConfig | None = None) -> None:
+    """Serve ``app`` on ``sock`` until SIGTERM/SIGINT (graceful: in-flight requests finish)."""
+    import uvicorn
+
+    config = uvicorn_config(app, log_level, limits)
     # uvicorn re-raises the signal that stopped it once it has shut down, to hand
     # it to the previous handler; a no-op handler makes that an orderly exit 0.
     previous = {s: signal.signal(s, _ignore_signal) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -106,7 +123,7 @@ def serve_single(opts: ServeOptions, sock: socket.socket, on_ready: Callable[[An
     """Serve in this process; returns the start-up error (None after a clean shutdown)."""
     app = build_app(opts, on_ready)
     try:
-        run_uvicorn(app, sock, opts.log_level)
+        run_uvicorn(app, sock, opts.log_level, opts.config)
     except SystemExit:
         # uvicorn exits with its own code 3 when the app's start-up fails; the caller decides the code.
         if getattr(app, "startup_error", None) is None:

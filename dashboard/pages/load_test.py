@@ -11,6 +11,7 @@ import streamlit as st
 from dashboard import charts, forms, ui
 from dashboard import format as fmt
 from dashboard.state import get_registry, init_defaults
+from loadtest.results import overload_point
 from loadtest.shapes import SHAPES
 from runs.jobs import reap
 from runs.registry import Registry, Run
@@ -247,7 +248,7 @@ def _results(registry: Registry, run: Run) -> None:
         st.warning(f"Load generator saturated: {s.get('saturation_reason') or 'Locust ran out of CPU'}. "
                    "This run measured Locust, not the server; rerun with more Locust processes.")
     if s.get("verdict"):
-        (st.success if run.status == "completed" and not s.get("failures") else st.info)(s["verdict"])
+        {"error": st.error, "success": st.success}.get(fmt.verdict_kind(run), st.info)(s["verdict"])
     if "requests" in s:
         m = st.columns(6)
         m[0].metric("requests", f"{int(s.get('requests') or 0):,}", help="requests completed in the run")
@@ -266,6 +267,8 @@ def _results(registry: Registry, run: Run) -> None:
         st.dataframe([{"metric": k, "value": v} for k, v in table.items()], hide_index=True, key=key("summary"),
                      height=220)
     _chart(registry, run, key("result_chart"))
+    if s.get("offered_rps"):
+        _overload(registry, run)
     c1, c2 = st.columns(2)
     with c1:
         st.markdown("**Failures by reason**")
@@ -295,6 +298,18 @@ def _results(registry: Registry, run: Run) -> None:
                                     mime=mimes.get(kind, "application/octet-stream"), key=key(f"dl.{kind}"),
                                     icon=":material/download:",
                                     help=f"Locust's {kind} output for this run ({p.name})")
+
+
+def _overload(registry: Registry, run: Run) -> None:
+    """Open-loop runs against the same target: goodput and 503s against the offered rate."""
+    host = run.config.get("host")
+    same = [r for r in registry.list_runs(kind="loadtest")
+            if r.config.get("host") == host and r.status == "completed"]
+    points = [p for p in (overload_point(r.summary) for r in same) if p is not None]
+    st.plotly_chart(charts.overload_figure(points, current=run.summary.get("offered_rps")),
+                    key=key("overload_chart"), config={"displaylogo": False})
+    st.caption(f"One point per completed rate run against {host}. Run the rate shape below, near and far above "
+               "capacity to see where goodput stops following the offered rate and 503s take over.")
 
 
 load_runs = registry.list_runs(kind="loadtest")
