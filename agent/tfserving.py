@@ -3,6 +3,7 @@
 ``write_bundle(out, model_path, config)`` writes::
 
     out/<name>/<version>/         SavedModel written by Keras' own ``model.export(format="tf_saved_model")``
+                                  (a .keras model), or a copy of an imported SavedModel directory
     out/batching_parameters.txt   TF Serving ``BatchingParameters`` (protobuf text) from the ServingConfig
     out/models.config             ``ModelServerConfig`` text: base_path = the absolute path of out/<name>
     out/models.docker.config      the same for the container, base_path /models/<name> (out mounted at /models)
@@ -34,6 +35,8 @@ from agent.serving.config import DEFAULT_CONFIG, ServingConfig
 
 if TYPE_CHECKING:
     import keras
+
+    from agent.signature import Signature, TensorSpec
 
 BATCHING_FILENAME = "batching_parameters.txt"
 MODELS_CONFIG_FILENAME = "models.config"
@@ -170,7 +173,7 @@ def serve_commands(root: Path, config: ServingConfig, *, rest_port: int = DEFAUL
 
 def serve_md(root: Path, name: str, version: int, config: ServingConfig, *, source: str,
              rest_port: int = DEFAULT_REST_PORT, grpc_port: int = DEFAULT_GRPC_PORT,
-             has_request: bool = False, signature: str = "") -> str:
+             has_request: bool = False, signature: str = "", copied: bool = False) -> str:
     """SERVE.md: what the bundle holds, how to start TF Serving on it, and what did not carry over."""
     cmds = serve_commands(root, config, rest_port=rest_port, grpc_port=grpc_port)
     url = f"http://localhost:{rest_port}/v1/models/{name}"
@@ -179,7 +182,8 @@ def serve_md(root: Path, name: str, version: int, config: ServingConfig, *, sour
         "",
         f"Written by TuneSwarm from {source}.",
         "",
-        f"- `{name}/{version}/`: the SavedModel (Keras `model.export(format=\"tf_saved_model\")`)"
+        f"- `{name}/{version}/`: the SavedModel "
+        + ("(a copy of the imported SavedModel)" if copied else "(Keras `model.export(format=\"tf_saved_model\")`)")
         + (f"; signature `serving_default`: {signature}" if signature else ""),
         f"- `{BATCHING_FILENAME}`: batching from the TuneSwarm config in `{SERVING_JSON_FILENAME}`",
         f"- `{MODELS_CONFIG_FILENAME}`: base_path `{root / name}` (this folder, where it was written)",
@@ -261,6 +265,25 @@ def export_saved_model(model: keras.Model, target: Path) -> Path:
     return target
 
 
+def copy_saved_model(source: Path, target: Path) -> Path:
+    """Copy an imported SavedModel directory into ``target``, atomically like ``export_saved_model``.
+
+    It is already what TF Serving loads, and re-exporting it would need the Keras model it has not
+    got; the copy keeps its own ``serving_default`` signature (names, dtypes) exactly.
+    """
+    if target.exists():
+        raise ValueError(f"{target} already exists; pick another version")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        # symlinks=True: a link inside the user's folder is copied as a link, never followed out of it.
+        shutil.copytree(source, tmp / "sm", symlinks=True)
+        os.replace(tmp / "sm", target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
 def _write(path: Path, text: str) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
@@ -283,6 +306,16 @@ def _signature_text(model: keras.Model) -> str:
     return f"inputs {inputs} -> `output_0` {outputs}"
 
 
+def _saved_signature_text(signature: Signature) -> str:
+    """The same summary for a SavedModel's own ``serving_default`` (its real names and dtypes)."""
+
+    def spec(t: TensorSpec) -> str:
+        return f"`{t.name}` {t.dtype} [None, {', '.join(map(str, t.shape))}]"
+
+    return (f"inputs {', '.join(spec(t) for t in signature.inputs)} -> "
+            f"{', '.join(spec(t) for t in signature.outputs)}")
+
+
 def write_bundle(
     out_dir: str | os.PathLike[str],
     model_path: str | os.PathLike[str],
@@ -295,12 +328,14 @@ def write_bundle(
     rest_port: int = DEFAULT_REST_PORT,
     grpc_port: int = DEFAULT_GRPC_PORT,
 ) -> Bundle:
-    """Export ``model_path`` (a .keras bundle) for TF Serving into ``out_dir`` with ``config``'s batching.
+    """Export ``model_path`` for TF Serving into ``out_dir`` with ``config``'s batching.
 
-    ``version`` defaults to the next free number, so re-shipping into the same folder
+    A ``.keras`` file is exported with Keras' own SavedModel export; a SavedModel
+    directory (an imported model) is copied as it is. ``version`` defaults to the next
+    free number, so re-shipping into the same folder
     adds a version that TF Serving picks up (it serves the highest one).
     """
-    from agent.export import load_model, load_samples
+    from agent.export import check_model_path, is_saved_model, load_model, load_samples, load_servable
 
     check_model_name(name)
     if version is not None and not 1 <= version < 2**63:
@@ -311,11 +346,24 @@ def write_bundle(
     if rest_port == grpc_port:
         raise ValueError(f"rest_port and grpc_port must differ; both are {rest_port}")
     root = Path(out_dir).resolve()
-    model = load_model(model_path)  # safe_mode=True; raises ModelFormatError (a ValueError) for a bad file
-    root.mkdir(parents=True, exist_ok=True)
-    base = root / name
-    version = version or next_version(base)
-    saved = export_saved_model(model, base / str(version))
+    source_path = check_model_path(model_path)  # raises ModelFormatError (a ValueError) for a bad path
+    copied = is_saved_model(source_path)
+    if copied:
+        # Loaded only to read (and so check) its serving_default signature before anything is written.
+        signature = _saved_signature_text(load_servable(source_path).signature)
+        if root == source_path.resolve() or root in source_path.resolve().parents:
+            raise ValueError(f"the bundle folder {root} must not contain the SavedModel it copies")
+        root.mkdir(parents=True, exist_ok=True)
+        base = root / name
+        version = version or next_version(base)
+        saved = copy_saved_model(source_path, base / str(version))
+    else:
+        model = load_model(source_path)  # safe_mode=True
+        signature = _signature_text(model)
+        root.mkdir(parents=True, exist_ok=True)
+        base = root / name
+        version = version or next_version(base)
+        saved = export_saved_model(model, base / str(version))
     samples = load_samples(model_path)
     if samples:
         _write(root / REQUEST_FILENAME, json.dumps({"instances": samples[:REQUEST_ROWS]}) + "\n")
@@ -329,7 +377,7 @@ def write_bundle(
                               json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n"),
         serve_md=_write(root / SERVE_MD_FILENAME, serve_md(
             root, name, version, config, source=source, rest_port=rest_port, grpc_port=grpc_port,
-            has_request=bool(samples), signature=_signature_text(model))),
+            has_request=bool(samples), signature=signature, copied=copied)),
     )
     return bundle
 
@@ -360,7 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--run-id", help="the training (or imported model) run whose model to export")
-    which.add_argument("--model", metavar="PATH", help="a model.keras file to export (loaded with safe_mode=True)")
+    which.add_argument("--model", metavar="PATH", help="a model.keras file to export (loaded with safe_mode=True) "
+                                                       "or a SavedModel directory to copy")
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write the bundle into (created if missing)")
     p.add_argument("--config", metavar="FILE.json",
                    help="TuneSwarm serving config (e.g. a sweep's serving_config.json) for the batching parameters; "
