@@ -21,7 +21,14 @@ from urllib.parse import urlsplit
 from agent.data import BUILTIN_IMAGE_SHAPES, DataSource, parse_image_shape
 from agent.model import ModelConfig, check_target, image_shape_for, parse_filters
 from agent.serving.config import ServingConfig
-from loadtest.payload import predict_path
+from loadtest.payload import (
+    GENERATED_DIRNAME,
+    PayloadSpec,
+    fetch_signature,
+    generate_instances,
+    predict_path,
+    save_generated,
+)
 from loadtest.runner import LoadTestConfig
 from loadtest.slo import parse_slo
 
@@ -48,6 +55,7 @@ SGD_MAX_SANE_LR = 1.0
 CSV_PLACEHOLDER = "upload.csv"
 # Stands in for a missing target while checking the rest of a Load test form.
 HOST_PLACEHOLDER = "http://127.0.0.1"
+SIGNATURE_TIMEOUT_S = 3.0  # reading a local endpoint's metadata for generated payloads, during a page run
 
 
 @dataclass(frozen=True)
@@ -345,6 +353,13 @@ def slo_limits_ms(exprs: Sequence[str]) -> dict[str, float]:
     return limits
 
 
+def _remote_host_error(host: str) -> str | None:
+    parts = urlsplit(host)
+    if parts.scheme in ("http", "https") and parts.hostname and parts.hostname not in LOCAL_HOSTS:
+        return f"only local targets ({', '.join(LOCAL_HOSTS)}) may be load-tested here; got {parts.hostname}"
+    return None
+
+
 def load_check(form: LoadForm, *, samples_path: str | Path | None = None, n_features: int = 0) -> Check:
     """Errors from building ``LoadTestConfig`` and parsing each SLO line, the local-only rule, and advice.
 
@@ -357,11 +372,8 @@ def load_check(form: LoadForm, *, samples_path: str | Path | None = None, n_feat
     errors: list[str] = []
     if not host:
         errors.append("choose a target: start an endpoint on the Serve page, or type a URL")
-    else:
-        parts = urlsplit(host)
-        if parts.scheme in ("http", "https") and parts.hostname and parts.hostname not in LOCAL_HOSTS:
-            errors.append(f"only local targets ({', '.join(LOCAL_HOSTS)}) may be load-tested here; "
-                          f"got {parts.hostname}")
+    elif (remote := _remote_host_error(host)) is not None:
+        errors.append(remote)
     good, slo_errors = parse_slo_lines(form.slos)
     checked = replace(form, host=host or HOST_PLACEHOLDER, slos="\n".join(good))
     errors += _config_error(lambda: loadtest_config(checked, samples_path=samples_path, n_features=n_features))
@@ -406,3 +418,15 @@ def loadtest_config(form: LoadForm, *, samples_path: str | Path | None = None,
         n_features=0 if samples_path else int(n_features),
         slos=tuple(slo_exprs(form.slos)),
     )
+
+
+def generated_samples_path(host: str, model_name: str, spec: PayloadSpec, state_dir: str | Path) -> Path:
+    """Rows generated from the target's signature (its ``/v1/models/NAME/metadata``), saved under the
+    state directory as ``python -m loadtest --payload-dist ...`` saves them; ValueError with a one-line reason."""
+    host = host.strip().rstrip("/")
+    if not host:
+        raise ValueError("choose a target first: its metadata gives the inputs to generate rows for")
+    if (remote := _remote_host_error(host)) is not None:
+        raise ValueError(remote)
+    inputs = fetch_signature(host, model_name.strip(), timeout_s=SIGNATURE_TIMEOUT_S)
+    return save_generated(Path(state_dir) / GENERATED_DIRNAME, generate_instances(inputs, spec))

@@ -160,15 +160,7 @@ def generated_samples(args: argparse.Namespace, host: str, registry: Registry) -
         instances = payload.generate_instances(inputs, spec)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    text = json.dumps({"instances": instances}, separators=(",", ":"))
-    import hashlib
-
-    folder = registry.home / "payloads"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"generated-{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
-    if not path.is_file():
-        payload.write_instances(path, instances)
-    return str(path)
+    return str(payload.save_generated(registry.home / payload.GENERATED_DIRNAME, instances))
 
 
 def _config(args: argparse.Namespace, host: str, samples: str, n_features: int) -> LoadTestConfig:

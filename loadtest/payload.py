@@ -209,6 +209,7 @@ def _has_bool(value: Any) -> bool:
 DISTRIBUTIONS = ("uniform", "normal", "zeros")
 DEFAULT_VOCAB_SIZE = 2  # integer inputs: ids 0..vocab-1 (0 and 1 are valid for any embedding)
 GENERATED_ROWS = 256
+GENERATED_DIRNAME = "payloads"  # generated samples files, under the state directory
 INT_DTYPES = frozenset({"int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"})
 _TF_DTYPES = {"DT_HALF": "float16", "DT_FLOAT": "float32", "DT_DOUBLE": "float64", "DT_BFLOAT16": "bfloat16",
               "DT_INT8": "int8", "DT_INT16": "int16", "DT_INT32": "int32", "DT_INT64": "int64",
@@ -317,6 +318,20 @@ def generate_instances(inputs: Sequence[InputSpec], spec: PayloadSpec,
     if len(inputs) == 1:
         return columns[inputs[0].name]
     return [{name: col[i] for name, col in columns.items()} for i in range(count)]
+
+
+def save_generated(folder: str | os.PathLike[str], instances: Sequence[Any]) -> Path:
+    """Generated instances as a samples file in ``folder``, named after its content: the same rows
+    (same signature and PayloadSpec) are written once and shared by every run that asks for them."""
+    import hashlib
+
+    text = json.dumps({"instances": list(instances)}, separators=(",", ":"))
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"generated-{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
+    if not path.is_file():
+        write_instances(path, instances)
+    return path
 
 
 def write_instances(path: str | os.PathLike[str], instances: Sequence[Any]) -> Path:

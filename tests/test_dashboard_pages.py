@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -588,6 +589,50 @@ def test_loadtest_page_uses_the_running_endpoint_as_target(home: Path, registry:
     assert cfg["host"] == "http://127.0.0.1:8611" and cfg["model_name"] == "digits"
     assert cfg["samples_path"].endswith("samples.json")
     registry.set_status(serve, "stopped")
+
+
+@pytest.mark.integration  # a real endpoint (in a thread) whose metadata the generator reads
+def test_loadtest_page_generates_payloads_from_the_endpoints_signature(home: Path, registry: Registry,
+                                                                       tmp_path: Path) -> None:
+    from model_zoo import cnn_model
+    from serving_helpers import running_server
+
+    from agent.serving.app import create_app
+    from agent.serving.config import ServingConfig
+
+    model_path = tmp_path / "cnn.keras"  # an imported model without samples.json beside it
+    cnn_model().save(model_path)
+    with running_server(create_app(model_path, "cnn", ServingConfig(runtime="tf-function"))) as port:
+        serve = registry.create_run("serve", {"model_path": str(model_path), "name": "cnn"}, name="serve cnn")
+        registry.mark_started(serve, os.getpid(), psutil.Process().create_time())
+        registry.update_summary(serve, {"url": f"http://127.0.0.1:{port}", "name": "cnn", "ready_at": time.time()})
+        at = _page("load_test")
+        assert at.radio(key="load.endpoint_payload").options == ["generated from the signature"]
+        at.selectbox(key="load.gen_dist").set_value("normal")
+        at.number_input(key="load.gen_low").set_value(-1.0)
+        at.number_input(key="load.gen_high").set_value(1.0).run()
+        assert not at.exception and not at.error, [e.value for e in at.error]
+        _assert_widgets_have_help(at)
+        cfg = _json(at)
+        samples = Path(cfg["samples_path"])
+        assert samples.parent == home / "payloads" and cfg["n_features"] == 0
+        rows = np.asarray(json.loads(samples.read_text())["instances"])
+        assert rows.shape == (256, 8, 8, 1) and rows.min() >= -1.0 and rows.max() <= 1.0 and rows.min() < -0.5
+        assert not at.button(key="load.start").disabled
+
+        at.number_input(key="load.gen_low").set_value(2.0).run()  # low above high
+        assert [e.value for e in at.error][:1] == ["payload range must be finite with low <= high; got 2.0..1.0"]
+        assert at.button(key="load.start").disabled
+        registry.set_status(serve, "stopped")
+
+    at = _page("load_test")  # a URL nothing answers at: one line, no start
+    at.radio(key="load.target_kind").set_value("URL").run()
+    at.text_input(key="load.url").set_value(f"http://127.0.0.1:{port}")
+    at.selectbox(key="load.payload").set_value("generated from the signature").run()
+    assert not at.exception
+    errors = [e.value for e in at.error]
+    assert errors and "cannot read the model's signature" in errors[0] and "\n" not in errors[0]
+    assert at.button(key="load.start").disabled
 
 
 def test_loadtest_page_renders_a_finished_swarm(home: Path, registry: Registry) -> None:

@@ -11,6 +11,7 @@ import streamlit as st
 from dashboard import charts, forms, ui
 from dashboard import format as fmt
 from dashboard.state import get_registry, init_defaults
+from loadtest import payload as payload_files
 from loadtest.results import overload_point
 from loadtest.shapes import SHAPES
 from runs.jobs import reap
@@ -24,6 +25,8 @@ key = ui.widget_keys(KEY_PREFIX)  # key("x") -> the page's widget key for x
 TARGET_ENDPOINT = "running endpoint"
 TARGET_URL = "URL"
 ZEROS = "zeros"
+SAMPLE_ROWS = "the model's test rows"
+GENERATED = "generated from the signature"
 
 DEFAULTS = forms.LoadForm()
 init_defaults({
@@ -36,17 +39,41 @@ init_defaults({
     key("spike_duration_s"): DEFAULTS.spike_duration_s, key("target_rps"): DEFAULTS.target_rps,
     key("instances_per_request"): DEFAULTS.instances_per_request, key("processes"): DEFAULTS.processes,
     key("timeout_s"): DEFAULTS.timeout_s, key("slos"): forms.DEFAULT_SLOS,
+    key("endpoint_payload"): SAMPLE_ROWS, key("gen_dist"): "uniform", key("gen_low"): 0.0, key("gen_high"): 1.0,
+    key("gen_vocab"): payload_files.DEFAULT_VOCAB_SIZE,
 })
 registry = get_registry()
 state = st.session_state
 
 
 def samples_for_model(model_path: str | None) -> Path | None:
-    """The samples.json shipped beside a trained model (real rows for the payload), if any."""
-    if not model_path:
+    """The samples.json beside a trained or imported model (real rows for the payload), if any;
+    found the way ``python -m loadtest --serve`` finds it."""
+    return payload_files.resolve_samples_path_or_none(model_path) if model_path else None
+
+
+def generated_payload(host: str, model_name: str) -> Path | None:
+    """The generator's widgets, and the samples file they make from the target's signature (None + an
+    error shown when the spec or the target's metadata is unusable)."""
+    c1, c2, c3, c4 = st.columns(4)
+    dist = c1.selectbox("Distribution", payload_files.DISTRIBUTIONS, key=key("gen_dist"),
+                        help="payload_dist: how float inputs are drawn (normal: centred, sd a quarter of the "
+                             "range, clipped to it; zeros: all zero)")
+    low = c2.number_input("Low", value=None, step=0.1, key=key("gen_low"), format="%g",
+                          help="payload_low: the lowest float value generated")
+    high = c3.number_input("High", value=None, step=0.1, key=key("gen_high"), format="%g",
+                           help="payload_high: the highest float value generated")
+    vocab = c4.number_input("Vocabulary size", 1, 10_000_000, step=1, key=key("gen_vocab"),
+                            help="vocab_size: integer inputs (token ids) are drawn from 0..N-1")
+    try:
+        spec = payload_files.PayloadSpec(str(dist), float(low), float(high), int(vocab))
+        path = forms.generated_samples_path(host, model_name, spec, registry.home)
+    except ValueError as exc:
+        st.error(str(exc).splitlines()[0], icon=":material/block:")
         return None
-    path = Path(model_path).with_name("samples.json")
-    return path if path.is_file() else None
+    st.caption(f"{payload_files.GENERATED_ROWS} rows generated from {model_name}'s input signature "
+               f"({spec.distribution} {spec.low:g}..{spec.high:g}, integer ids below {spec.vocab_size})")
+    return path
 
 
 def serve_model_path(serve: Run) -> str | None:
@@ -80,6 +107,14 @@ if target_kind == TARGET_ENDPOINT:
             samples_path = samples_for_model(serve_model_path(serve_run))
             st.caption(f"POST {host}/v1/models/{model_name}:predict"
                        + (f" · payload rows from {samples_path.parent.name}" if samples_path else ""))
+            choices = (SAMPLE_ROWS, GENERATED) if samples_path else (GENERATED,)
+            if state[key("endpoint_payload")] not in choices:
+                state[key("endpoint_payload")] = choices[0]
+            if st.radio("Payload", choices, key=key("endpoint_payload"), horizontal=True,
+                        help="payload: the rows saved beside the model (real held-out rows, or the samples an "
+                             "import generated), or new rows generated from the endpoint's input signature "
+                             "with the distribution and range below") == GENERATED:
+                samples_path = generated_payload(host, model_name)
 else:
     c1, c2, c3 = st.columns([3, 1, 1])
     host = c1.text_input("URL", key=key("url"),
@@ -90,16 +125,20 @@ else:
     trained = [r for r in registry.list_runs(kind="train", status=("completed", "stopped"))
                if samples_for_model(r.summary.get("model_path"))]
     by_id = {r.id: r for r in trained}
-    if state[key("payload")] not in by_id:
+    if state[key("payload")] not in (GENERATED, *by_id):
         state[key("payload")] = ZEROS  # the chosen run was deleted
     payload = st.selectbox(
-        "Payload rows", [ZEROS, *by_id], key=key("payload"),
-        format_func=lambda i: "rows of zeros" if i == ZEROS else f"test rows of {fmt.run_label(by_id[i])}",
-        help="samples: real held-out rows of a trained model (use the model this URL serves), "
-             "or rows of zeros of the given width",
+        "Payload rows", [ZEROS, GENERATED, *by_id], key=key("payload"),
+        format_func=lambda i: {ZEROS: "rows of zeros", GENERATED: f"rows {GENERATED}"}.get(i) or
+        f"test rows of {fmt.run_label(by_id[i])}",
+        help="samples: real held-out rows of a trained model (use the model this URL serves), rows generated "
+             "from the URL's own input signature (its /v1/models/NAME/metadata), or rows of zeros of the given "
+             "width",
     )
     if payload in by_id:
         samples_path = samples_for_model(by_id[payload].summary.get("model_path"))
+    elif payload == GENERATED:
+        samples_path = generated_payload(host, model_name)
     else:
         n_features = int(c3.number_input("Features", 1, 100_000, step=1, key=key("n_features"),
                                          help="n_features: width of the all-zeros rows sent when no model "
