@@ -22,6 +22,7 @@ from serving_helpers import request, running_server
 from agent import tfserving
 from agent.serving.app import create_app
 from agent.serving.config import ServingConfig
+from runs.registry import Registry
 
 pytestmark = pytest.mark.integration
 
@@ -110,3 +111,24 @@ def test_an_imported_saved_model_ships_as_a_copy_of_itself(bundles: dict[str, tu
     # shipping into the folder that holds the source would copy it into itself: refused, nothing written
     with pytest.raises(ValueError, match="must not contain the SavedModel"):
         tfserving.write_bundle(saved.parent, saved, name="cnn")
+
+
+def test_a_sweep_of_a_saved_model_and_the_cli_ship_the_copy(bundles: dict[str, tuple[Path, Path]],
+                                                            registry: Registry, tmp_path: Path) -> None:
+    from tuning.ship import ship_sweep
+    from tuning.sweep import SweepSpec, create_sweep
+
+    _, saved = bundles["mlp"]
+    spec = SweepSpec(model_path=str(saved), space={"max_batch_size": [1, 8]}, users=(2,), slos=("p95<=50ms",),
+                     verify_top=0)
+    run_id = create_sweep(registry, spec)
+    registry.update_summary(run_id, {"recommended_config": ServingConfig(max_batch_size=8).to_dict(),
+                                     "recommendation": {"best": {"label": "b8"}, "constraints": ["p95<=50ms"]}})
+    registry.set_status(run_id, "completed")
+    bundle = ship_sweep(registry, run_id, tmp_path / "from-sweep")
+    assert (bundle.saved_model / "saved_model.pb").read_bytes() == (saved / "saved_model.pb").read_bytes()
+    assert "a copy of the imported SavedModel" in bundle.serve_md.read_text()
+
+    out = tmp_path / "from-cli"
+    assert tfserving.main(["--model", str(saved), "--out", str(out), "--name", "digits"]) == 0
+    assert (out / "digits" / "1" / "saved_model.pb").read_bytes() == (saved / "saved_model.pb").read_bytes()
