@@ -129,6 +129,15 @@ def test_coordinate_ascent_tunes_one_parameter_at_a_time() -> None:
     assert next_configs(space, "coordinate", scores2)[0]["max_batch_size"] == 1
 
 
+def test_baseline_is_the_strongest_batching_off_config() -> None:
+    """Two batching-off configs (the timeout does nothing at batch size 1): the gain is taken against the faster."""
+    base_t2 = {"max_batch_size": 1, "batch_timeout_ms": 2.0}
+    rec = recommend([*RECORDED, pt(base_t2, 1, 310, 4.0), pt(base_t2, 16, 600, 40.0), pt(base_t2, 64, 620, 150.0)],
+                    SLO, "throughput")
+    assert rec.baseline.params == base_t2 and rec.baseline.capacity_rps == 600
+    assert rec.speedup_vs_baseline == pytest.approx(1500 / 600)
+
+
 def test_apply_params_keeps_the_serving_config_valid() -> None:
     base = ServingConfig(max_batch_size=32, allowed_batch_sizes=(8, 16, 32))
     cfg = apply_params(base, {"max_batch_size": 16, "batch_timeout_ms": 0})

@@ -210,7 +210,10 @@ def recommend(
         (r for r in scored if r.score is not None),
         key=lambda r: (-(r.score or 0.0), -(r.capacity_rps or 0.0)),
     )
-    baseline = next((r for r in scored if is_baseline(r.params)), None)
+    # The strongest batching-off config is the reference, so the gain printed is the cautious one
+    # (a grid may hold several: batch_timeout_ms does nothing at max_batch_size 1).
+    baselines = [r for r in scored if is_baseline(r.params)]
+    baseline = max(baselines, key=lambda r: r.capacity_rps or 0.0) if baselines else None
     best = ranking[0] if ranking else None
     runner_up = ranking[1] if len(ranking) > 1 else None
     closest = None
