@@ -134,11 +134,12 @@ def run_wrk(port: int, connections: int, seconds: float, script: str) -> tuple[i
 
 def measure_point(cfg_label: str, port: int, pid: int, load: str, connections: int, seconds: float,
                   script: str, target: float | None) -> Point:
-    before = scrape(port)
+    url = f"http://127.0.0.1:{port}"
+    before = scrape(url)
     cpu0 = server_cpu_seconds(pid)
     requests, secs, p99 = run_wrk(port, connections, seconds, script)
     cpu1 = server_cpu_seconds(pid)
-    delta = snapshot_delta(before, scrape(port))  # type: ignore[arg-type]
+    delta = snapshot_delta(before, scrape(url))
     return Point(cfg_label, load, target, requests / secs if secs else 0.0, delta,
                  (cpu1 - cpu0) / delta.seconds if delta.seconds else 0.0, p99)
 
