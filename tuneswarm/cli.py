@@ -47,7 +47,9 @@ def _top_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tuneswarm",
         description="Tune deep-learning inference under high concurrency: train, serve, swarm, recommend.",
-        epilog="Each command takes --help and --version; `tuneswarm COMMAND --help` lists its flags.",
+        epilog="Each command takes --help and --version; `tuneswarm COMMAND --help` lists its flags. "
+        "train, serve, swarm and tune also take --mlflow URI: the finished run is logged to that MLflow "
+        "tracking store (as MLFLOW_TRACKING_URI does).",
     )
     p.add_argument("--version", action="version", version=version_text())
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -60,6 +62,28 @@ def _wants_version(args: Sequence[str]) -> bool:
     """``--version`` among the subcommand's own flags (not after a ``--`` that passes arguments on)."""
     head = list(args)[: list(args).index("--")] if "--" in args else list(args)
     return "--version" in head
+
+
+def take_mlflow(args: Sequence[str]) -> tuple[list[str], str | None]:
+    """Remove ``--mlflow URI`` (or ``--mlflow=URI``) from a subcommand's flags; returns the rest and the URI."""
+    rest, uri, items = [], None, list(args)
+    i = 0
+    while i < len(items):
+        item = items[i]
+        if item == "--":
+            rest.extend(items[i:])
+            break
+        if item == "--mlflow":
+            if i + 1 >= len(items) or items[i + 1].startswith("-"):
+                raise ValueError("--mlflow needs a tracking URI, e.g. --mlflow file:/path/to/mlruns")
+            uri, i = items[i + 1], i + 2
+            continue
+        if item.startswith("--mlflow="):
+            uri = item.split("=", 1)[1]
+        else:
+            rest.append(item)
+        i += 1
+    return rest, uri
 
 
 def app_script() -> Path:
@@ -110,6 +134,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = app_argv(rest)
         # Streamlit owns the terminal from here (Ctrl+C, its own logging): replace this process.
         os.execv(command[0], command)
+    try:
+        rest, uri = take_mlflow(rest)
+    except ValueError as exc:
+        print(f"tuneswarm {name}: error: {exc}", file=sys.stderr)
+        return 2
+    if uri:
+        # The job (and every job it starts) exports its run to MLflow when it ends: runs.tracking.
+        os.environ["MLFLOW_TRACKING_URI"] = uri
     module = importlib.import_module(COMMANDS[name].module)
     return int(module.main(rest) or 0)
 
