@@ -128,6 +128,23 @@ def export_run(registry: Registry, run_id: str, uri: str) -> Exported:
     return Exported(parent, children)
 
 
+def export_many(registry: Registry, run_ids: list[str], uri: str) -> tuple[list[str], list[str]]:
+    """Send several past runs; returns (lines for those sent, one-line errors for those not)."""
+    sent, errors = [], []
+    for run_id in run_ids:
+        try:
+            exported = export_run(registry, run_id, uri)
+        except Exception as exc:  # one bad run (or a store that refuses) is reported, the others still go
+            text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            errors.append(f"{run_id}: {text}")
+            if isinstance(exc, RuntimeError) and text == MISSING:
+                break
+            continue
+        extra = f" with {len(exported.children)} child runs" if exported.children else ""
+        sent.append(f"{run_id} -> MLflow run {exported.mlflow_run_id}{extra}")
+    return sent, errors
+
+
 def export_if_tracked(registry: Registry, run_id: str) -> None:
     """At a job's end: export it when ``MLFLOW_TRACKING_URI`` is set; record where (or why not) in its summary.
 

@@ -96,3 +96,20 @@ def test_without_mlflow_the_run_says_so_and_does_not_fail(
     tracking.export_if_tracked(registry, run_id)
     assert registry.get_run(run_id).summary["mlflow"] == {"uri": store, "error": tracking.MISSING}
     assert cli.main(["train", "--mlflow"]) == 2
+
+
+def test_the_runs_page_sends_chosen_past_runs(home: Path, registry: Registry, store: str) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    run_id = registry.create_run("loadtest", {"users": 4}, name="past swarm", status="running")
+    registry.update_summary(run_id, {"rps": 50.0})
+    registry.set_status(run_id, "completed")
+    page = Path(__file__).resolve().parent.parent / "dashboard" / "pages" / "run_history.py"
+    at = AppTest.from_file(str(page), default_timeout=60).run()
+    at.text_input(key="runs.mlflow_uri").input(store).run()
+    at.multiselect(key="runs.mlflow_runs").set_value([run_id]).run()
+    at.button(key="runs.mlflow_send").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert f"{run_id} -> MLflow run" in at.success[0].value
+    assert only_run(MlflowClient(tracking_uri=store), **{"tuneswarm.run_id": run_id}).data.metrics[
+        "summary.rps"] == 50.0
