@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from dashboard.launch import free_port, stop_streamlit, wait_healthy
 from tuneswarm import __version__, cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,3 +103,21 @@ def test_the_wheel_installs_into_a_fresh_venv_and_runs_outside_the_checkout(tmp_
     for path in where.stdout.split():
         assert Path(path).is_relative_to(purelib), path
     assert (purelib / "dashboard" / "pages" / "train.py").is_file()
+
+    # `tuneswarm app` from the wheel: Streamlit starts on the installed app.py ...
+    port = free_port()
+    with (tmp_path / "app.log").open("wb") as log:
+        app = subprocess.Popen([tuneswarm, "app", "--port", str(port), "--", "--server.headless", "true",
+                                "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"],
+                               cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_healthy(app, port)
+    finally:
+        stop_streamlit(app)
+    # ... which opens on the Train page with the installed pages.
+    shown = run(str(python), "-c", "from streamlit.testing.v1 import AppTest; from tuneswarm.cli import app_script; "
+                "at = AppTest.from_file(str(app_script()), default_timeout=60).run(); "
+                "print(not at.exception, at.title[0].value)")
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    last = shown.stdout.strip().splitlines()[-1]
+    assert last.startswith("True ") and "Train" in last, shown.stdout[-2000:]
