@@ -74,3 +74,32 @@ def test_gates_judge_failures_and_a_bad_gate_is_bad_usage(tmp_path: Path) -> Non
     bad = plain_locust(dead, tmp_path, "--slo", "p97<=5ms")
     assert bad.returncode == 2
     assert "unknown SLO metric 'p97'" in bad.stderr
+
+
+def test_a_master_judges_its_workers_totals(ceiling: EndpointHandle, tmp_path: Path) -> None:
+    """Distributed mode: the master's exit code comes from the gates on the aggregated stats."""
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    worker = subprocess.Popen([sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--worker",
+                               "--master-host", "127.0.0.1", "--master-port", str(port), "--n-features", "64"],
+                              cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    try:
+        master = plain_locust(ceiling.url, tmp_path, "--master", "--master-bind-host", "127.0.0.1",
+                              "--master-bind-port", str(port), "--expect-workers", "1",
+                              "--expect-workers-max-wait", "30", "--slo", "p99<=0.001ms", "--slo", "rps>=1")
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=10)
+    assert master.returncode == 1, master.stderr[-2000:]
+    assert "FAIL  p99<=0.001ms" in master.stderr
+    assert "PASS  rps>=1" in master.stderr  # the workers' requests reached the master's totals
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
