@@ -11,7 +11,8 @@ signature, read from ``--signature FILE`` or from the target's ``/metadata``
 (``--payload-dist``, ``--payload-low``/``--payload-high``, ``--vocab-size``).
 
 or through ``python -m loadtest`` / ``loadtest.runner``, which add reports,
-live stats in the run registry and SLO gates. Every option below is declared
+live stats in the run registry and SLO gates. ``--slo`` also works on a plain
+Locust run: the gates set Locust's exit code when it quits (see the end of this file). Every option below is declared
 through ``events.init_command_line_parser``, so Locust parses it like its own
 and the master hands it to workers in distributed runs (``--master`` /
 ``--worker``; each worker needs the samples file at the same path), and
