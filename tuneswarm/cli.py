@@ -131,7 +131,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(version_text())
         return 0
     if name == "app":
-        command = app_argv(rest)
+        try:
+            command = app_argv(rest)
+        except FileNotFoundError as exc:  # a broken install: say what is missing, not a traceback
+            print(f"tuneswarm app: error: {exc}", file=sys.stderr)
+            return 1
         # Streamlit owns the terminal from here (Ctrl+C, its own logging): replace this process.
         os.execv(command[0], command)
     try:
