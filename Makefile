@@ -7,13 +7,13 @@ PORT ?= 8501
 
 .PHONY: setup run test lint bench clean
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install -r requirements-dev.txt
 	@touch $(STAMP)
 
-setup: $(STAMP)  ## create .venv and install requirements (only when requirements.txt changed)
+setup: $(STAMP)  ## create .venv and install requirements-dev.txt (runtime + test tools; only when they changed)
 
 run: $(STAMP)  ## set up, then start the dashboard on http://localhost:8501
 	$(PY) -m streamlit run app.py --server.port $(PORT) --server.address 127.0.0.1

@@ -8,6 +8,7 @@ flags records the same config and runs the same job in the foreground.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 import time
@@ -56,23 +57,30 @@ PROGRESS_INTERVAL_S = 0.25  # how often batch progress is written for progress b
 STOP_POLL_INTERVAL_S = 0.05  # how often the registry's stop flag is read between batches
 # Which rule ended a run (summary "stop": {"rule", "epoch", "detail"}).
 STOP_RULES = ("epochs", "target", "patience", "request")
+TENSORBOARD_DIR = "tensorboard"  # event files in the run's artifacts: `tensorboard --logdir <artifacts>/tensorboard`
+TENSORBOARD_MISSING = ("TensorBoard is not installed, so no event files were written: "
+                       "pip install tensorboard (or 'tuneswarm[tensorboard]')")
 
 
 @dataclass(frozen=True)
 class TrainJob:
-    """The frozen config of a ``train`` run: the model and the data it learns from."""
+    """The frozen config of a ``train`` run: the model, the data it learns from, and what it logs."""
 
     model: ModelConfig
     data: DataSource
+    tensorboard: bool = True  # write TensorBoard event files beside the artifacts (not part of the model)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model.to_dict(), "data": self.data.to_dict()}
+        return {"model": self.model.to_dict(), "data": self.data.to_dict(), "tensorboard": self.tensorboard}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrainJob:
         if "model" not in d:
             raise ValueError("a train run's config needs a 'model' (a ModelConfig dict)")
-        return cls(ModelConfig.from_dict(dict(d["model"])), DataSource(**dict(d.get("data") or {})))
+        tensorboard = d.get("tensorboard", True)
+        if not isinstance(tensorboard, bool):
+            raise ValueError(f"a train run's 'tensorboard' must be true or false, got {tensorboard!r}")
+        return cls(ModelConfig.from_dict(dict(d["model"])), DataSource(**dict(d.get("data") or {})), tensorboard)
 
     @property
     def label(self) -> str:
@@ -106,7 +114,7 @@ def execute(registry: Registry, run_id: str, *, extra_callbacks: list[keras.call
     """The job: train the run's recorded config inside ``job_context``; returns the final status."""
     job = TrainJob.from_dict(registry.get_run(run_id).config)
     with lifecycle.job_context(registry, run_id):
-        train(job.model, job.data, registry, run_id, extra_callbacks=extra_callbacks)
+        train(job.model, job.data, registry, run_id, extra_callbacks=extra_callbacks, tensorboard=job.tensorboard)
     return registry.get_run(run_id).status
 
 
@@ -196,6 +204,18 @@ def make_streamer(registry: Registry, run_id: str, n_train: int) -> keras.callba
     return RegistryStreamer()
 
 
+def make_tensorboard(logdir: Path) -> keras.callbacks.Callback | None:
+    """Keras' TensorBoard callback writing per-epoch scalars to ``logdir`` (train/ and validation/);
+    None when the optional ``tensorboard`` package is missing (tf.summary needs it)."""
+    if importlib.util.find_spec("tensorboard") is None:
+        return None
+    import keras
+
+    # Per epoch only, no graph, no profiler: the curves, at no measurable cost to training.
+    return keras.callbacks.TensorBoard(str(logdir), histogram_freq=0, write_graph=False, write_images=False,
+                                       update_freq="epoch", profile_batch=0)
+
+
 def make_target_stop(metric: str, target: float) -> keras.callbacks.Callback:
     """The callback that ends training at the end of the first epoch whose ``metric`` reaches ``target``."""
     import keras
@@ -268,20 +288,23 @@ def train(
     *,
     extra_callbacks: list[keras.callbacks.Callback] | None = None,
     on_streamer: Callable[[keras.callbacks.Callback], None] | None = None,
+    tensorboard: bool = True,
 ) -> TrainResult:
     """Train a model for ``run_id`` (created if None) in this process and save its bundle.
+
+    ``tensorboard``: also write TensorBoard event files to ``<artifacts>/tensorboard``.
 
     The run records this process's pid, so a reaper marks it ``interrupted`` if
     the process is killed (e.g. a model sweep training in-process). Errors are
     recorded on the run (status ``failed`` with one line) and re-raised.
     """
     if run_id is None:
-        job = TrainJob(config, source)
+        job = TrainJob(config, source, tensorboard)
         run_id = jobs.create(registry, "train", job.to_dict(), name=job.label)
     if lifecycle.current() is None or lifecycle.current().run_id != run_id:  # type: ignore[union-attr]
         registry.mark_started(run_id, os.getpid(), lifecycle.process_start_time(os.getpid()))
     try:
-        return _train(config, source, registry, run_id, extra_callbacks or [], on_streamer)
+        return _train(config, source, registry, run_id, extra_callbacks or [], on_streamer, tensorboard)
     except BaseException as exc:
         registry.finish_if_active(run_id, State.FAILED, lifecycle.one_line_error(exc))
         raise
@@ -294,6 +317,7 @@ def _train(
     run_id: str,
     extra_callbacks: list[keras.callbacks.Callback],
     on_streamer: Callable[[keras.callbacks.Callback], None] | None,
+    tensorboard: bool = True,
 ) -> TrainResult:
     import keras
 
@@ -316,6 +340,14 @@ def _train(
     if on_streamer:
         on_streamer(streamer)
     callbacks = [streamer, *extra_callbacks]
+    folder = registry.artifacts_dir(run_id)
+    if tensorboard:
+        board = make_tensorboard(folder / TENSORBOARD_DIR)
+        if board is None:
+            registry.update_summary(run_id, {"tensorboard": {"note": TENSORBOARD_MISSING}})
+        else:
+            callbacks.append(board)
+            registry.update_summary(run_id, {"tensorboard": {"logdir": str(folder / TENSORBOARD_DIR)}})
     target_stop = early_stop = None
     if config.target is not None:
         target_stop = make_target_stop(config.target_metric, config.target)
@@ -340,7 +372,6 @@ def _train(
     stopped = streamer.stopped_early_by_request
     metrics = evaluate(model, dataset.task, test_x, splits.test.y, dataset.n_classes)
     param_count = int(model.count_params())
-    folder = registry.artifacts_dir(run_id)
     meta = ModelMetadata(
         spec=spec,
         config=config.to_dict(),
@@ -521,6 +552,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = p.add_argument_group("run")
     run.add_argument("--run-id", help="run the train job recorded in this registry run (what start() launches); "
                      "the other flags are then ignored")
+    run.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=True,
+                     help="write TensorBoard event files (per-epoch loss and metrics) to the run's "
+                          "artifacts/<run-id>/tensorboard (needs the tensorboard package); default: on")
     run.add_argument("--home", help="state directory (default: $TUNESWARM_HOME or .tuneswarm/)")
     return p
 
@@ -545,7 +579,7 @@ def job_from_args(args: argparse.Namespace) -> TrainJob:
     )
     if config.family == "cnn" and not source.image_shape:
         raise ValueError("--family cnn needs image-shaped data: give --image-shape H,W,C")
-    return TrainJob(config, source)
+    return TrainJob(config, source, args.tensorboard)
 
 
 def _printer() -> keras.callbacks.Callback:
@@ -599,6 +633,11 @@ def main(argv: list[str] | None = None) -> int:
           + " ".join(f"{k}={v:.4f}" for k, v in scalars.items()))
     if run.summary.get("model_path"):
         print(f"model: {run.summary['model_path']}")
+    board = run.summary.get("tensorboard") or {}
+    if board.get("logdir"):
+        print(f"tensorboard: tensorboard --logdir {board['logdir']}")
+    elif board.get("note"):
+        print(f"note: {board['note']}")
     return lifecycle.exit_code(status)
 
 

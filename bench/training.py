@@ -1,6 +1,7 @@
-"""Throughput of training with metric streaming vs plain ``model.fit``, measured side by side.
+"""Throughput of training with metric streaming (and TensorBoard event files) vs plain ``model.fit``, side by side.
 
-Prints samples/s of each and their ratio (target: streaming >= 0.95x plain fit),
+Prints samples/s of each and their ratio (target: streaming >= 0.95x plain fit; streaming
+plus the TensorBoard callback a training run adds by default, too),
 both by wall clock and by this process's CPU time (samples per CPU-second), the
 second being far less disturbed by other work on a shared machine. Runs
 alternate (plain, streamed, plain, ...) so drift in machine load hits both.
@@ -23,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.data import load_builtin, split
 from agent.model import ModelConfig, build_model
-from agent.training import make_streamer
+from agent.training import make_streamer, make_tensorboard
 from runs.registry import Registry
 
 
@@ -58,21 +59,34 @@ def main() -> None:
         registry = Registry(home)
         plain: list[tuple[float, float]] = []
         streamed: list[tuple[float, float]] = []
+        boarded: list[tuple[float, float]] = []
         for i in range(args.repeats):
             plain.append(fit_samples_per_s(config, splits, spec, list))
             run_id = registry.create_run("train", status="running")
             streamer = make_streamer(registry, run_id, len(splits.train.y))
             streamed.append(fit_samples_per_s(config, splits, spec, lambda s=streamer: [s]))
+            board = make_tensorboard(Path(home) / f"tb{i}")
+            if board is not None:
+                run_id = registry.create_run("train", status="running")
+                streamer = make_streamer(registry, run_id, len(splits.train.y))
+                boarded.append(fit_samples_per_s(config, splits, spec, lambda s=streamer, b=board: [s, b]))
             print(f"repeat {i + 1}: plain {plain[-1][0]:,.0f} samples/s ({plain[-1][1]:,.0f}/CPU-s), "
-                  f"streamed {streamed[-1][0]:,.0f} samples/s ({streamed[-1][1]:,.0f}/CPU-s)")
+                  f"streamed {streamed[-1][0]:,.0f} samples/s ({streamed[-1][1]:,.0f}/CPU-s)"
+                  + (f", + tensorboard {boarded[-1][0]:,.0f} ({boarded[-1][1]:,.0f}/CPU-s)" if boarded else ""))
         print()
         print(f"{'median of ' + str(args.repeats):28}{'samples/s':>14}{'samples/CPU-s':>16}")
         medians = {}
-        for label, rows in (("plain model.fit", plain), ("fit + registry streaming", streamed)):
+        variants = [("plain model.fit", plain), ("fit + registry streaming", streamed)]
+        if boarded:
+            variants.append(("streaming + tensorboard", boarded))
+        for label, rows in variants:
             medians[label] = (statistics.median(r[0] for r in rows), statistics.median(r[1] for r in rows))
             print(f"{label:28}{medians[label][0]:>14,.0f}{medians[label][1]:>16,.0f}")
-        (pw, pc), (sw, sc) = medians.values()
+        (pw, pc), (sw, sc) = medians["plain model.fit"], medians["fit + registry streaming"]
         print(f"{'ratio streamed / plain':28}{sw / pw:>14.3f}{sc / pc:>16.3f}   (target >= 0.95)")
+        if boarded:
+            bw, bc = medians["streaming + tensorboard"]
+            print(f"{'ratio + tensorboard / plain':28}{bw / pw:>14.3f}{bc / pc:>16.3f}   (target >= 0.95)")
 
 
 if __name__ == "__main__":

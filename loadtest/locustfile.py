@@ -11,7 +11,8 @@ signature, read from ``--signature FILE`` or from the target's ``/metadata``
 (``--payload-dist``, ``--payload-low``/``--payload-high``, ``--vocab-size``).
 
 or through ``python -m loadtest`` / ``loadtest.runner``, which add reports,
-live stats in the run registry and SLO gates. Every option below is declared
+live stats in the run registry and SLO gates. ``--slo`` also works on a plain
+Locust run: the gates set Locust's exit code when it quits (see the end of this file). Every option below is declared
 through ``events.init_command_line_parser``, so Locust parses it like its own
 and the master hands it to workers in distributed runs (``--master`` /
 ``--worker``; each worker needs the samples file at the same path), and
@@ -39,7 +40,7 @@ _PROJECT_ROOT = str(Path(__file__).resolve().parent.parent)
 if _PROJECT_ROOT not in sys.path:
     sys.path.insert(0, _PROJECT_ROOT)
 
-from loadtest import payload, shapes  # noqa: E402
+from loadtest import payload, shapes, slo  # noqa: E402
 
 # Locust flushes its CSV files every 5 s by default; the live charts want every second.
 locust.stats.CSV_STATS_FLUSH_INTERVAL_SEC = 1
@@ -208,3 +209,70 @@ class SwarmShape(LoadTestShape):
     def tick(self) -> tuple[int, float] | None:
         spec = spec_from_options(self.runner.environment.parsed_options)
         return shapes.tick(spec, self.get_run_time())
+
+
+# -- SLO gates inside Locust ---------------------------------------------------------------------
+# A plain ``locust -f loadtest/locustfile.py --headless ... --slo 'p95<=50ms'`` (or a master in
+# distributed mode) judges the gates of ``loadtest.slo`` against Locust's own totals when it quits
+# and sets its exit code from them: 1 when a gate fails, 0 when all hold, as ``python -m loadtest``.
+
+# Locust's HTML report (--html) and web UI chart these response-time percentiles; p99 is the tail gates watch.
+locust.stats.PERCENTILES_TO_CHART = [0.5, 0.95, 0.99]
+
+_GATE_PERCENTILES = {"p50_ms": 0.5, "p90_ms": 0.9, "p95_ms": 0.95, "p99_ms": 0.99}
+
+
+@events.init_command_line_parser.add_listener
+def _add_slo_option(parser: Any) -> None:
+    parser.add_argument(
+        "--slo",
+        action="append",
+        default=[],
+        include_in_web_ui=False,
+        help="gate, repeatable, e.g. 'p95<=50ms' or 'fail_ratio<=0.01'; Locust exits 1 when one fails "
+        f"(metrics: {', '.join(slo.METRICS)})",
+    )
+
+
+def summary_from_stats(total: Any) -> dict[str, float | None]:
+    """The gate figures of ``loadtest.slo`` from Locust's aggregated ``StatsEntry`` (as ``results.summarize``)."""
+    requests, failures = int(total.num_requests), int(total.num_failures)
+    summary: dict[str, float | None] = {
+        "requests": requests,
+        "failures": failures,
+        "fail_ratio": failures / requests if requests else 1.0,
+        "rps": float(total.total_rps) if requests else 0.0,
+    }
+    served = requests > failures  # Locust times failed requests too; with no success they say nothing
+    for key, q in _GATE_PERCENTILES.items():
+        summary[key] = float(total.get_response_time_percentile(q)) if served else None
+    summary["avg_ms"] = float(total.avg_response_time) if served else None
+    summary["max_ms"] = float(total.max_response_time) if served else None
+    return summary
+
+
+@events.init.add_listener
+def _check_slos(environment: Any, **_kwargs: Any) -> None:
+    options = environment.parsed_options
+    if options is None:
+        return
+    try:
+        environment.slo_gates = slo.parse_slos(getattr(options, "slo", None) or ())
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+@events.quitting.add_listener
+def _judge_slos(environment: Any, **_kwargs: Any) -> None:
+    gates = getattr(environment, "slo_gates", ())
+    if not gates or isinstance(environment.runner, WorkerRunner):
+        return  # workers' stats are partial; the master (or the single process) judges the totals
+    results = slo.evaluate(gates, summary_from_stats(environment.stats.total))
+    for gate in results:
+        print(slo.format_gate(gate), file=sys.stderr, flush=True)
+    if not all(g.passed for g in results):
+        environment.process_exit_code = max(environment.process_exit_code or 0, 1)
+    elif environment.process_exit_code is None:
+        # Gates stated the tolerance (e.g. fail_ratio); Locust would otherwise exit 1 on any failed request.
+        environment.process_exit_code = 0

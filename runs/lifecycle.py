@@ -33,6 +33,7 @@ from typing import Any
 
 import psutil
 
+from runs import tracking
 from runs.registry import Registry, State
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -242,6 +243,8 @@ def job_context(registry: Registry, run_id: str) -> Iterator[JobContext]:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         end_descendants(spare=before)
+        # With MLFLOW_TRACKING_URI set, the finished run (a sweep with its points) goes to MLflow too.
+        tracking.export_if_tracked(registry, run_id)
 
 
 def _descendant_pids() -> set[int]:

@@ -91,11 +91,15 @@ CREATE INDEX IF NOT EXISTS metrics_run_name_step ON metrics(run_id, name, step);
 
 
 def default_home() -> Path:
-    """The state directory: ``$TUNESWARM_HOME`` or ``.tuneswarm/`` in the project root."""
+    """The state directory: ``$TUNESWARM_HOME``, else ``.tuneswarm/`` in the project root of a checkout,
+    else (an installed package, whose root is site-packages) ``~/.tuneswarm``."""
     env = os.environ.get("TUNESWARM_HOME")
     if env:
         return Path(env).expanduser()
-    return Path(__file__).resolve().parent.parent / ".tuneswarm"
+    root = Path(__file__).resolve().parent.parent
+    if (root / "pyproject.toml").is_file():
+        return root / ".tuneswarm"
+    return Path.home() / ".tuneswarm"
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ def model_copy(trained_model: Path, tmp_path_factory: pytest.TempPathFactory) ->
     """A private copy of the bundle, so the conversion cache starts empty here."""
     folder = tmp_path_factory.mktemp("runtime-bundle")
     for f in trained_model.parent.iterdir():
-        if f.suffix != ".tflite":
+        if f.is_file() and f.suffix != ".tflite":  # (not the tensorboard/ folder)
             shutil.copy(f, folder / f.name)
     return folder / trained_model.name
 

@@ -4,7 +4,8 @@
 - ``tf-function``  a ``tf.function`` graph with a fixed ``[None, *shape]`` signature per input
 - ``xla``          the same graph compiled with XLA (``jit_compile=True``); one
                    compilation per distinct batch shape, hence ``allowed_batch_sizes``
-- ``tflite``       the TFLite interpreter (float32) on a converted flatbuffer
+- ``tflite``       the TFLite interpreter (float32) on a converted flatbuffer: LiteRT's
+                   (``ai_edge_litert``) when installed, else TensorFlow's deprecated ``tf.lite``
 - ``tflite-int8``  TFLite with dynamic-range quantized weights (int8 weights,
                    float activations): smaller, usually faster, slightly less exact
 
@@ -21,6 +22,7 @@ so importing ``agent.serving`` stays cheap).
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import threading
@@ -83,14 +85,17 @@ class TFLiteRuntime:
         self._local = threading.local()
         self._interpreter()  # a flatbuffer that does not fit the signature is refused here, at start
 
-    def _interpreter(self) -> Any:
-        import tensorflow as tf
+    @property
+    def interpreter_name(self) -> str:
+        return interpreter_class()[0]
 
+    def _interpreter(self) -> Any:
+        _, interpreter = interpreter_class()
         with warnings.catch_warnings():
-            # tf.lite.Interpreter still works in TF 2.21 but warns that LiteRT
-            # (ai_edge_litert) will replace it.
+            # tf.lite.Interpreter still works in TF 2.21 but warns, on every construction (one per
+            # thread), that LiteRT replaces it; the README says so once instead.
             warnings.simplefilter("ignore", UserWarning)
-            interp = tf.lite.Interpreter(model_content=self._flatbuffer, num_threads=self._num_threads)
+            interp = interpreter(model_content=self._flatbuffer, num_threads=self._num_threads)
         interp.allocate_tensors()
         state = self._local
         state.interp = interp
@@ -120,6 +125,21 @@ class TFLiteRuntime:
         if len(state.outputs) == 1:
             return interp.get_tensor(state.outputs[0])
         return sig.pack_outputs([interp.get_tensor(i) for i in state.outputs])
+
+
+@functools.cache
+def interpreter_class() -> tuple[str, Any]:
+    """``("litert", ai_edge_litert's Interpreter)`` when LiteRT is installed, else ``("tf.lite", tf.lite.Interpreter)``.
+
+    Both read the same flatbuffers through the same API; LiteRT is where TFLite lives on.
+    """
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        import tensorflow as tf
+
+        return "tf.lite", tf.lite.Interpreter
+    return "litert", Interpreter
 
 
 def _tensor_indices(interp: Any, signature: Signature) -> tuple[list[tuple[int, Any]], list[int]]:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import streamlit as st
 
 from dashboard import charts, ui
 from dashboard import format as fmt
 from dashboard.state import get_registry, init_defaults
+from runs import tracking
 from runs.registry import KINDS, STATUSES, Registry, Run
 
 KEY_PREFIX = "runs."
@@ -21,7 +24,9 @@ OVERLAY_METRICS = {
     "serve": ((), "step"),
 }
 
-init_defaults({key("kinds"): [], key("statuses"): [], key("compare"): []})
+init_defaults({key("kinds"): [], key("statuses"): [], key("compare"): [], key("mlflow_runs"): [],
+               key("mlflow_uri"): os.environ.get(tracking.TRACKING_ENV, ""),
+               key("mlflow_live"): bool(os.environ.get(tracking.TRACKING_ENV))})
 registry = get_registry()
 
 st.title(":material/history: Runs")
@@ -141,3 +146,46 @@ if run is not None:
         st.error(st.session_state.pop(key("delete_error")))
     if run.active:
         st.caption("This run is active; stop it from its page before deleting it.")
+
+
+# -- MLflow --------------------------------------------------------------------------------
+
+
+def _send(registry: Registry, run_ids: list[str], uri: str) -> None:
+    """Button callback: export the chosen runs now (in this process; MLflow loads on first use)."""
+    sent, errors = tracking.export_many(registry, run_ids, uri)
+    st.session_state[key("mlflow_result")] = (sent, errors)
+
+
+def _live(uri: str) -> None:
+    """Toggle callback: jobs started from this dashboard from now on log to MLflow when they end."""
+    if st.session_state[key("mlflow_live")] and uri:
+        os.environ[tracking.TRACKING_ENV] = uri
+    else:
+        os.environ.pop(tracking.TRACKING_ENV, None)
+
+
+st.subheader("MLflow")
+if not tracking.available():
+    st.info(tracking.MISSING)
+else:
+    uri = st.text_input("Tracking URI", key=key("mlflow_uri"), placeholder="sqlite:///mlflow.db or http://host:5000",
+                        help="where runs go: an MLflow server, a sqlite:/// database or a file: store (MLflow 3 "
+                             "needs MLFLOW_ALLOW_FILE_STORE=true for file:)").strip()
+    st.toggle("Log new runs when they end", key=key("mlflow_live"), disabled=not uri, on_change=_live, args=(uri,),
+              help="every job started from this dashboard from now on is logged to this URI when it ends "
+                   "(sets MLFLOW_TRACKING_URI for them)")
+    finished = {r.id: r for r in runs if not r.active and r.parent_id is None}
+    st.session_state[key("mlflow_runs")] = [i for i in st.session_state[key("mlflow_runs")] if i in finished]
+    picked = st.multiselect("Runs to send", list(finished), key=key("mlflow_runs"),
+                            format_func=lambda i: fmt.run_label(finished[i]),
+                            help="finished runs to log to MLflow now (a sweep goes with its points as child runs)")
+    st.button("Send to MLflow", key=key("mlflow_send"), icon=":material/upload:", disabled=not (uri and picked),
+              on_click=_send, args=(registry, picked, uri), help="log the chosen runs to the tracking URI")
+    result = st.session_state.pop(key("mlflow_result"), None)
+    if result is not None:
+        sent, errors = result
+        if sent:
+            st.success("Sent: " + "; ".join(sent))
+        for error in errors:
+            st.error(error)
