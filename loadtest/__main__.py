@@ -73,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "SavedModel directory) for the run")
     ex.add_argument("--host", metavar="URL", help="swarm an endpoint that is already running, e.g. http://127.0.0.1:8600")
     target.add_argument("--model-name", default="model", help="model name in /v1/models/NAME:predict (default: model)")
+    target.add_argument("--protocol", default="tfserving", choices=payload.PROTOCOLS,
+                        help="tfserving: TF Serving's REST API (POST /v1/models/NAME:predict); v2: the Open Inference "
+                        "Protocol of Triton, KServe, MLServer (POST /v2/models/NAME/infer, inputs named and typed "
+                        "from GET /v2/models/NAME or --signature) (default: tfserving)")
     target.add_argument(
         "--samples",
         default="",
@@ -156,7 +160,7 @@ def generated_samples(args: argparse.Namespace, host: str, registry: Registry) -
     try:
         spec = payload.PayloadSpec(args.payload_dist, args.payload_low, args.payload_high, args.vocab_size)
         inputs = (payload.signature_from_file(args.signature) if args.signature
-                  else payload.fetch_signature(host, args.model_name))
+                  else payload.fetch_signature(host, args.model_name, protocol=args.protocol))
         instances = payload.generate_instances(inputs, spec)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -195,6 +199,8 @@ def _config(args: argparse.Namespace, host: str, samples: str, n_features: int) 
             n_features=n_features,
             slos=tuple(args.slo),
             stop_timeout_s=args.stop_timeout,
+            protocol=args.protocol,
+            signature_path=args.signature if args.protocol == "v2" else "",
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None

@@ -1,4 +1,5 @@
-"""Locust swarm against a TensorFlow Serving REST ``:predict`` endpoint.
+"""Locust swarm against a TensorFlow Serving REST ``:predict`` endpoint, or (``--protocol v2``)
+an Open Inference Protocol ``/v2/models/NAME/infer`` endpoint (Triton, KServe, MLServer, ours).
 
 Run it with Locust itself (this is the only module that imports locust)::
 
@@ -87,6 +88,10 @@ def _add_options(parser: Any) -> None:
         default=DEFAULT_TIMEOUT_S,
         help=f"client timeout per request in seconds; slower answers count as 'timeout' (default: {DEFAULT_TIMEOUT_S})",
     )
+    parser.add_argument("--protocol", default="tfserving", choices=payload.PROTOCOLS,
+                        help="tfserving: POST /v1/models/NAME:predict; v2: the Open Inference Protocol, "
+                        "POST /v2/models/NAME/infer with tensors named and typed from the target's "
+                        "/v2/models/NAME metadata or --signature (default: tfserving)")
     shapes.add_shape_arguments(parser)
 
 
@@ -111,25 +116,34 @@ def _bodies(options: Any) -> tuple[bytes, ...]:
     return _build_bodies(options.samples, options.n_features, options.instances_per_request,
                          options.signature, options.host or "", options.model_name,
                          payload.PayloadSpec(options.payload_dist, options.payload_low, options.payload_high,
-                                             options.vocab_size))
+                                             options.vocab_size),
+                         getattr(options, "protocol", "tfserving"))
 
 
 @functools.cache
 def _build_bodies(samples: str, n_features: int, instances_per_request: int, signature: str, host: str,
-                  model_name: str, spec: payload.PayloadSpec) -> tuple[bytes, ...]:
+                  model_name: str, spec: payload.PayloadSpec, protocol: str = "tfserving") -> tuple[bytes, ...]:
     """Request bodies, built once per process."""
+    v2_inputs = None
+    if protocol == "v2":  # v2 tensors carry their input's name and datatype: the signature is needed
+        v2_inputs = (payload.signature_from_file(signature) if signature
+                     else payload.fetch_signature(host, model_name, protocol="v2"))
     if samples:
         rows = payload.load_samples_file(samples)
     elif n_features > 0:
         rows = [[0.0] * n_features]
     else:
-        if signature:
+        if v2_inputs is not None:
+            inputs = v2_inputs
+        elif signature:
             inputs = payload.signature_from_file(signature)
         elif host:
             inputs = payload.fetch_signature(host, model_name)
         else:
             raise ValueError("give --samples FILE, --n-features N, --signature FILE or a --host to read it from")
         rows = payload.generate_instances(inputs, spec)
+    if v2_inputs is not None:
+        return tuple(payload.build_v2_bodies(rows, instances_per_request, v2_inputs))
     return tuple(payload.build_bodies(rows, instances_per_request))
 
 
@@ -170,7 +184,8 @@ class PredictUser(FastHttpUser):
         self.network_timeout = self.connection_timeout = float(options.request_timeout)
         super().__init__(environment)
         self.expected = int(options.instances_per_request)
-        self.path = payload.predict_path(options.model_name)
+        self.protocol = getattr(options, "protocol", "tfserving")
+        self.path = payload.request_path(options.model_name, self.protocol)
         self.bodies = _bodies(options)
         self.cycle = itertools.cycle(self.bodies)
         rate = getattr(options, "rate_per_user", None)
@@ -192,7 +207,8 @@ class PredictUser(FastHttpUser):
             catch_response=True,
         ) as response:
             reason = payload.check_response(
-                response.status_code, response.content, self.expected, getattr(response, "error", None)
+                response.status_code, response.content, self.expected, getattr(response, "error", None),
+                self.protocol,
             )
             if reason is None:
                 response.success()

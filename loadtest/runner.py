@@ -37,7 +37,7 @@ from urllib.parse import urlsplit
 import psutil
 
 from loadtest import results, shapes, slo
-from loadtest.payload import MAX_INSTANCES_PER_REQUEST, predict_path
+from loadtest.payload import MAX_INSTANCES_PER_REQUEST, check_protocol, predict_path
 from loadtest.probes import CpuMeter, HistoryTail, ServerScraper, load_generator_cores, server_cpu_seconds
 from runs import jobs, lifecycle
 from runs.configs import known_fields, plain_dict
@@ -78,6 +78,8 @@ class LoadTestConfig:
     slos: tuple[str, ...] = ()
     stop_timeout_s: float = 2.0
     scrape_server: bool = True  # read the target's /metrics each second if it is a TuneSwarm endpoint
+    protocol: str = "tfserving"  # or "v2": the Open Inference Protocol (loadtest.payload.PROTOCOLS)
+    signature_path: str = ""  # v2 without readable metadata: the inputs' names and dtypes (signature.json)
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.host) if isinstance(self.host, str) else None
@@ -88,6 +90,10 @@ class LoadTestConfig:
             predict_path(self.model_name)
         except ValueError as exc:
             raise ValueError(f"model_name: {exc}") from None
+        try:
+            check_protocol(self.protocol)
+        except ValueError as exc:
+            raise ValueError(f"protocol: {exc}") from None
         self.shape_spec()  # validates users, spawn_rate, run_time_s and the shape parameters
         if not isinstance(self.instances_per_request, int) or not (
             1 <= self.instances_per_request <= MAX_INSTANCES_PER_REQUEST
@@ -115,6 +121,10 @@ class LoadTestConfig:
                 raise ValueError(f"samples_path {self.samples_path!r} does not exist")
             # Locust runs in the run's artifact folder: a relative path would point elsewhere there.
             object.__setattr__(self, "samples_path", str(Path(self.samples_path).resolve()))
+        if self.signature_path:
+            if not Path(self.signature_path).is_file():
+                raise ValueError(f"signature_path {self.signature_path!r} does not exist")
+            object.__setattr__(self, "signature_path", str(Path(self.signature_path).resolve()))
         if isinstance(self.slos, str):
             raise ValueError("slos must be a list of expressions like ['p95<=50ms'], not one string")
         object.__setattr__(self, "slos", tuple(self.slos))
@@ -294,6 +304,10 @@ def locust_argv(config: LoadTestConfig, prefix: Path) -> list[str]:
         argv += ["--n-features", str(config.n_features)]
     if config.processes:
         argv += ["--processes", str(config.processes)]
+    if config.protocol != "tfserving":
+        argv += ["--protocol", config.protocol]
+    if config.signature_path:
+        argv += ["--signature", config.signature_path]
     return argv
 
 
