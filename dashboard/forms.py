@@ -311,6 +311,7 @@ class LoadForm:
     processes: int = 1
     timeout_s: float = 5.0
     slos: str = ""
+    protocol: str = "tfserving"  # or "v2" (Open Inference Protocol)
 
 
 def slo_exprs(text: str) -> list[str]:
@@ -405,4 +406,5 @@ def loadtest_config(form: LoadForm, *, samples_path: str | Path | None = None,
         samples_path=str(samples_path) if samples_path else "",
         n_features=0 if samples_path else int(n_features),
         slos=tuple(slo_exprs(form.slos)),
+        protocol=form.protocol,
     )

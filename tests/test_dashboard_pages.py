@@ -535,6 +535,17 @@ def test_loadtest_page_defaults_and_external_url_config(home: Path) -> None:
     assert not at.button(key="load.start").disabled
 
 
+def test_loadtest_page_protocol_choice_reaches_the_config(home: Path) -> None:
+    at = _page("load_test")
+    at.radio(key="load.target_kind").set_value("URL").run()
+    assert at.radio(key="load.protocol").value == "tfserving"
+    assert "/v1/models/model:predict" in _text(at)
+    at.radio(key="load.protocol").set_value("v2").run()
+    assert not at.exception
+    assert _json(at)["protocol"] == "v2"
+    assert "POST http://127.0.0.1:8600/v2/models/model/infer" in _text(at)
+
+
 def test_loadtest_page_url_target_can_send_a_trained_models_rows(home: Path, registry: Registry) -> None:
     run_id = _train_run(registry)
     at = _page("load_test")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import streamlit as st
 from dashboard import charts, forms, ui
 from dashboard import format as fmt
 from dashboard.state import get_registry, init_defaults
+from loadtest.payload import PROTOCOLS, request_path
 from loadtest.results import overload_point
 from loadtest.shapes import SHAPES
 from runs.jobs import reap
@@ -35,7 +37,7 @@ init_defaults({
     key("spike_at_s"): DEFAULTS.spike_at_s,
     key("spike_duration_s"): DEFAULTS.spike_duration_s, key("target_rps"): DEFAULTS.target_rps,
     key("instances_per_request"): DEFAULTS.instances_per_request, key("processes"): DEFAULTS.processes,
-    key("timeout_s"): DEFAULTS.timeout_s, key("slos"): forms.DEFAULT_SLOS,
+    key("timeout_s"): DEFAULTS.timeout_s, key("slos"): forms.DEFAULT_SLOS, key("protocol"): DEFAULTS.protocol,
 })
 registry = get_registry()
 state = st.session_state
@@ -55,7 +57,8 @@ def serve_model_path(serve: Run) -> str | None:
 
 
 st.title(":material/speed: Load test")
-st.caption("Locust swarms against the TF Serving REST API. Closed-loop users slow down with the server; "
+st.caption("Locust swarms against TF Serving's REST API or the Open Inference Protocol (v2). "
+           "Closed-loop users slow down with the server; "
            "the open-loop *rate* shape keeps offering load and shows overload as it is.")
 
 # -- target ----------------------------------------------------------------------------------
@@ -78,8 +81,8 @@ if target_kind == TARGET_ENDPOINT:
             host = str(serve_run.summary.get("url", ""))
             model_name = str(serve_run.summary.get("name") or serve_run.config.get("name") or "model")
             samples_path = samples_for_model(serve_model_path(serve_run))
-            st.caption(f"POST {host}/v1/models/{model_name}:predict"
-                       + (f" · payload rows from {samples_path.parent.name}" if samples_path else ""))
+            st.caption(f"payload rows from {samples_path.parent.name}" if samples_path else
+                       "payload rows generated from the endpoint's signature")
 else:
     c1, c2, c3 = st.columns([3, 1, 1])
     host = c1.text_input("URL", key=key("url"),
@@ -104,6 +107,17 @@ else:
         n_features = int(c3.number_input("Features", 1, 100_000, step=1, key=key("n_features"),
                                          help="n_features: width of the all-zeros rows sent when no model "
                                               "samples are given"))
+
+protocol = st.radio(
+    "Protocol", PROTOCOLS, key=key("protocol"), horizontal=True,
+    format_func=lambda p: {"tfserving": "TF Serving REST (v1)", "v2": "Open Inference Protocol (v2)"}[p],
+    help="protocol: tfserving posts {\"instances\": ...} to /v1/models/{name}:predict; v2 posts named, typed "
+         "tensors to /v2/models/{name}/infer (Triton, KServe, MLServer; the embedded endpoint speaks both), "
+         "their names and datatypes read from the target's /v2/models/{name} metadata",
+)
+if host and model_name:
+    with contextlib.suppress(ValueError):  # a bad model name: the form check below says so
+        st.caption(f"POST {host.rstrip('/')}{request_path(model_name.strip(), protocol)}")
 
 # -- swarm knobs -----------------------------------------------------------------------------
 
@@ -160,7 +174,7 @@ form = forms.LoadForm(
     spike_users=int(state[key("spike_users")]), spike_at_s=float(state[key("spike_at_s")]),
     spike_duration_s=float(state[key("spike_duration_s")]), target_rps=float(state[key("target_rps")]),
     instances_per_request=int(state[key("instances_per_request")]), processes=int(state[key("processes")]),
-    timeout_s=float(state[key("timeout_s")]), slos=state[key("slos")],
+    timeout_s=float(state[key("timeout_s")]), slos=state[key("slos")], protocol=protocol,
 )
 check = forms.load_check(form, samples_path=samples_path, n_features=n_features)
 ui.show_check(check)
