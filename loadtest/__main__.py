@@ -161,18 +161,9 @@ def generated_samples(args: argparse.Namespace, host: str, registry: Registry) -
         spec = payload.PayloadSpec(args.payload_dist, args.payload_low, args.payload_high, args.vocab_size)
         inputs = (payload.signature_from_file(args.signature) if args.signature
                   else payload.fetch_signature(host, args.model_name, protocol=args.protocol))
-        instances = payload.generate_instances(inputs, spec)
+        return str(payload.generated_payload_file(registry.home / "payloads", inputs, spec))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    text = json.dumps({"instances": instances}, separators=(",", ":"))
-    import hashlib
-
-    folder = registry.home / "payloads"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"generated-{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
-    if not path.is_file():
-        payload.write_instances(path, instances)
-    return str(path)
 
 
 def _config(args: argparse.Namespace, host: str, samples: str, n_features: int) -> LoadTestConfig:

@@ -385,6 +385,20 @@ def write_instances(path: str | os.PathLike[str], instances: Sequence[Any]) -> P
     return p
 
 
+def generated_payload_file(folder: str | os.PathLike[str], inputs: Sequence[InputSpec], spec: PayloadSpec) -> Path:
+    """Rows generated for ``inputs``, written once into ``folder`` (named by their content) as a samples file."""
+    import hashlib
+
+    instances = generate_instances(inputs, spec)
+    text = json.dumps({"instances": instances}, separators=(",", ":"))
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"generated-{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
+    if not path.is_file():
+        write_instances(path, instances)
+    return path
+
+
 def build_bodies(rows: Sequence[Any], instances_per_request: int) -> list[bytes]:
     """Encoded ``{"instances": [...]}`` bodies cycling through ``rows``, ``instances_per_request`` rows each."""
     if not rows:

@@ -92,3 +92,57 @@ def test_v2_metadata_bodies_and_checks() -> None:
     assert payload.check_response(400, '{"error": "bad"}', 1, protocol="v2") == "400 bad"
     with pytest.raises(ValueError, match="protocol must be one of tfserving, v2"):
         payload.request_path("m", "grpc")
+
+
+# -- capacity sweep of the separately started endpoint ------------------------------------------
+
+
+@pytest.mark.slow
+def test_capacity_sweep_of_a_url_records_the_curve_and_a_verdict(
+    home: Path, endpoint: EndpointHandle, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    from tuning.__main__ import main as tuning_main
+
+    code = tuning_main(["--host", endpoint.url, "--model-name", "digits", "--protocol", "v2",
+                        "--users", "1,4,8", "--step-s", "2", "--slo", "p95<=5s", "--slo", "fail_ratio<=0.01",
+                        "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    reg = Registry(home)
+    (sweep,) = reg.list_runs(kind="sweep")
+    assert sweep.status == "completed" and sweep.config["mode"] == "capacity"
+    steps = [r for r in reg.list_runs(kind="loadtest") if r.parent_id == sweep.id]
+    assert len(steps) == 3 and all(r.config["protocol"] == "v2" for r in steps)
+    assert not reg.list_runs(kind="serve")  # nothing was started or restarted for the sweep
+    points = json.loads((tmp_path / "points.json").read_text())
+    assert [p["users"] for p in points] == [1, 4, 8] and all(p["rps"] > 0 for p in points)
+    assert all(p["queue_ms"] is not None for p in points)  # our endpoint: server metrics were read
+    verdict = json.loads((tmp_path / "capacity.json").read_text())
+    assert verdict["levels"] == 3 and verdict["capacity"] is not None and verdict["server_metrics"] is None
+    assert verdict["capacity"]["users"] in (1, 4, 8) and verdict["knee"] is not None
+    assert "Capacity within p95<=5s and fail_ratio<=0.01" in out and "Knee of the curve" in out
+    assert "recommend" not in out.lower()
+    reg.close()
+
+
+def test_capacity_verdict_is_pure_and_says_what_was_not_measured() -> None:
+    from tuning.capacity import knee, server_metrics_reason, verdict
+    from tuning.points import Point
+    from tuning.recommend import Constraints
+
+    def pt(users: int, rps: float, p50: float, p95: float) -> Point:
+        return Point("t", {"target": "m"}, users, rps, p50_ms=p50, p95_ms=p95, requests=100)
+
+    curve = [pt(1, 100, 10, 12), pt(8, 700, 11, 15), pt(32, 900, 35, 60), pt(64, 920, 70, 140)]
+    v = verdict(curve, Constraints.parse(["p95<=50ms"]), "no Prometheus metrics at the target")
+    assert v.capacity is curve[1] and v.broke is curve[2] and v.knee is curve[1] and knee(curve) is curve[1]
+    text = "\n".join(v.lines)
+    assert "Capacity within p95<=50ms: 700 req/s at 8 users" in text
+    assert "At 32 users the SLO broke (p95<=50ms)" in text
+    assert "Server-side metrics unavailable: no Prometheus metrics at the target." in text
+    held = verdict(curve[:2], Constraints.parse(["p95<=50ms"]), None)
+    assert "the capacity may be higher" in "\n".join(held.lines)
+    none = verdict(curve[2:], Constraints.parse(["p95<=20ms"]), None)
+    assert none.capacity is None and "try lower load" in none.lines[0]
+    reason = server_metrics_reason("http://127.0.0.1:9")  # nothing listens on the discard port
+    assert reason is not None and "could not be read" in reason
