@@ -120,7 +120,8 @@ def test_capacity_sweep_of_a_url_records_the_curve_and_a_verdict(
     verdict = json.loads((tmp_path / "capacity.json").read_text())
     assert verdict["levels"] == 3 and verdict["capacity"] is not None and verdict["server_metrics"] is None
     assert verdict["capacity"]["users"] in (1, 4, 8) and verdict["knee"] is not None
-    assert "Capacity within p95<=5s and fail_ratio<=0.01" in out and "Knee of the curve" in out
+    assert "Capacity within p95<=5s and fail_ratio<=0.01" in out
+    assert "Knee of the curve" in out or "No knee within the levels measured" in out
     assert "recommend" not in out.lower()
     reg.close()
 

@@ -161,7 +161,10 @@ def verdict(points: Sequence[Point], constraints: Constraints, server_metrics: s
                      f"p95 {_ms(broke.p95_ms)}.")
     elif cap is not None and cap is ordered[-1]:
         lines.append("The SLO held at every level measured: the capacity may be higher; add a higher level.")
-    if k is not None:
+    if k is not None and k is ordered[-1] and len(ordered) > 1:
+        lines.append(f"No knee within the levels measured: throughput per unit of latency still rose at "
+                     f"{k.load_text} ({k.rps:.0f} req/s at p50 {_ms(k.p50_ms)}); add higher levels to find it.")
+    elif k is not None:
         lines.append(f"Knee of the curve (most throughput per unit of latency): {k.load_text}, {k.rps:.0f} req/s "
                      f"at p50 {_ms(k.p50_ms)}; beyond it added load mostly waits in queues.")
     saturated = [p for p in ordered if p.saturated]
