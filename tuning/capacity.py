@@ -189,6 +189,13 @@ def create_capacity_sweep(registry: Registry, spec: CapacitySpec, *, name: str |
     return jobs.create(registry, "sweep", {"mode": MODE, "spec": spec.to_dict()}, name=label)
 
 
+def start(registry: Registry, spec: CapacitySpec, *, name: str | None = None) -> str:
+    """Record a capacity sweep and launch its job (``python -m tuning --run-id ID``); returns the run id."""
+    run_id = create_capacity_sweep(registry, spec, name=name)
+    jobs.launch(registry, run_id)
+    return run_id
+
+
 def server_metrics_reason(host: str) -> str | None:
     """None when the target's Prometheus metrics can be read (a TuneSwarm endpoint), else why not."""
     from runs.metrics_scrape import scrape
