@@ -61,6 +61,12 @@ def test_unreadable_metadata_is_one_line_naming_the_flag(
     assert code == 2 and len(err.splitlines()) == 1
     assert "cannot read the model's signature from" in err and "/v2/models/nope" in err
     assert "give --signature FILE" in err
+    from tuning.__main__ import main as tuning_main
+
+    code = tuning_main(["--host", endpoint.url, "--protocol", "v2", "--model-name", "nope", "--users", "1,2"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "give --signature FILE" in err
+    assert not Registry(home).list_runs(kind="sweep")  # refused before anything was recorded
 
 
 # -- payload units (no server) -----------------------------------------------------------------
@@ -97,7 +103,6 @@ def test_v2_metadata_bodies_and_checks() -> None:
 # -- capacity sweep of the separately started endpoint ------------------------------------------
 
 
-@pytest.mark.slow
 def test_capacity_sweep_of_a_url_records_the_curve_and_a_verdict(
     home: Path, endpoint: EndpointHandle, tmp_path: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:

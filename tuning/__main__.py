@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "MLServer) (default: tfserving)")
     c.add_argument("--samples", default="", help="payload rows (as python -m loadtest --samples); default: rows "
                    "generated from the target's own metadata")
+    c.add_argument("--signature", default="", metavar="FILE",
+                   help="signature.json with the model's inputs, for a target whose metadata cannot be read "
+                        "(default: read them from the target)")
     c.add_argument("--all-levels", action="store_true",
                    help="measure every level, even past one that broke the SLO (the whole curve)")
     g = p.add_argument_group("model sweep (--mode models)")
@@ -238,7 +241,12 @@ def _capacity(registry, args: argparse.Namespace) -> int:
         spec = CapacitySpec(host=args.host, model_name=args.model_name, protocol=args.protocol,
                             users=common["users"], rates=common["rates"], slos=common["slos"],
                             step_s=common["step_s"], instances_per_request=common["instances_per_request"],
-                            processes=common["processes"], samples_path=args.samples, climb_all=args.all_levels)
+                            processes=common["processes"], samples_path=args.samples,
+                            signature_path=args.signature, climb_all=args.all_levels)
+        if spec.protocol == "v2" or not spec.samples_path:
+            from tuning.capacity import target_inputs
+
+            target_inputs(spec)  # a target whose signature cannot be read is bad usage, before any run
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     run_id = create_capacity_sweep(registry, spec, name=args.name)

@@ -62,6 +62,7 @@ class CapacitySpec:
     instances_per_request: int = 1
     processes: int = 0
     samples_path: str = ""  # empty: rows generated from the target's metadata
+    signature_path: str = ""  # the inputs (signature.json) when the target's metadata cannot be read
     climb_all: bool = False  # measure every level, even past one that broke the SLO
 
     def __post_init__(self) -> None:
@@ -97,7 +98,7 @@ class CapacitySpec:
             host=self.host, model_name=self.model_name, protocol=self.protocol, users=users,
             spawn_rate=float(users), run_time_s=self.step_s, shape="rate" if self.open_loop else "constant",
             target_rps=float(level) if self.open_loop else 0.0, instances_per_request=self.instances_per_request,
-            processes=self.processes,
+            processes=self.processes, signature_path=self.signature_path if self.protocol == "v2" else "",
             # Validating before the payload exists: a stand-in width; the run uses the real samples file.
             samples_path=samples_path or "", n_features=0 if samples_path else 1,
         )
@@ -184,6 +185,13 @@ def _ms(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.1f} ms"
 
 
+def target_inputs(spec: CapacitySpec) -> tuple[payload.InputSpec, ...]:
+    """The target's inputs: from ``signature_path``, else its metadata (ValueError naming the flag to pass)."""
+    if spec.signature_path:
+        return payload.signature_from_file(spec.signature_path)
+    return payload.fetch_signature(spec.host, spec.model_name, protocol=spec.protocol)
+
+
 def create_capacity_sweep(registry: Registry, spec: CapacitySpec, *, name: str | None = None) -> str:
     label = name or f"capacity {spec.model_name} @ {spec.host} ({spec.protocol})"
     return jobs.create(registry, "sweep", {"mode": MODE, "spec": spec.to_dict()}, name=label)
@@ -220,8 +228,7 @@ def run_capacity(registry: Registry, run_id: str, *, on_point: Callable[[Point],
     constraints = spec.constraints()
     try:
         samples = spec.samples_path or str(payload.generated_payload_file(
-            registry.home / "payloads", payload.fetch_signature(spec.host, spec.model_name, protocol=spec.protocol),
-            payload.PayloadSpec()))
+            registry.home / "payloads", target_inputs(spec), payload.PayloadSpec()))
         reason = server_metrics_reason(spec.host)
         registry.update_summary(run_id, {"server_metrics": reason, "samples_path": samples})
         done = {p.level for p in points}
