@@ -108,6 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="Locust worker processes on this machine (Locust's --processes; -1 = one per core); "
         "use when the summary says the load generator saturated",
     )
+    load.add_argument("--expect-workers", type=int, default=0, metavar="N",
+                      help="distributed: run Locust as a master that starts once N workers have connected; start "
+                           "each with the command this prints (other machines: --master-bind-host 0.0.0.0)")
+    load.add_argument("--master-bind-host", default="127.0.0.1",
+                      help="distributed: address the master listens on for workers (default: 127.0.0.1)")
+    load.add_argument("--master-bind-port", type=int, default=5557,
+                      help="distributed: port the master listens on for workers (default: 5557)")
     load.add_argument("--timeout", type=float, default=10.0, help="client timeout per request in seconds")
     load.add_argument(
         "--stop-timeout", type=float, default=2.0, help="seconds users may finish their request at the end"
@@ -192,6 +199,9 @@ def _config(args: argparse.Namespace, host: str, samples: str, n_features: int) 
             stop_timeout_s=args.stop_timeout,
             protocol=args.protocol,
             signature_path=args.signature if args.protocol == "v2" else "",
+            expect_workers=args.expect_workers,
+            master_bind_host=args.master_bind_host,
+            master_bind_port=args.master_bind_port,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -253,6 +263,10 @@ def format_summary(result: LoadTestResult) -> str:
         )
         if server.get("cpu_ms_per_request") is not None:
             rows.append(("server CPU per request", _fmt(server.get("cpu_ms_per_request"), " ms", 3)))
+    topology = s.get("topology") or {}
+    for w in topology.get("workers", []):
+        rows.append((f"  worker {w['id'][-12:]}", f"{w['requests']} requests, {w['failures']} failed, "
+                                                   f"peak CPU {w['cpu_pct_max']:.0f}%"))
     for reason, count in (s.get("failures_by_reason") or {}).items():
         rows.append((f"  failure: {reason}", count))
     width = max(len(k) for k, _ in rows)
@@ -309,6 +323,9 @@ def _swarm(registry: Registry, config: LoadTestConfig, serve_id: str | None, nam
     run_id = runner.create(registry, config, serve_run_id=serve_id, name=name)
     print(f"run {run_id}: {config.users} users on {config.host} for {config.run_time_s:g}s "
           f"(results in {registry.artifacts_dir(run_id)})", flush=True)
+    if config.expect_workers:
+        print(f"waiting for {config.expect_workers} workers; on each worker machine run: "
+              f"{' '.join(runner.worker_command(config))}", flush=True)
     try:
         runner.execute(registry, run_id)
     except Exception as exc:  # recorded on the run as failed, with this line

@@ -152,3 +152,55 @@ def test_capacity_verdict_is_pure_and_says_what_was_not_measured() -> None:
     assert none.capacity is None and "try lower load" in none.lines[0]
     reason = server_metrics_reason("http://127.0.0.1:9")  # nothing listens on the discard port
     assert reason is not None and "could not be read" in reason
+
+
+# -- distributed: a master and 2 workers started as separate commands -----------------------------
+
+
+def test_master_with_two_separately_started_workers_totals_match_the_workers(
+    home: Path, endpoint: EndpointHandle, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    import os
+    import signal
+    import socket
+    import subprocess
+    import threading
+
+    from loadtest.runner import LoadTestConfig, worker_command
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result: dict[str, int] = {}
+    master = threading.Thread(target=lambda: result.setdefault("code", loadtest_main([
+        "--host", endpoint.url, "--model-name", "digits", "--protocol", "v2", "--run-time", "4s", "-u", "4",
+        "-r", "4", "--expect-workers", "2", "--master-bind-port", str(port), "--slo", "fail_ratio<=0.01"])))
+    master.start()
+    log = (tmp_path / "workers.log").open("ab")  # closed below, after the workers end
+    cmd = worker_command(LoadTestConfig(host=endpoint.url, n_features=1, expect_workers=2, master_bind_port=port))
+    workers = [subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True) for _ in range(2)]
+    try:
+        master.join(120)
+        assert not master.is_alive()
+        for w in workers:
+            w.wait(30)
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                os.killpg(w.pid, signal.SIGKILL)
+                w.wait(10)
+        log.close()
+    out = capsys.readouterr().out
+    assert result.get("code") == 0, out
+    assert "waiting for 2 workers; on each worker machine run:" in out
+    reg = Registry(home)
+    (run,) = reg.list_runs(kind="loadtest")
+    summary = reg.get_run(run.id).summary
+    topology = summary["topology"]
+    assert topology["expected_workers"] == 2 and len(topology["workers"]) == 2
+    per_worker = [w["requests"] for w in topology["workers"]]
+    assert all(n > 0 for n in per_worker)
+    assert abs(summary["requests"] - sum(per_worker)) <= 0.01 * summary["requests"], (summary["requests"], per_worker)
+    assert out.count("  worker ") == 2
+    reg.close()
