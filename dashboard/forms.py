@@ -312,6 +312,7 @@ class LoadForm:
     timeout_s: float = 5.0
     slos: str = ""
     protocol: str = "tfserving"  # or "v2" (Open Inference Protocol)
+    expect_workers: int = 0  # > 0: Locust as a master waiting for this many workers started elsewhere
 
 
 def slo_exprs(text: str) -> list[str]:
@@ -407,4 +408,5 @@ def loadtest_config(form: LoadForm, *, samples_path: str | Path | None = None,
         n_features=0 if samples_path else int(n_features),
         slos=tuple(slo_exprs(form.slos)),
         protocol=form.protocol,
+        expect_workers=int(form.expect_workers),
     )

@@ -108,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="Locust worker processes on this machine (Locust's --processes; -1 = one per core); "
         "use when the summary says the load generator saturated",
     )
+    load.add_argument("--master", action="store_true",
+                      help="distributed: run Locust as a master for --expect-workers N workers started separately")
     load.add_argument("--expect-workers", type=int, default=0, metavar="N",
                       help="distributed: run Locust as a master that starts once N workers have connected; start "
                            "each with the command this prints (other machines: --master-bind-host 0.0.0.0)")
@@ -174,6 +176,8 @@ def generated_samples(args: argparse.Namespace, host: str, registry: Registry) -
 
 
 def _config(args: argparse.Namespace, host: str, samples: str, n_features: int) -> LoadTestConfig:
+    if args.master and args.expect_workers < 1:
+        raise UsageError("--master needs --expect-workers N (how many workers to wait for)")
     try:
         run_time_s = shapes.parse_duration(args.run_time)
         return LoadTestConfig(
@@ -265,8 +269,9 @@ def format_summary(result: LoadTestResult) -> str:
             rows.append(("server CPU per request", _fmt(server.get("cpu_ms_per_request"), " ms", 3)))
     topology = s.get("topology") or {}
     for w in topology.get("workers", []):
+        busy = " (saturated: this worker measured Locust, not the target)" if w["cpu_pct_max"] >= 90 else ""
         rows.append((f"  worker {w['id'][-12:]}", f"{w['requests']} requests, {w['failures']} failed, "
-                                                   f"peak CPU {w['cpu_pct_max']:.0f}%"))
+                                                   f"peak CPU {w['cpu_pct_max']:.0f}%{busy}"))
     for reason, count in (s.get("failures_by_reason") or {}).items():
         rows.append((f"  failure: {reason}", count))
     width = max(len(k) for k, _ in rows)

@@ -174,7 +174,7 @@ def test_master_with_two_separately_started_workers_totals_match_the_workers(
     result: dict[str, int] = {}
     master = threading.Thread(target=lambda: result.setdefault("code", loadtest_main([
         "--host", endpoint.url, "--model-name", "digits", "--protocol", "v2", "--run-time", "4s", "-u", "4",
-        "-r", "4", "--expect-workers", "2", "--master-bind-port", str(port), "--slo", "fail_ratio<=0.01"])))
+        "-r", "4", "--master", "--expect-workers", "2", "--master-bind-port", str(port), "--slo", "fail_ratio<=0.01"])))
     master.start()
     log = (tmp_path / "workers.log").open("ab")  # closed below, after the workers end
     cmd = worker_command(LoadTestConfig(host=endpoint.url, n_features=1, expect_workers=2, master_bind_port=port))

@@ -38,6 +38,7 @@ init_defaults({
     key("spike_duration_s"): DEFAULTS.spike_duration_s, key("target_rps"): DEFAULTS.target_rps,
     key("instances_per_request"): DEFAULTS.instances_per_request, key("processes"): DEFAULTS.processes,
     key("timeout_s"): DEFAULTS.timeout_s, key("slos"): forms.DEFAULT_SLOS, key("protocol"): DEFAULTS.protocol,
+    key("expect_workers"): DEFAULTS.expect_workers,
 })
 registry = get_registry()
 state = st.session_state
@@ -162,6 +163,10 @@ c2.number_input("Locust processes", 1, forms.MAX_PROCESSES, key=key("processes")
                      "raise it when the saturation warning shows")
 c3.number_input("Request timeout (s)", 0.1, 120.0, step=0.5, key=key("timeout_s"),
                 help="timeout: a request slower than this counts as a failure (timeout)")
+st.number_input("Workers started elsewhere (distributed)", 0, forms.MAX_PROCESSES, key=key("expect_workers"),
+                help="expect_workers: 0 runs Locust here; N > 0 runs it as a master that starts the swarm once N "
+                     "workers have connected (set Locust processes to 1); the command each worker runs is shown "
+                     "below")
 st.text_area("SLOs (one per line)", key=key("slos"), height=90,
              help="slo: gates judged on the finished run, e.g. p95<=50ms, p99<=100ms, fail_ratio<=0.01, "
                   "rps>=500; the verdict shows PASS/FAIL per line")
@@ -175,6 +180,7 @@ form = forms.LoadForm(
     spike_duration_s=float(state[key("spike_duration_s")]), target_rps=float(state[key("target_rps")]),
     instances_per_request=int(state[key("instances_per_request")]), processes=int(state[key("processes")]),
     timeout_s=float(state[key("timeout_s")]), slos=state[key("slos")], protocol=protocol,
+    expect_workers=int(state[key("expect_workers")]),
 )
 check = forms.load_check(form, samples_path=samples_path, n_features=n_features)
 ui.show_check(check)
@@ -184,6 +190,12 @@ if check.ok:
         config = forms.loadtest_config(form, samples_path=samples_path, n_features=n_features)
     except ValueError as exc:
         st.error(str(exc).splitlines()[0], icon=":material/block:")
+if config is not None and config.expect_workers:
+    from loadtest.runner import worker_command
+
+    st.info(f"Locust will wait for {config.expect_workers} workers. On each worker machine run:",
+            icon=":material/hub:")
+    st.code(" ".join(worker_command(config)), language="bash")
 if config is not None:
     with st.expander("Config to run"):
         st.json(config.to_dict())
@@ -280,6 +292,14 @@ def _results(registry: Registry, run: Run) -> None:
         st.markdown("**Summary**")
         st.dataframe([{"metric": k, "value": v} for k, v in table.items()], hide_index=True, key=key("summary"),
                      height=220)
+    workers = (s.get("topology") or {}).get("workers") or []
+    if workers:
+        st.markdown(f"**Workers** ({len(workers)} connected; their requests add up to "
+                    f"{sum(w['requests'] for w in workers):,})")
+        st.dataframe([{"worker": w["id"], "requests": w["requests"], "failures": w["failures"],
+                       "peak CPU %": w["cpu_pct_max"],
+                       "saturated": "yes: measured Locust" if w["cpu_pct_max"] >= SATURATION_CPU_PCT else "no"}
+                      for w in workers], hide_index=True, key=key("workers"))
     _chart(registry, run, key("result_chart"))
     if s.get("offered_rps"):
         _overload(registry, run)
