@@ -319,6 +319,8 @@ class LoadForm:
     processes: int = 1
     timeout_s: float = 5.0
     slos: str = ""
+    protocol: str = "tfserving"  # or "v2" (Open Inference Protocol)
+    expect_workers: int = 0  # > 0: Locust as a master waiting for this many workers started elsewhere
 
 
 def slo_exprs(text: str) -> list[str]:
@@ -417,6 +419,8 @@ def loadtest_config(form: LoadForm, *, samples_path: str | Path | None = None,
         samples_path=str(samples_path) if samples_path else "",
         n_features=0 if samples_path else int(n_features),
         slos=tuple(slo_exprs(form.slos)),
+        protocol=form.protocol,
+        expect_workers=int(form.expect_workers),
     )
 
 

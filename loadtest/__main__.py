@@ -73,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "SavedModel directory) for the run")
     ex.add_argument("--host", metavar="URL", help="swarm an endpoint that is already running, e.g. http://127.0.0.1:8600")
     target.add_argument("--model-name", default="model", help="model name in /v1/models/NAME:predict (default: model)")
+    target.add_argument("--protocol", default="tfserving", choices=payload.PROTOCOLS,
+                        help="tfserving: TF Serving's REST API (POST /v1/models/NAME:predict); v2: the Open Inference "
+                        "Protocol of Triton, KServe, MLServer (POST /v2/models/NAME/infer, inputs named and typed "
+                        "from GET /v2/models/NAME or --signature) (default: tfserving)")
     target.add_argument(
         "--samples",
         default="",
@@ -104,6 +108,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="Locust worker processes on this machine (Locust's --processes; -1 = one per core); "
         "use when the summary says the load generator saturated",
     )
+    load.add_argument("--master", action="store_true",
+                      help="distributed: run Locust as a master for --expect-workers N workers started separately")
+    load.add_argument("--expect-workers", type=int, default=0, metavar="N",
+                      help="distributed: run Locust as a master that starts once N workers have connected; start "
+                           "each with the command this prints (other machines: --master-bind-host 0.0.0.0)")
+    load.add_argument("--master-bind-host", default="127.0.0.1",
+                      help="distributed: address the master listens on for workers (default: 127.0.0.1)")
+    load.add_argument("--master-bind-port", type=int, default=5557,
+                      help="distributed: port the master listens on for workers (default: 5557)")
     load.add_argument("--timeout", type=float, default=10.0, help="client timeout per request in seconds")
     load.add_argument(
         "--stop-timeout", type=float, default=2.0, help="seconds users may finish their request at the end"
@@ -156,14 +169,15 @@ def generated_samples(args: argparse.Namespace, host: str, registry: Registry) -
     try:
         spec = payload.PayloadSpec(args.payload_dist, args.payload_low, args.payload_high, args.vocab_size)
         inputs = (payload.signature_from_file(args.signature) if args.signature
-                  else payload.fetch_signature(host, args.model_name))
-        instances = payload.generate_instances(inputs, spec)
+                  else payload.fetch_signature(host, args.model_name, protocol=args.protocol))
+        return str(payload.generated_payload_file(registry.home / payload.GENERATED_DIRNAME, inputs, spec))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    return str(payload.save_generated(registry.home / payload.GENERATED_DIRNAME, instances))
 
 
 def _config(args: argparse.Namespace, host: str, samples: str, n_features: int) -> LoadTestConfig:
+    if args.master and args.expect_workers < 1:
+        raise UsageError("--master needs --expect-workers N (how many workers to wait for)")
     try:
         run_time_s = shapes.parse_duration(args.run_time)
         return LoadTestConfig(
@@ -187,6 +201,11 @@ def _config(args: argparse.Namespace, host: str, samples: str, n_features: int) 
             n_features=n_features,
             slos=tuple(args.slo),
             stop_timeout_s=args.stop_timeout,
+            protocol=args.protocol,
+            signature_path=args.signature if args.protocol == "v2" else "",
+            expect_workers=args.expect_workers,
+            master_bind_host=args.master_bind_host,
+            master_bind_port=args.master_bind_port,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -248,6 +267,11 @@ def format_summary(result: LoadTestResult) -> str:
         )
         if server.get("cpu_ms_per_request") is not None:
             rows.append(("server CPU per request", _fmt(server.get("cpu_ms_per_request"), " ms", 3)))
+    topology = s.get("topology") or {}
+    for w in topology.get("workers", []):
+        busy = " (saturated: this worker measured Locust, not the target)" if w["cpu_pct_max"] >= 90 else ""
+        rows.append((f"  worker {w['id'][-12:]}", f"{w['requests']} requests, {w['failures']} failed, "
+                                                   f"peak CPU {w['cpu_pct_max']:.0f}%{busy}"))
     for reason, count in (s.get("failures_by_reason") or {}).items():
         rows.append((f"  failure: {reason}", count))
     width = max(len(k) for k, _ in rows)
@@ -304,6 +328,9 @@ def _swarm(registry: Registry, config: LoadTestConfig, serve_id: str | None, nam
     run_id = runner.create(registry, config, serve_run_id=serve_id, name=name)
     print(f"run {run_id}: {config.users} users on {config.host} for {config.run_time_s:g}s "
           f"(results in {registry.artifacts_dir(run_id)})", flush=True)
+    if config.expect_workers:
+        print(f"waiting for {config.expect_workers} workers; on each worker machine run: "
+              f"{' '.join(runner.worker_command(config))}", flush=True)
     try:
         runner.execute(registry, run_id)
     except Exception as exc:  # recorded on the run as failed, with this line

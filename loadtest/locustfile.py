@@ -1,4 +1,5 @@
-"""Locust swarm against a TensorFlow Serving REST ``:predict`` endpoint.
+"""Locust swarm against a TensorFlow Serving REST ``:predict`` endpoint, or (``--protocol v2``)
+an Open Inference Protocol ``/v2/models/NAME/infer`` endpoint (Triton, KServe, MLServer, ours).
 
 Run it with Locust itself (this is the only module that imports locust)::
 
@@ -32,7 +33,7 @@ from typing import Any
 
 import locust.stats
 from locust import FastHttpUser, LoadTestShape, constant_throughput, events, task
-from locust.runners import WorkerRunner
+from locust.runners import MasterRunner, WorkerRunner
 
 # Locust imports this file by path, putting only loadtest/ on sys.path; the project root
 # makes ``loadtest.*`` importable when run as ``locust -f loadtest/locustfile.py`` from anywhere.
@@ -88,6 +89,12 @@ def _add_options(parser: Any) -> None:
         default=DEFAULT_TIMEOUT_S,
         help=f"client timeout per request in seconds; slower answers count as 'timeout' (default: {DEFAULT_TIMEOUT_S})",
     )
+    parser.add_argument("--protocol", default="tfserving", choices=payload.PROTOCOLS,
+                        help="tfserving: POST /v1/models/NAME:predict; v2: the Open Inference Protocol, "
+                        "POST /v2/models/NAME/infer with tensors named and typed from the target's "
+                        "/v2/models/NAME metadata or --signature (default: tfserving)")
+    parser.add_argument("--topology-file", default="",
+                        help="master: at the end, write each worker's requests, failures and peak CPU here (JSON)")
     shapes.add_shape_arguments(parser)
 
 
@@ -108,29 +115,39 @@ def spec_from_options(options: Any) -> shapes.ShapeSpec:
     )
 
 
-def _bodies(options: Any) -> tuple[bytes, ...]:
+def _bodies(options: Any, host: str | None = None) -> tuple[bytes, ...]:
+    # A worker's options lack --host: the master sends it with each spawn message (environment.host).
     return _build_bodies(options.samples, options.n_features, options.instances_per_request,
-                         options.signature, options.host or "", options.model_name,
+                         options.signature, host or options.host or "", options.model_name,
                          payload.PayloadSpec(options.payload_dist, options.payload_low, options.payload_high,
-                                             options.vocab_size))
+                                             options.vocab_size),
+                         getattr(options, "protocol", "tfserving"))
 
 
 @functools.cache
 def _build_bodies(samples: str, n_features: int, instances_per_request: int, signature: str, host: str,
-                  model_name: str, spec: payload.PayloadSpec) -> tuple[bytes, ...]:
+                  model_name: str, spec: payload.PayloadSpec, protocol: str = "tfserving") -> tuple[bytes, ...]:
     """Request bodies, built once per process."""
+    v2_inputs = None
+    if protocol == "v2":  # v2 tensors carry their input's name and datatype: the signature is needed
+        v2_inputs = (payload.signature_from_file(signature) if signature
+                     else payload.fetch_signature(host, model_name, protocol="v2"))
     if samples:
         rows = payload.load_samples_file(samples)
     elif n_features > 0:
         rows = [[0.0] * n_features]
     else:
-        if signature:
+        if v2_inputs is not None:
+            inputs = v2_inputs
+        elif signature:
             inputs = payload.signature_from_file(signature)
         elif host:
             inputs = payload.fetch_signature(host, model_name)
         else:
             raise ValueError("give --samples FILE, --n-features N, --signature FILE or a --host to read it from")
         rows = payload.generate_instances(inputs, spec)
+    if v2_inputs is not None:
+        return tuple(payload.build_v2_bodies(rows, instances_per_request, v2_inputs))
     return tuple(payload.build_bodies(rows, instances_per_request))
 
 
@@ -162,6 +179,43 @@ def _share_pacing(environment: Any, **_kwargs: Any) -> None:
     options.rate_per_user = shapes.per_user_rate(spec_from_options(options)) or 0.0
 
 
+# -- distributed runs: what each worker did, as the master saw it ------------------------------------
+
+_WORKERS: dict[str, dict[str, Any]] = {}
+_ENV: list[Any] = []  # the environment, for the worker_report listener (which is not given it)
+
+
+@events.init.add_listener
+def _keep_environment(environment: Any, **_kwargs: Any) -> None:
+    _ENV[:] = [environment]
+
+
+@events.worker_report.add_listener
+def _count_worker(client_id: str, data: dict[str, Any], **_kwargs: Any) -> None:
+    """Each worker's requests and failures from its own stats reports (deltas), and its peak CPU."""
+    w = _WORKERS.setdefault(client_id, {"id": client_id, "requests": 0, "failures": 0, "cpu_pct_max": 0.0})
+    total = data.get("stats_total") or {}
+    w["requests"] += int(total.get("num_requests", 0))
+    w["failures"] += int(total.get("num_failures", 0))
+    runner = _ENV[0].runner if _ENV else None
+    node = runner.clients.get(client_id) if isinstance(runner, MasterRunner) else None
+    if node is not None:
+        w["cpu_pct_max"] = max(w["cpu_pct_max"], float(node.cpu_usage or 0))
+
+
+@events.quitting.add_listener
+def _write_topology(environment: Any, **_kwargs: Any) -> None:
+    options = environment.parsed_options
+    path = getattr(options, "topology_file", "") if options is not None else ""
+    if not path or not isinstance(environment.runner, MasterRunner):
+        return
+    import json
+
+    doc = {"role": "master", "expected_workers": int(getattr(options, "expect_workers", 0) or 0),
+           "workers": sorted(_WORKERS.values(), key=lambda w: w["id"])}
+    Path(path).write_text(json.dumps(doc, indent=1))
+
+
 class PredictUser(FastHttpUser):
     """One client posting predictions back to back (closed loop) or paced (the rate shape)."""
 
@@ -171,8 +225,9 @@ class PredictUser(FastHttpUser):
         self.network_timeout = self.connection_timeout = float(options.request_timeout)
         super().__init__(environment)
         self.expected = int(options.instances_per_request)
-        self.path = payload.predict_path(options.model_name)
-        self.bodies = _bodies(options)
+        self.protocol = getattr(options, "protocol", "tfserving")
+        self.path = payload.request_path(options.model_name, self.protocol)
+        self.bodies = _bodies(options, environment.host)
         self.cycle = itertools.cycle(self.bodies)
         rate = getattr(options, "rate_per_user", None)
         if rate is None:  # not started through a runner's test_start (e.g. a bare Environment)
@@ -193,7 +248,8 @@ class PredictUser(FastHttpUser):
             catch_response=True,
         ) as response:
             reason = payload.check_response(
-                response.status_code, response.content, self.expected, getattr(response, "error", None)
+                response.status_code, response.content, self.expected, getattr(response, "error", None),
+                self.protocol,
             )
             if reason is None:
                 response.success()

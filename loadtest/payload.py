@@ -1,4 +1,9 @@
-"""Request bodies and response checks for TF Serving ``:predict`` swarms (no Locust here).
+"""Request bodies and response checks for swarms (no Locust here).
+
+Two protocols (``PROTOCOLS``): TF Serving's REST ``:predict`` (``{"instances": [...]}``)
+and the Open Inference Protocol (KServe v2, ``/v2/models/NAME/infer`` with named,
+typed tensors), so the same swarm can measure TF Serving, Triton, KServe, MLServer
+or the embedded endpoint.
 
 Bodies are built once, before the swarm starts, so the load generator spends its
 CPU sending requests rather than encoding them. The rows come from a samples file
@@ -33,12 +38,40 @@ DISTINCT_BODIES = 64  # enough variety that the server cannot cache one answer, 
 MAX_REASON_CHARS = 160
 
 
+PROTOCOLS = ("tfserving", "v2")
+# numpy dtype name -> Open Inference Protocol datatype (its "Tensor Data Types" table).
+V2_DATATYPES = {
+    "uint8": "UINT8", "uint16": "UINT16", "uint32": "UINT32", "uint64": "UINT64",
+    "int8": "INT8", "int16": "INT16", "int32": "INT32", "int64": "INT64",
+    "float16": "FP16", "float32": "FP32", "float64": "FP64", "bfloat16": "BF16",
+}
+_DTYPES_FROM_V2 = {v: k for k, v in V2_DATATYPES.items()}
+
+
 def predict_path(model_name: str, version: int | None = None) -> str:
     """The TF Serving REST path for predictions."""
     if not model_name or "/" in model_name or ":" in model_name:
         raise ValueError(f"model name must be a non-empty name without '/' or ':', got {model_name!r}")
     version_part = f"/versions/{version}" if version is not None else ""
     return f"/v1/models/{model_name}{version_part}:predict"
+
+
+def check_protocol(protocol: str) -> str:
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}; got {protocol!r}")
+    return protocol
+
+
+def request_path(model_name: str, protocol: str = "tfserving", version: int | None = None) -> str:
+    """The inference path for a protocol: ``/v1/models/NAME:predict`` or ``/v2/models/NAME/infer``."""
+    path = predict_path(model_name, version)  # validates the name
+    if check_protocol(protocol) == "v2":
+        return f"/v2/models/{model_name}{f'/versions/{version}' if version is not None else ''}/infer"
+    return path
+
+
+def metadata_path(model_name: str, protocol: str = "tfserving") -> str:
+    return f"/v2/models/{model_name}" if check_protocol(protocol) == "v2" else f"/v1/models/{model_name}/metadata"
 
 
 def resolve_samples_path(path: str | os.PathLike[str]) -> Path:
@@ -276,18 +309,42 @@ def signature_from_file(path: str | os.PathLike[str]) -> tuple[InputSpec, ...]:
                          f"({exc})") from None
 
 
-def fetch_signature(host: str, model_name: str, timeout_s: float = 10.0) -> tuple[InputSpec, ...]:
-    """The inputs from the endpoint's ``/v1/models/NAME/metadata`` (any TF Serving-compatible server)."""
+def signature_from_v2_metadata(doc: Any) -> tuple[InputSpec, ...]:
+    """The inputs in an Open Inference Protocol model metadata answer (``GET /v2/models/NAME``)."""
+    try:
+        specs = []
+        for t in doc["inputs"]:
+            dims = [int(d) for d in t["shape"]]
+            dtype = _DTYPES_FROM_V2[t["datatype"]]
+            if not dims or any(d < 1 for d in dims[1:]):
+                raise ValueError(f"input {t['name']!r} has shape {dims}; payloads need fixed shapes (batch first)")
+            specs.append(InputSpec(str(t["name"]), tuple(dims[1:]), dtype))
+    except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, ValueError) and "payloads need" in str(exc):
+            raise
+        raise ValueError(f"v2 model metadata without usable 'inputs' (name, datatype, shape) ({exc!r})") from None
+    if not specs:
+        raise ValueError("model metadata lists no inputs")
+    return tuple(specs)
+
+
+def fetch_signature(host: str, model_name: str, timeout_s: float = 10.0,
+                    protocol: str = "tfserving") -> tuple[InputSpec, ...]:
+    """The inputs from the endpoint's metadata: TF Serving's ``/v1/models/NAME/metadata`` or the
+    Open Inference Protocol's ``/v2/models/NAME`` (TF Serving, Triton, KServe, MLServer, ours)."""
     import urllib.error
     import urllib.request
 
-    url = f"{host.rstrip('/')}/v1/models/{model_name}/metadata"
+    url = f"{host.rstrip('/')}{metadata_path(model_name, protocol)}"
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as resp:
             doc = json.loads(resp.read(MAX_SAMPLES_BYTES))
+        return signature_from_v2_metadata(doc) if protocol == "v2" else signature_from_metadata(doc)
     except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise ValueError(f"cannot read the model's signature from {url} ({exc}); give --samples FILE") from None
-    return signature_from_metadata(doc)
+        other = "v2" if protocol == "tfserving" else "tfserving"
+        needs = "--signature FILE" if protocol == "v2" else "--samples FILE or --signature FILE"
+        raise ValueError(f"cannot read the model's signature from {url} ({exc}); give {needs}, or "
+                         f"--protocol {other} if the target speaks that") from None
 
 
 def generate_instances(inputs: Sequence[InputSpec], spec: PayloadSpec,
@@ -343,6 +400,11 @@ def write_instances(path: str | os.PathLike[str], instances: Sequence[Any]) -> P
     return p
 
 
+def generated_payload_file(folder: str | os.PathLike[str], inputs: Sequence[InputSpec], spec: PayloadSpec) -> Path:
+    """Rows generated for ``inputs``, written once into ``folder`` (named by their content) as a samples file."""
+    return save_generated(folder, generate_instances(inputs, spec))
+
+
 def build_bodies(rows: Sequence[Any], instances_per_request: int) -> list[bytes]:
     """Encoded ``{"instances": [...]}`` bodies cycling through ``rows``, ``instances_per_request`` rows each."""
     if not rows:
@@ -357,6 +419,43 @@ def build_bodies(rows: Sequence[Any], instances_per_request: int) -> list[bytes]
         start = b * instances_per_request
         chosen = [rows[(start + i) % len(rows)] for i in range(instances_per_request)]
         bodies.append(json.dumps({"instances": chosen}, separators=(",", ":")).encode())
+    return bodies
+
+
+def build_v2_bodies(rows: Sequence[Any], instances_per_request: int, inputs: Sequence[InputSpec]) -> list[bytes]:
+    """Open Inference Protocol bodies (one tensor per input, flat row-major ``data``) cycling through
+    ``rows`` (rows for one input, objects keyed by input name for several), like ``build_bodies``."""
+    import numpy as np
+
+    if not rows:
+        raise ValueError("need at least one feature row to build requests")
+    if not 1 <= instances_per_request <= MAX_INSTANCES_PER_REQUEST:
+        raise ValueError(
+            f"instances_per_request must be in [1, {MAX_INSTANCES_PER_REQUEST}], got {instances_per_request}"
+        )
+    named = isinstance(rows[0], dict)
+    if not named and len(inputs) != 1:
+        raise ValueError(f"the target has {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); "
+                         "samples must be objects keyed by input name")
+    count = min(DISTINCT_BODIES, max(1, len(rows)))
+    bodies = []
+    for b in range(count):
+        start = b * instances_per_request
+        chosen = [rows[(start + i) % len(rows)] for i in range(instances_per_request)]
+        tensors = []
+        for inp in inputs:
+            try:
+                values = [r[inp.name] for r in chosen] if named else chosen
+            except KeyError:
+                raise ValueError(f"samples have no input {inp.name!r}; the target's inputs are "
+                                 f"{', '.join(i.name for i in inputs)}") from None
+            arr = np.asarray(values)
+            if arr.shape[1:] != inp.shape:
+                raise ValueError(f"samples rows have shape {arr.shape[1:]}; the target's input {inp.name!r} "
+                                 f"needs {inp.shape}")
+            tensors.append({"name": inp.name, "shape": list(arr.shape), "datatype": V2_DATATYPES[inp.dtype],
+                            "data": arr.ravel().tolist()})
+        bodies.append(json.dumps({"inputs": tensors}, separators=(",", ":")).encode())
     return bodies
 
 
@@ -387,7 +486,8 @@ def classify_error(error: BaseException | None) -> str:
 
 
 def check_response(
-    status: int | None, body: bytes | str | None, expected_predictions: int, error: BaseException | None = None
+    status: int | None, body: bytes | str | None, expected_predictions: int, error: BaseException | None = None,
+    protocol: str = "tfserving",
 ) -> str | None:
     """None if the answer is a good prediction, else the failure reason Locust records.
 
@@ -407,6 +507,15 @@ def check_response(
         data: Any = _loads(body)
     except ValueError:
         return "200 with a body that is not JSON"
+    if protocol == "v2":
+        outputs = data.get("outputs") if isinstance(data, dict) else None
+        if not isinstance(outputs, list) or not outputs or not isinstance(outputs[0], dict):
+            return "200 without an 'outputs' list"
+        shape = outputs[0].get("shape")
+        rows = shape[0] if isinstance(shape, list) and shape else None
+        if rows != expected_predictions:
+            return f"200 with {rows} output rows, expected {expected_predictions}"
+        return None
     preds = data.get("predictions") if isinstance(data, dict) else None
     if not isinstance(preds, list):
         return "200 without a 'predictions' list"

@@ -37,7 +37,7 @@ from urllib.parse import urlsplit
 import psutil
 
 from loadtest import results, shapes, slo
-from loadtest.payload import MAX_INSTANCES_PER_REQUEST, predict_path
+from loadtest.payload import MAX_INSTANCES_PER_REQUEST, check_protocol, predict_path
 from loadtest.probes import CpuMeter, HistoryTail, ServerScraper, load_generator_cores, server_cpu_seconds
 from runs import jobs, lifecycle
 from runs.configs import known_fields, plain_dict
@@ -51,6 +51,13 @@ OWN_SIGNAL_WAIT_S = 1.0
 MAX_PROCESSES = 64
 LOCUST_LOG = "locust.log"
 REPORT_PREFIX = "locust"
+WORKERS_MAX_WAIT_S = 120.0  # a master gives up when its workers have not all connected by then
+
+
+def worker_command(config: LoadTestConfig, master_host: str | None = None) -> list[str]:
+    """The command to run on each worker machine for a distributed run of ``config``."""
+    return [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--worker",
+            "--master-host", master_host or config.master_bind_host, "--master-port", str(config.master_bind_port)]
 
 
 @dataclass(frozen=True)
@@ -78,6 +85,13 @@ class LoadTestConfig:
     slos: tuple[str, ...] = ()
     stop_timeout_s: float = 2.0
     scrape_server: bool = True  # read the target's /metrics each second if it is a TuneSwarm endpoint
+    protocol: str = "tfserving"  # or "v2": the Open Inference Protocol (loadtest.payload.PROTOCOLS)
+    signature_path: str = ""  # v2 without readable metadata: the inputs' names and dtypes (signature.json)
+    # Distributed: Locust runs as a master that waits for this many workers started elsewhere
+    # (``locust -f loadtest/locustfile.py --worker --master-host H --master-port P``); 0: not distributed.
+    expect_workers: int = 0
+    master_bind_host: str = "127.0.0.1"
+    master_bind_port: int = 5557
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.host) if isinstance(self.host, str) else None
@@ -88,6 +102,10 @@ class LoadTestConfig:
             predict_path(self.model_name)
         except ValueError as exc:
             raise ValueError(f"model_name: {exc}") from None
+        try:
+            check_protocol(self.protocol)
+        except ValueError as exc:
+            raise ValueError(f"protocol: {exc}") from None
         self.shape_spec()  # validates users, spawn_rate, run_time_s and the shape parameters
         if not isinstance(self.instances_per_request, int) or not (
             1 <= self.instances_per_request <= MAX_INSTANCES_PER_REQUEST
@@ -115,6 +133,17 @@ class LoadTestConfig:
                 raise ValueError(f"samples_path {self.samples_path!r} does not exist")
             # Locust runs in the run's artifact folder: a relative path would point elsewhere there.
             object.__setattr__(self, "samples_path", str(Path(self.samples_path).resolve()))
+        if not isinstance(self.expect_workers, int) or not 0 <= self.expect_workers <= MAX_PROCESSES:
+            raise ValueError(f"expect_workers must be 0..{MAX_PROCESSES}; got {self.expect_workers!r}")
+        if self.expect_workers and self.processes:
+            raise ValueError("expect_workers (a master for workers started elsewhere) and processes (local workers) "
+                             "exclude each other; use one")
+        if not isinstance(self.master_bind_port, int) or not 1 <= self.master_bind_port <= 65535:
+            raise ValueError(f"master_bind_port must be a TCP port 1..65535; got {self.master_bind_port!r}")
+        if self.signature_path:
+            if not Path(self.signature_path).is_file():
+                raise ValueError(f"signature_path {self.signature_path!r} does not exist")
+            object.__setattr__(self, "signature_path", str(Path(self.signature_path).resolve()))
         if isinstance(self.slos, str):
             raise ValueError("slos must be a list of expressions like ['p95<=50ms'], not one string")
         object.__setattr__(self, "slos", tuple(self.slos))
@@ -214,7 +243,8 @@ def stop_loadtest(registry: Registry, run_id: str, grace_s: float = STOP_GRACE_S
 
 def wait_timeout_s(config: LoadTestConfig) -> float:
     """How long a run may take before it counts as hung."""
-    return config.run_time_s + config.stop_timeout_s + STARTUP_GRACE_S + EXIT_GRACE_S + 30.0
+    workers_wait = WORKERS_MAX_WAIT_S if config.expect_workers else 0.0
+    return config.run_time_s + config.stop_timeout_s + STARTUP_GRACE_S + EXIT_GRACE_S + 30.0 + workers_wait
 
 
 def run_loadtest(
@@ -294,6 +324,16 @@ def locust_argv(config: LoadTestConfig, prefix: Path) -> list[str]:
         argv += ["--n-features", str(config.n_features)]
     if config.processes:
         argv += ["--processes", str(config.processes)]
+    if config.protocol != "tfserving":
+        argv += ["--protocol", config.protocol]
+    if config.signature_path:
+        argv += ["--signature", config.signature_path]
+    if config.expect_workers:
+        argv += ["--master", "--master-bind-host", config.master_bind_host,
+                 "--master-bind-port", str(config.master_bind_port), "--expect-workers", str(config.expect_workers),
+                 "--expect-workers-max-wait", f"{WORKERS_MAX_WAIT_S:g}"]
+    if config.expect_workers or config.processes:
+        argv += ["--topology-file", f"{prefix}_topology.json"]
     return argv
 
 
@@ -498,6 +538,11 @@ class SwarmJob:
             "log": str(self.log_path),
         }
         summary["reports"] = {k: v for k, v in reports.items() if Path(v).is_file()}
+        topology = _read_text(Path(f"{prefix}_topology.json"))
+        if topology:
+            import json
+
+            summary["topology"] = json.loads(topology)
         gates = slo.evaluate(self.config.parsed_slos(), summary)
         summary["slo"] = [g.to_dict() for g in gates]
         summary["slo_passed"] = all(g.passed for g in gates)

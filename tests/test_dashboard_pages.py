@@ -536,6 +536,38 @@ def test_loadtest_page_defaults_and_external_url_config(home: Path) -> None:
     assert not at.button(key="load.start").disabled
 
 
+def test_loadtest_page_protocol_choice_reaches_the_config(home: Path) -> None:
+    at = _page("load_test")
+    at.radio(key="load.target_kind").set_value("URL").run()
+    assert at.radio(key="load.protocol").value == "tfserving"
+    assert "/v1/models/model:predict" in _text(at)
+    at.radio(key="load.protocol").set_value("v2").run()
+    assert not at.exception
+    assert _json(at)["protocol"] == "v2"
+    assert "POST http://127.0.0.1:8600/v2/models/model/infer" in _text(at)
+
+
+def test_loadtest_page_master_mode_shows_the_worker_command_and_each_workers_share(
+    home: Path, registry: Registry,
+) -> None:
+    run_id = _load_run(registry)
+    registry.update_summary(run_id, {"topology": {"role": "master", "expected_workers": 2, "workers": [
+        {"id": "vm_aaa", "requests": 150, "failures": 1, "cpu_pct_max": 35.0},
+        {"id": "vm_bbb", "requests": 153, "failures": 2, "cpu_pct_max": 97.0}]}})
+    at = _page("load_test")
+    assert not at.exception
+    assert "2 connected; their requests add up to 303" in _text(at)
+    frames = {tuple(d.value.columns): d.value for d in at.dataframe}
+    workers = frames[("worker", "requests", "failures", "peak CPU %", "saturated")]
+    assert list(workers["saturated"]) == ["no", "yes: measured Locust"]
+    at.radio(key="load.target_kind").set_value("URL").run()
+    at.number_input(key="load.expect_workers").set_value(2).run()
+    assert not at.exception
+    assert _json(at)["expect_workers"] == 2
+    code = at.get("code")
+    assert code and "--worker --master-host 127.0.0.1 --master-port 5557" in code[0].value
+
+
 def test_loadtest_page_url_target_can_send_a_trained_models_rows(home: Path, registry: Registry) -> None:
     run_id = _train_run(registry)
     at = _page("load_test")

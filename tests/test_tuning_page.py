@@ -135,3 +135,28 @@ def test_apply_restarts_the_endpoint_with_the_recommended_config(home: Path, reg
     finally:
         for r in registry.list_runs(kind="serve", status=("pending", "running")):
             stop_job(registry, r.id, grace_s=10)
+
+
+def test_page_renders_a_capacity_sweep_of_a_url_and_refuses_a_remote_one(home: Path, registry: Registry) -> None:
+    from tuning.capacity import CapacitySpec, create_capacity_sweep, verdict
+    from tuning.points import Point
+    from tuning.recommend import Constraints
+
+    spec = CapacitySpec(host="http://127.0.0.1:8600", model_name="digits", protocol="v2", users=(1, 8, 32),
+                        slos=("p95<=50ms",), step_s=2)
+    run_id = create_capacity_sweep(registry, spec)
+    pts = [Point("t", spec.params, u, rps, p50_ms=p50, p95_ms=p95, requests=100)
+           for u, rps, p50, p95 in ((1, 250, 3, 7), (8, 1100, 6, 12), (32, 1200, 30, 80))]
+    registry.update_summary(run_id, {"points": [p.to_dict() for p in pts],
+                                     "verdict": verdict(pts, Constraints.parse(spec.slos), None).to_dict()})
+    registry.set_status(run_id, "completed")
+    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT_S).run()
+    assert not at.exception
+    text = _texts(at)
+    assert "digits at http://127.0.0.1:8600 (v2)" in text
+    assert "Capacity within p95<=50ms: 1100 req/s at 8 users" in text and "At 32 users the SLO broke" in text
+    at.text_input(key="tune.c_url").set_value("http://example.com:8000")
+    at.button(key="tune.c_start").click().run()
+    assert not at.exception
+    assert "only local targets" in _texts(at)
+    assert len([r for r in registry.list_runs(kind="sweep") if r.config.get("mode") == "capacity"]) == 1

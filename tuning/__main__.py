@@ -10,6 +10,13 @@ Model sweep (train each briefly, then load-test it)::
     python -m tuning --mode models --dataset digits --train-grid hidden=32,64x64 \\
         --train-grid learning_rate=0.001,0.01 --epochs 3 --users 16 --slo 'p99<=100ms' --out DIR
 
+Capacity sweep of an endpoint that is already running (any URL, nothing restarted)::
+
+    python -m tuning --host http://127.0.0.1:8600 --model-name digits --protocol v2 \
+        --users 1,8,32,64 --slo 'p95<=50ms'
+
+records the latency-throughput curve, its knee and the highest load within SLO.
+
 As a job (the dashboard does this): ``python -m tuning --run-id ID`` runs, or resumes,
 the sweep stored in that registry run; with ``--out DIR`` it writes the same files
 there as an uninterrupted run. A sweep run from flags is recorded the same way and
@@ -98,6 +105,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serving sweeps: write the recommended config as a TensorFlow Serving bundle into DIR "
                         "(SavedModel, batching_parameters.txt, models.config, SERVE.md); with --run-id of a finished "
                         "sweep, only export it")
+    c = p.add_argument_group("capacity sweep of a running endpoint (--host)")
+    c.add_argument("--host", metavar="URL", help="sweep this running endpoint's capacity up the --users (or --rates) "
+                   "ladder instead of serving a model; nothing is restarted (e.g. http://127.0.0.1:8600)")
+    c.add_argument("--model-name", default="model", help="the model's name at --host (default: model)")
+    c.add_argument("--protocol", default="tfserving", choices=("tfserving", "v2"),
+                   help="tfserving: TF Serving's REST API; v2: the Open Inference Protocol (Triton, KServe, "
+                        "MLServer) (default: tfserving)")
+    c.add_argument("--samples", default="", help="payload rows (as python -m loadtest --samples); default: rows "
+                   "generated from the target's own metadata")
+    c.add_argument("--signature", default="", metavar="FILE",
+                   help="signature.json with the model's inputs, for a target whose metadata cannot be read "
+                        "(default: read them from the target)")
+    c.add_argument("--all-levels", action="store_true",
+                   help="measure every level, even past one that broke the SLO (the whole curve)")
     g = p.add_argument_group("model sweep (--mode models)")
     g.add_argument("--dataset", default="digits", help="built-in dataset to train on (default: digits)")
     g.add_argument("--train-grid", action="append", default=[], metavar="NAME=V1,V2",
@@ -132,6 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _ship(registry, args.run_id, args.export_tfserving) or code
             if args.run_id:
                 return _run_job(registry, args.run_id, args.out)
+            if args.host:
+                return _capacity(registry, args)
             if args.mode == "models":
                 if args.export_tfserving:
                     raise UsageError("--export-tfserving ships a serving sweep's recommendation; for a model use "
@@ -206,6 +229,73 @@ def _serving(registry, args: argparse.Namespace) -> int:
     if args.export_tfserving:
         return _ship(registry, run_id, args.export_tfserving) or code
     return code
+
+
+def _capacity(registry, args: argparse.Namespace) -> int:
+    from tuning.capacity import CapacitySpec, create_capacity_sweep
+
+    if args.model or args.grid or args.export_tfserving:
+        raise UsageError("--host sweeps a running endpoint as it is: drop --model, --grid and --export-tfserving")
+    common = _common(args)
+    try:
+        spec = CapacitySpec(host=args.host, model_name=args.model_name, protocol=args.protocol,
+                            users=common["users"], rates=common["rates"], slos=common["slos"],
+                            step_s=common["step_s"], instances_per_request=common["instances_per_request"],
+                            processes=common["processes"], samples_path=args.samples,
+                            signature_path=args.signature, climb_all=args.all_levels)
+        if spec.protocol == "v2" or not spec.samples_path:
+            from tuning.capacity import target_inputs
+
+            target_inputs(spec)  # a target whose signature cannot be read is bad usage, before any run
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    run_id = create_capacity_sweep(registry, spec, name=args.name)
+    ladder = f"{list(spec.rates)} req/s offered" if spec.open_loop else f"{list(spec.users)} users"
+    print(f"capacity sweep {run_id}: {args.model_name} at {args.host} ({args.protocol}), ladder {ladder}, "
+          f"{spec.step_s:g}s per step, SLO {' and '.join(spec.slos)}", flush=True)
+    return _report_capacity(registry, run_id, _execute_capacity(registry, run_id), args.out)
+
+
+def _execute_capacity(registry, run_id: str) -> str:
+    from runs.lifecycle import one_line_error
+    from tuning.sweep import execute
+
+    try:
+        return execute(registry, run_id, on_point=_print_point)
+    except ValueError as exc:  # e.g. the target's metadata could not be read: one line naming the flag
+        print(f"error: {exc}", file=sys.stderr)
+        return registry.get_run(run_id).status
+    except Exception as exc:
+        print(f"error: {one_line_error(exc)}", file=sys.stderr)
+        return registry.get_run(run_id).status
+
+
+def _report_capacity(registry, run_id: str, status: str, out: str | None) -> int:
+    from tuning.points import points_to_json
+    from tuning.recommend import Constraints, format_table
+    from tuning.sweep import load_points
+
+    run = registry.get_run(run_id)
+    points = load_points(registry, run_id)
+    if points:
+        print()
+        print(format_table(points, Constraints.parse(run.config["spec"]["slos"])))
+        print()
+    verdict = run.summary.get("verdict") or {}
+    for line in verdict.get("explanation", []):
+        print(line)
+    if status != "completed":
+        print(f"capacity sweep {status}: {run.error or ''}".rstrip(": "))
+    if out:
+        import json
+
+        from runs.configs import atomic_write_text
+
+        print(f"wrote {atomic_write_text(Path(out) / 'points.json', points_to_json(points))}")
+        print(f"wrote {atomic_write_text(Path(out) / 'capacity.json', json.dumps(verdict, indent=1))}")
+    if status != "completed":
+        return EXIT_FAILED
+    return EXIT_OK if verdict.get("capacity") else EXIT_FAILED
 
 
 def _ship(registry, run_id: str, out: str) -> int:
@@ -322,13 +412,17 @@ def _run_job(registry, run_id: str, out: str | None) -> int:
     run = registry.get_run(run_id)
     if run.kind != "sweep":
         raise UsageError(f"run {run_id} is a {run.kind} run, not a sweep")
-    if run.config.get("mode") not in ("serving", "models"):
-        raise UsageError(f"run {run_id} is a {run.config.get('mode')} run; only serving and model sweeps resume")
+    if run.config.get("mode") not in ("serving", "models", "capacity"):
+        raise UsageError(f"run {run_id} is a {run.config.get('mode')} run; only serving, model and capacity "
+                         "sweeps resume")
     if run.active and run.pid is not None and run.pid != os.getpid():
         from runs.jobs import is_alive
 
         if is_alive(run):
             raise UsageError(f"sweep {run_id} is running already (pid {run.pid})")
+    if run.config.get("mode") == "capacity":
+        status = run.status if run.status == "completed" else _execute_capacity(registry, run_id)
+        return _report_capacity(registry, run_id, status, out)
     done = len(run.summary.get("points") or run.summary.get("models") or [])
     if run.status == "completed":  # nothing to resume: report it (and write --out) as it ended
         print(f"sweep {run_id}: completed with {done} points", flush=True)

@@ -279,9 +279,15 @@ def measure_step(
                           name=f"{config_label(params)} @ {level} {'req/s' if spec.open_loop else 'users'}")
     after, cpu_after = scrape(endpoint.url), server_cpu_seconds(endpoint.pid)
     delta = snapshot_delta(before, after)
-    summary = result.summary
     served = delta.requests or 0
     cpu_ms = (cpu_after - cpu_before) * 1000.0 / served if served else None
+    return step_point(params, users, rate, result, delta, cpu_ms)
+
+
+def step_point(params: dict[str, Any], users: int, rate: float | None, result: Any, delta: Any,
+               cpu_ms: float | None) -> Point:
+    """A point from one load step's result and (when the server could be read) its metrics' delta."""
+    summary = result.summary
     return Point(
         config_id=config_key(params),
         params=dict(params),
@@ -294,9 +300,9 @@ def measure_step(
         requests=int(summary.get("requests") or 0),
         failures=int(summary.get("failures") or 0),
         fail_ratio=float(summary.get("fail_ratio") if summary.get("fail_ratio") is not None else 1.0),
-        queue_ms=_ms(delta.mean_queue_wait_s),
-        compute_ms=_ms(delta.mean_compute_s),
-        batch_size=_num(delta.mean_batch_size),
+        queue_ms=None if delta is None else _ms(delta.mean_queue_wait_s),
+        compute_ms=None if delta is None else _ms(delta.mean_compute_s),
+        batch_size=None if delta is None else _num(delta.mean_batch_size),
         cpu_ms_per_request=cpu_ms,
         saturated=bool(summary.get("saturated")),
         loadtest_run_id=result.run_id,
@@ -577,14 +583,19 @@ start_sweep_job = launch_sweep  # the older name
 
 
 def execute(registry: Registry, run_id: str, *, on_point: Callable[[Point], None] | None = None) -> str:
-    """The job: run (or resume) sweep ``run_id`` of either mode inside ``job_context``; returns its status."""
+    """The job: run (or resume) sweep ``run_id`` of any mode inside ``job_context``; returns its status."""
     if not registry.get_run(run_id).active:
         registry.reopen(run_id)
     with lifecycle.job_context(registry, run_id):
-        if registry.get_run(run_id).config.get("mode") == "models":
+        mode = registry.get_run(run_id).config.get("mode")
+        if mode == "models":
             from tuning.model_sweep import run_model_sweep
 
             run_model_sweep(registry, run_id)
+        elif mode == "capacity":
+            from tuning.capacity import run_capacity
+
+            run_capacity(registry, run_id, on_point=on_point)
         else:
             run_sweep(registry, run_id, on_point=on_point)
     return registry.get_run(run_id).status

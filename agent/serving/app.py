@@ -9,6 +9,14 @@ measured against). Routes (DESIGN.md section 3):
 - ``GET  /v1/models/{name}[/versions/{v}]``           model status
 - ``GET  /v1/models/{name}[/versions/{v}]/metadata``  signature
 - ``GET  /healthz`` (alive) ``GET /readyz`` (model loaded and warmed) ``GET /metrics``
+  (also at ``/monitoring/prometheus/metrics``, TF Serving's path)
+
+and beside them the Open Inference Protocol (KServe v2, ``agent.serving.v2``), same
+batcher, limits, metrics and errors:
+
+- ``GET  /v2``, ``/v2/health/live``, ``/v2/health/ready``
+- ``GET  /v2/models/{name}[/versions/{v}]`` (metadata) and ``.../ready``
+- ``POST /v2/models/{name}[/versions/{v}]/infer`` (JSON tensors; binary tensor extension)
 
 Every error is ``{"error": "..."}`` with a 4xx for client mistakes, 503 +
 Retry-After when shedding load, 504 past a request deadline; an unexpected fault
@@ -42,6 +50,7 @@ from agent.serving.codec import (
 from agent.serving.config import ServingConfig
 from agent.serving.metrics import ServingMetrics
 from agent.serving.protocol import Admission
+from agent.serving.v2 import HEADER_LENGTH, decode_infer, encode_infer, model_metadata
 from agent.signature import Signature, TensorSpec
 
 log = logging.getLogger("agent.serving")
@@ -61,10 +70,19 @@ MODEL_PATH_RE = re.compile(
     r"(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
     r"(?P<tail>:[A-Za-z]+|/metadata)?$"
 )
+V2_MODEL_PATH_RE = re.compile(
+    r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<tail>/ready|/infer)?$"
+)
+METRICS_PATHS = ("/metrics", "/monitoring/prometheus/metrics")  # ours, TF Serving's
 # Probes and scrapes are not traffic: counting them would show an idle endpoint as busy.
-UNCOUNTED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+UNCOUNTED_PATHS = frozenset({"/healthz", "/readyz", *METRICS_PATHS, "/v2/health/live", "/v2/health/ready"})
+# TF Serving's other verbs: this server has no classify/regress signature (it answers 400 as TF Serving does).
+OTHER_TF_VERBS = frozenset({":classify", ":regress"})
+SERVER_NAME = "tuneswarm"
+V2_EXTENSIONS = ["binary_tensor_data"]
 CLIENT_GONE = 499  # nginx's code for a client that closed the connection before its answer (never sent)
-PATHS_HELP = "/v1/models/{name}[/versions/{v}][:predict|/metadata], /healthz, /readyz or /metrics"
+PATHS_HELP = ("/v1/models/{name}[/versions/{v}][:predict|/metadata], /v2/models/{name}[/versions/{v}]"
+              "[/ready|/infer], /v2/health/live|ready, /healthz, /readyz or /metrics")
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -99,6 +117,8 @@ class ServingApp:
         self._timeout_s = config.request_timeout_ms / 1000.0 or None
         self._max_body = config.max_body_bytes
         self._fast_predict = {f"/v1/models/{name}:predict", f"/v1/models/{name}/versions/{MODEL_VERSION}:predict"}
+        # Admitted (and shed from the head) exactly like :predict.
+        self._infer_paths = {f"/v2/models/{name}/infer", f"/v2/models/{name}/versions/{MODEL_VERSION}/infer"}
         # The server's protocol refuses predict requests from their head while the queue is full.
         self.admission = Admission()
 
@@ -130,11 +150,13 @@ class ServingApp:
             return await self._get_only(scope, send, lambda: (200, encode_json({"status": "ok"})))
         if path == "/readyz":
             return await self._get_only(scope, send, self._readiness)
-        if path == "/metrics":
+        if path in METRICS_PATHS:
             if scope["method"] not in ("GET", "HEAD"):
-                return await _error(send, 405, f"{scope['method']} not allowed on /metrics; use GET", allow=b"GET")
+                return await _error(send, 405, f"{scope['method']} not allowed on {path}; use GET", allow=b"GET")
             await respond(send, 200, self.metrics.exposition(), [(b"content-type", METRICS_CONTENT_TYPE)])
             return 200
+        if path.startswith("/v2"):
+            return await self._v2(scope, receive, send)
         m = MODEL_PATH_RE.match(path)
         if m is None:
             return await _error(send, 404, f"unknown path {path!r}; expected {PATHS_HELP}")
@@ -153,6 +175,10 @@ class ServingApp:
             return await self._get_only(scope, send, self._status)
         if tail == "/metadata":
             return await self._get_only(scope, send, self._metadata)
+        if tail in OTHER_TF_VERBS:
+            return await _error(send, 400, f"{tail[1:]} is not supported: model {self.name!r} has only the "
+                                f"{SIGNATURE_NAME!r} predict signature (no classify or regress signature); "
+                                "use :predict")
         return await _error(send, 404, f"unknown verb {tail!r}; this server answers :predict")
 
     async def _get_only(self, scope: Scope, send: Send, handler: Callable[[], tuple[int, bytes]]) -> int:
@@ -192,7 +218,11 @@ class ServingApp:
         assert self.signature is not None
         return 200, encode_json(self.signature.metadata(self.name, MODEL_VERSION, SIGNATURE_NAME))
 
-    async def _predict(self, scope: Scope, receive: Receive, send: Send) -> int:
+    async def _request_body(self, scope: Scope, receive: Receive, send: Send,
+                            binary: bool = False) -> bytes | int:
+        """The checks every inference request passes before its body is decoded (method, type,
+        size, readiness, shedding), then the body; an int is the status already answered.
+        ``binary``: a body may carry tensor bytes after its JSON header (v2's extension)."""
         if scope["method"] != "POST":
             return await _error(send, 405, f"{scope['method']} not allowed on {scope['path']}; use POST",
                                 allow=b"POST")
@@ -203,7 +233,8 @@ class ServingApp:
                 content_type = value
             elif key == b"content-length":
                 length = int(value) if value.isdigit() else -1
-        if content_type and content_type != b"application/json" and not _is_json_type(content_type):
+        if (content_type and content_type != b"application/json" and not _is_json_type(content_type)
+                and not (binary and content_type.split(b";", 1)[0].strip() == b"application/octet-stream")):
             return await _error(send, 415, f"content-type {content_type.decode('latin-1')!r} is not JSON; "
                                 "send application/json")
         if length > self._max_body:
@@ -220,9 +251,12 @@ class ServingApp:
             return CLIENT_GONE
         if body is None:
             return await _error(send, 413, f"body exceeds the limit of {self._max_body} bytes")
+        return body
+
+    async def _batch(self, send: Send, x: np.ndarray | list) -> list | int:
+        """The rows' outputs through the batcher; an int is the status already answered."""
         try:
-            req = decode_predict(body, self.signature, self.config.max_instances)  # type: ignore[arg-type]
-            rows = await batcher.enqueue(req.x, self._timeout_s)
+            return await self.batcher.enqueue(x, self._timeout_s)  # type: ignore[union-attr]
         except RequestError as exc:
             return await _error(send, exc.status, exc.message)
         except QueueFullError as exc:
@@ -230,10 +264,85 @@ class ServingApp:
             return await _error(send, 503, str(exc), retry_after=str(exc.retry_after_s).encode())
         except DeadlineExceededError as exc:
             return await _error(send, 504, str(exc))
+
+    async def _predict(self, scope: Scope, receive: Receive, send: Send) -> int:
+        body = await self._request_body(scope, receive, send)
+        if type(body) is int:
+            return body
+        try:
+            req = decode_predict(body, self.signature, self.config.max_instances)  # type: ignore[arg-type]
+        except RequestError as exc:
+            return await _error(send, exc.status, exc.message)
+        rows = await self._batch(send, req.x)
+        if type(rows) is int:
+            return rows
         body = self.encoder.encode(rows, req.columnar)  # type: ignore[union-attr]
         await send({"type": "http.response.start", "status": 200,
                     "headers": [JSON_CONTENT_TYPE, (b"content-length", b"%d" % len(body))]})
         await send({"type": "http.response.body", "body": body})
+        return 200
+
+    # -- Open Inference Protocol (KServe v2) -----------------------------------------------------
+
+    async def _v2(self, scope: Scope, receive: Receive, send: Send) -> int:
+        path: str = scope["path"]
+        if path == "/v2":
+            return await self._get_only(scope, send, lambda: (200, encode_json(
+                {"name": SERVER_NAME, "version": "1", "extensions": V2_EXTENSIONS})))
+        if path == "/v2/health/live":
+            return await self._get_only(scope, send, lambda: (200, encode_json({"live": True})))
+        if path == "/v2/health/ready":
+            return await self._get_only(scope, send, self._v2_ready)
+        m = V2_MODEL_PATH_RE.match(path)
+        if m is None:
+            return await _error(send, 404, f"unknown path {path!r}; expected {PATHS_HELP}")
+        if m["name"] != self.name:
+            return await _error(send, 404, f"model {m['name']!r} not found; this server serves {self.name!r}")
+        if m["version"] is not None and m["version"] != MODEL_VERSION:
+            return await _error(send, 404, f"version {m['version']!r} of model {self.name!r} not found; "
+                                f"available: {MODEL_VERSION}")
+        tail = m["tail"]
+        if tail == "/infer":
+            return await self._infer(scope, receive, send)
+        if tail == "/ready":
+            return await self._get_only(scope, send, self._v2_ready)
+        return await self._get_only(scope, send, self._v2_metadata)
+
+    def _v2_ready(self) -> tuple[int, bytes]:
+        # The protocol answers "not ready" with a 4xx (not v1's 503): clients test for 200.
+        if self.ready:
+            return 200, encode_json({"ready": True})
+        return 400, encode_error(f"not ready: {self.startup_error or 'model is loading and warming up'}")
+
+    def _v2_metadata(self) -> tuple[int, bytes]:
+        if not self.ready:
+            return 503, encode_error("model is loading; metadata is available once /v2/health/ready is 200")
+        assert self.signature is not None
+        return 200, encode_json(model_metadata(self.signature, self.name, MODEL_VERSION,
+                                               f"{SERVER_NAME}_{self.runtime_name}"))
+
+    async def _infer(self, scope: Scope, receive: Receive, send: Send) -> int:
+        body = await self._request_body(scope, receive, send, binary=True)
+        if type(body) is int:
+            return body
+        header_length: int | None = None
+        for key, value in scope["headers"]:
+            if key == HEADER_LENGTH:
+                if not value.isdigit():
+                    return await _error(send, 400, f"Inference-Header-Content-Length {value.decode('latin-1')!r} "
+                                        "is not a number; expected the JSON header's length in bytes")
+                header_length = int(value)
+        try:
+            req = decode_infer(body, self.signature, self.config.max_instances, header_length)  # type: ignore[arg-type]
+        except RequestError as exc:
+            return await _error(send, exc.status, exc.message)
+        rows = await self._batch(send, req.x)
+        if type(rows) is int:
+            return rows
+        body, json_length = encode_infer(req, rows, self.signature, self.name, MODEL_VERSION)  # type: ignore[arg-type]
+        headers = [JSON_CONTENT_TYPE] if json_length is None else [
+            (b"content-type", b"application/octet-stream"), (HEADER_LENGTH, b"%d" % json_length)]
+        await respond(send, 200, body, headers)
         return 200
 
     # -- life cycle ------------------------------------------------------------------------------
@@ -297,7 +406,8 @@ class ServingApp:
                                  lambda: batcher.in_flight_batches)
         batcher.on_room = self.admission.room
         self.admission.enable(batcher, self.config.queue_capacity_rows,
-                              frozenset(p.encode() for p in self._fast_predict), self._shed_message,
+                              frozenset(p.encode() for p in self._fast_predict | self._infer_paths),
+                              self._shed_message,
                               self.metrics.shed_answered)
         self.ready = True
         if self.on_ready is not None:

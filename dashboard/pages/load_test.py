@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from dashboard import charts, forms, ui
 from dashboard import format as fmt
 from dashboard.state import get_registry, init_defaults
 from loadtest import payload as payload_files
+from loadtest.payload import PROTOCOLS, request_path
 from loadtest.results import overload_point
 from loadtest.shapes import SHAPES
 from runs.jobs import reap
@@ -38,7 +40,8 @@ init_defaults({
     key("spike_at_s"): DEFAULTS.spike_at_s,
     key("spike_duration_s"): DEFAULTS.spike_duration_s, key("target_rps"): DEFAULTS.target_rps,
     key("instances_per_request"): DEFAULTS.instances_per_request, key("processes"): DEFAULTS.processes,
-    key("timeout_s"): DEFAULTS.timeout_s, key("slos"): forms.DEFAULT_SLOS,
+    key("timeout_s"): DEFAULTS.timeout_s, key("slos"): forms.DEFAULT_SLOS, key("protocol"): DEFAULTS.protocol,
+    key("expect_workers"): DEFAULTS.expect_workers,
     key("endpoint_payload"): SAMPLE_ROWS, key("gen_dist"): "uniform", key("gen_low"): 0.0, key("gen_high"): 1.0,
     key("gen_vocab"): payload_files.DEFAULT_VOCAB_SIZE,
 })
@@ -82,7 +85,8 @@ def serve_model_path(serve: Run) -> str | None:
 
 
 st.title(":material/speed: Load test")
-st.caption("Locust swarms against the TF Serving REST API. Closed-loop users slow down with the server; "
+st.caption("Locust swarms against TF Serving's REST API or the Open Inference Protocol (v2). "
+           "Closed-loop users slow down with the server; "
            "the open-loop *rate* shape keeps offering load and shows overload as it is.")
 
 # -- target ----------------------------------------------------------------------------------
@@ -105,8 +109,8 @@ if target_kind == TARGET_ENDPOINT:
             host = str(serve_run.summary.get("url", ""))
             model_name = str(serve_run.summary.get("name") or serve_run.config.get("name") or "model")
             samples_path = samples_for_model(serve_model_path(serve_run))
-            st.caption(f"POST {host}/v1/models/{model_name}:predict"
-                       + (f" · payload rows from {samples_path.parent.name}" if samples_path else ""))
+            if samples_path:
+                st.caption(f"payload rows from {samples_path.parent.name}")
             choices = (SAMPLE_ROWS, GENERATED) if samples_path else (GENERATED,)
             if state[key("endpoint_payload")] not in choices:
                 state[key("endpoint_payload")] = choices[0]
@@ -143,6 +147,17 @@ else:
         n_features = int(c3.number_input("Features", 1, 100_000, step=1, key=key("n_features"),
                                          help="n_features: width of the all-zeros rows sent when no model "
                                               "samples are given"))
+
+protocol = st.radio(
+    "Protocol", PROTOCOLS, key=key("protocol"), horizontal=True,
+    format_func=lambda p: {"tfserving": "TF Serving REST (v1)", "v2": "Open Inference Protocol (v2)"}[p],
+    help="protocol: tfserving posts {\"instances\": ...} to /v1/models/{name}:predict; v2 posts named, typed "
+         "tensors to /v2/models/{name}/infer (Triton, KServe, MLServer; the embedded endpoint speaks both), "
+         "their names and datatypes read from the target's /v2/models/{name} metadata",
+)
+if host and model_name:
+    with contextlib.suppress(ValueError):  # a bad model name: the form check below says so
+        st.caption(f"POST {host.rstrip('/')}{request_path(model_name.strip(), protocol)}")
 
 # -- swarm knobs -----------------------------------------------------------------------------
 
@@ -187,6 +202,10 @@ c2.number_input("Locust processes", 1, forms.MAX_PROCESSES, key=key("processes")
                      "raise it when the saturation warning shows")
 c3.number_input("Request timeout (s)", 0.1, 120.0, step=0.5, key=key("timeout_s"),
                 help="timeout: a request slower than this counts as a failure (timeout)")
+st.number_input("Workers started elsewhere (distributed)", 0, forms.MAX_PROCESSES, key=key("expect_workers"),
+                help="expect_workers: 0 runs Locust here; N > 0 runs it as a master that starts the swarm once N "
+                     "workers have connected (set Locust processes to 1); the command each worker runs is shown "
+                     "below")
 st.text_area("SLOs (one per line)", key=key("slos"), height=90,
              help="slo: gates judged on the finished run, e.g. p95<=50ms, p99<=100ms, fail_ratio<=0.01, "
                   "rps>=500; the verdict shows PASS/FAIL per line")
@@ -199,7 +218,8 @@ form = forms.LoadForm(
     spike_users=int(state[key("spike_users")]), spike_at_s=float(state[key("spike_at_s")]),
     spike_duration_s=float(state[key("spike_duration_s")]), target_rps=float(state[key("target_rps")]),
     instances_per_request=int(state[key("instances_per_request")]), processes=int(state[key("processes")]),
-    timeout_s=float(state[key("timeout_s")]), slos=state[key("slos")],
+    timeout_s=float(state[key("timeout_s")]), slos=state[key("slos")], protocol=protocol,
+    expect_workers=int(state[key("expect_workers")]),
 )
 check = forms.load_check(form, samples_path=samples_path, n_features=n_features)
 ui.show_check(check)
@@ -209,6 +229,12 @@ if check.ok:
         config = forms.loadtest_config(form, samples_path=samples_path, n_features=n_features)
     except ValueError as exc:
         st.error(str(exc).splitlines()[0], icon=":material/block:")
+if config is not None and config.expect_workers:
+    from loadtest.runner import worker_command
+
+    st.info(f"Locust will wait for {config.expect_workers} workers. On each worker machine run:",
+            icon=":material/hub:")
+    st.code(" ".join(worker_command(config)), language="bash")
 if config is not None:
     with st.expander("Config to run"):
         st.json(config.to_dict())
@@ -305,6 +331,14 @@ def _results(registry: Registry, run: Run) -> None:
         st.markdown("**Summary**")
         st.dataframe([{"metric": k, "value": v} for k, v in table.items()], hide_index=True, key=key("summary"),
                      height=220)
+    workers = (s.get("topology") or {}).get("workers") or []
+    if workers:
+        st.markdown(f"**Workers** ({len(workers)} connected; their requests add up to "
+                    f"{sum(w['requests'] for w in workers):,})")
+        st.dataframe([{"worker": w["id"], "requests": w["requests"], "failures": w["failures"],
+                       "peak CPU %": w["cpu_pct_max"],
+                       "saturated": "yes: measured Locust" if w["cpu_pct_max"] >= SATURATION_CPU_PCT else "no"}
+                      for w in workers], hide_index=True, key=key("workers"))
     _chart(registry, run, key("result_chart"))
     if s.get("offered_rps"):
         _overload(registry, run)

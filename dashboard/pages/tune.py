@@ -41,6 +41,8 @@ init_defaults({
     key("objective"): "throughput", key("strategy"): "grid", key("step_s"): 8,
     key("m_hidden"): "32,128x128", key("m_activation"): ["relu", "tanh"], key("m_lr"): "0.001", key("m_epochs"): 3,
     key("m_users"): 16, key("m_dataset"): "digits", key("m_family"): [], key("m_weight_init"): [],
+    key("c_url"): "http://127.0.0.1:8600", key("c_model"): "model", key("c_protocol"): "tfserving",
+    key("c_users"): "1,8,32,64", key("c_slos"): "p95<=50ms\nfail_ratio<=0.01", key("c_step_s"): 5,
 })
 registry = get_registry()
 
@@ -297,6 +299,76 @@ if run is not None:
             st.info("This sweep recorded no points" + (f": {run.error}" if run.error else "."))
         else:
             _recommendation(run, pts, [Point.from_dict(d) for d in run.summary.get("verify_points", [])])
+
+# -- capacity of a running endpoint ----------------------------------------------------------
+
+
+def _start_capacity() -> None:
+    from urllib.parse import urlsplit
+
+    from dashboard.forms import LOCAL_HOSTS
+    from tuning.capacity import CapacitySpec, start
+    from tuning.ladder import parse_levels
+
+    state = st.session_state
+    url = state[key("c_url")].strip()
+    if urlsplit(url).hostname not in LOCAL_HOSTS:
+        st.error(f"only local targets ({', '.join(LOCAL_HOSTS)}) may be load-tested here; got {url!r}")
+        return
+    try:
+        spec = CapacitySpec(host=url, model_name=state[key("c_model")].strip(), protocol=state[key("c_protocol")],
+                            users=parse_levels(state[key("c_users")]), slos=tuple(_lines(state[key("c_slos")])),
+                            step_s=float(state[key("c_step_s")]))
+    except ValueError as exc:
+        st.error(str(exc).splitlines()[0])
+        return
+    state[key("csweep")] = start(registry, spec)
+    st.rerun()
+
+
+st.divider()
+st.subheader("Capacity of a running endpoint")
+with st.expander("New capacity sweep (any local URL, nothing restarted)", expanded=False):
+    c1, c2, c3 = st.columns([3, 1, 1])
+    c1.text_input("URL", key=key("c_url"),
+                  help="host: base URL of a running endpoint (TF Serving, Triton, KServe, MLServer or TuneSwarm's)")
+    c2.text_input("Model name", key=key("c_model"), help="model_name: the model's name at that URL")
+    c3.radio("Protocol", ("tfserving", "v2"), key=key("c_protocol"),
+             help="protocol: tfserving = /v1/models/NAME:predict; v2 = the Open Inference Protocol "
+                  "(/v2/models/NAME/infer); payloads are generated from the target's own metadata")
+    c1.text_input("Users ladder", key=key("c_users"),
+                  help="users: rising concurrency levels, one short Locust step each; stops at the first level "
+                       "that breaks the SLO")
+    c2.text_area("SLO (one per line)", key=key("c_slos"), height=80,
+                 help="slos: e.g. p95<=50ms, fail_ratio<=0.01")
+    c3.slider("Seconds per step", 2, 30, key=key("c_step_s"), help="step_s: load duration per level")
+    if st.button("Start capacity sweep", key=key("c_start"), icon=":material/play_arrow:",
+                 help="measure the target as it stands, level by level, as a job"):
+        _start_capacity()
+
+cruns = [r for r in registry.list_runs(kind="sweep", limit=200) if r.config.get("mode") == "capacity"]
+crun = ui.run_picker("Capacity sweep", cruns, key=key("csweep"),
+                     help="csweep: a recorded (or running) capacity sweep of a URL")
+if crun is not None:
+    ui.status_line(crun)
+    cspec = crun.config.get("spec", {})
+    st.caption(f"{cspec.get('model_name')} at {cspec.get('host')} ({cspec.get('protocol')}), "
+               f"SLO {' and '.join(cspec.get('slos', []))}")
+    if crun.active:
+        st.caption(f"measuring {(crun.progress or {}).get('level', '…')} users")
+        ui.stop_button(registry, crun, key=key("c_stop"))
+    cpoints = [Point.from_dict(d) for d in crun.summary.get("points", [])]
+    cconstraints = Constraints.parse(cspec.get("slos", []))
+    if cpoints:
+        st.plotly_chart(ct.latency_throughput_figure(cpoints, percentile=cconstraints.latency_key),
+                        key=key("c_curve"), config=PLOT_CONFIG)
+        st.dataframe([{"users": p.users, "req/s": round(p.rps, 1), "p50 ms": p.p50_ms, "p95 ms": p.p95_ms,
+                       "p99 ms": p.p99_ms, "failed": f"{p.fail_ratio:.1%}", "queue ms": p.queue_ms,
+                       "within SLO": cconstraints.meets(p)} for p in cpoints], hide_index=True, key=key("c_points"))
+    for line in (crun.summary.get("verdict") or {}).get("explanation", []):
+        st.markdown(f"- {line}")
+    if not cpoints and not crun.active:
+        st.info("This capacity sweep recorded no points" + (f": {crun.error}" if crun.error else "."))
 
 # -- model sweep -------------------------------------------------------------------------
 
