@@ -219,3 +219,20 @@ def test_ceiling_endpoint(registry: Registry) -> None:
         assert registry.get_run(handle.run_id).summary["runtime"] == "ceiling"
     finally:
         assert stop_endpoint(registry, handle.run_id) == "stopped"
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_metrics_of_two_workers_answer_for_both(registry: Registry, trained_model: Path) -> None:
+    handle = start_endpoint(registry, trained_model, ServingConfig(runtime="tflite", workers=2), name="digits")
+    try:
+        rows = load_samples(trained_model)[:1]
+        sent = 24
+        for _ in range(sent):  # fresh connections: the kernel hands them to either worker
+            assert request(handle.port, "POST", "/v1/models/digits:predict", {"instances": rows}).status == 200
+        time.sleep(1.5)  # > the workers' publishing interval
+        for _ in range(4):  # whichever worker takes the scrape answers for both
+            snap = parse_metrics(request(handle.port, "GET", "/metrics").body.decode())
+            assert snap.requests_by_code.get("200") == sent
+    finally:
+        stop_endpoint(registry, handle.run_id)

@@ -845,3 +845,27 @@ def test_connection_limit_stays_within_the_open_file_limit() -> None:
     assert connection_limit(10) == 10
     if soft != resource.RLIM_INFINITY:
         assert connection_limit(soft * 2) == soft - FD_HEADROOM
+
+
+def test_metrics_of_several_workers_merge_into_one_exposition() -> None:
+    import psutil
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from agent.serving.metrics import ServingMetrics, merge_expositions, parse_metrics
+
+    a, b = ServingMetrics("m"), ServingMetrics("m")
+    for m, codes in ((a, [200, 200, 400]), (b, [200, 503])):
+        for code in codes:
+            m.request_done(code, 0.004)
+    a.batch_done(rows=2, padded_rows=0, compute_s=0.001)
+    b.batch_done(rows=8, padded_rows=0, compute_s=0.002)
+    merged = merge_expositions([a.exposition(), b.exposition()])
+    families = {f.name: f for f in text_string_to_metric_families(merged.decode())}  # valid text format
+    snap = parse_metrics(merged.decode())
+    assert snap.requests_by_code == {"200": 3.0, "400": 1.0, "503": 1.0}  # a code only one worker saw is kept
+    assert snap.batch_size.count == 2 and snap.batch_size.sum == 10.0
+    assert snap.latency.count == 4 and snap.shed_latency.count == 1
+    starts = [s.value for s in families["process_start_time_seconds"].samples]
+    assert starts == [pytest.approx(psutil.Process().create_time(), abs=2)]  # the earliest start, not a sum
+    cpu = parse_metrics(a.exposition().decode()).process_cpu_seconds
+    assert snap.process_cpu_seconds >= cpu  # the two workers' CPU add up

@@ -48,7 +48,7 @@ from agent.serving.codec import (
     encode_json,
 )
 from agent.serving.config import ServingConfig
-from agent.serving.metrics import ServingMetrics
+from agent.serving.metrics import SHARE_INTERVAL_S, ServingMetrics
 from agent.serving.protocol import Admission
 from agent.serving.v2 import HEADER_LENGTH, decode_infer, encode_infer, model_metadata
 from agent.signature import Signature, TensorSpec
@@ -114,6 +114,7 @@ class ServingApp:
         self.encoder: OutputEncoder | None = None
         self.on_ready = on_ready
         self.batcher: Batcher | None = None
+        self._publisher: asyncio.Task[None] | None = None  # --workers N: shares this worker's metrics
         self._timeout_s = config.request_timeout_ms / 1000.0 or None
         self._max_body = config.max_body_bytes
         self._fast_predict = {f"/v1/models/{name}:predict", f"/v1/models/{name}/versions/{MODEL_VERSION}:predict"}
@@ -398,6 +399,8 @@ class ServingApp:
         encoder = self.encoder = OutputEncoder(signature)
         batcher.observer = self.metrics  # warm-up batches are not traffic
         batcher.outputs = encoder.rows  # requests get their rows' JSON, encoded once per batch
+        if self.metrics.shared_dir is not None:
+            self._publisher = asyncio.create_task(self._publish_metrics())
         # The model, TensorFlow and the imports are long-lived: move them out of the
         # garbage collector's view so its collections only scan per-request garbage.
         gc.collect()
@@ -415,8 +418,19 @@ class ServingApp:
 
     async def shutdown(self) -> None:
         self.ready = False
+        if self._publisher is not None:
+            self._publisher.cancel()
         if self.batcher is not None:
             await self.batcher.close(SHUTDOWN_BATCH_WAIT_S)
+
+    async def _publish_metrics(self) -> None:
+        """A worker of --workers N: keep its figures in the shared folder fresh for the others' scrapes."""
+        while True:
+            try:
+                self.metrics.publish()
+            except OSError as exc:  # a full disk must not take the worker down; the scrape says less
+                log.warning("could not publish metrics: %s", exc)
+            await asyncio.sleep(SHARE_INTERVAL_S)
 
 
 def create_app(

@@ -16,8 +16,12 @@ answers "where does the time go?":
 - ``tuneswarm_shed_total{model}``                   requests refused because the queue was full
 
 plus the process collector (``process_cpu_seconds_total`` ...). With
-``--workers N`` each worker has its own registry: a scrape answers for the
-worker that took the connection.
+``--workers N`` each worker has its own registry, and the parent gives them one
+folder (``$TUNESWARM_METRICS_DIR``): each worker writes its exposition there
+every ``SHARE_INTERVAL_S`` and on every scrape, and the worker that takes a
+scrape answers with the sum over all workers (:func:`merge_expositions`), the
+others' figures at most that old. prometheus-client's own multiprocess mode would
+need its metric classes on the hot path; these histograms are cheaper.
 
 Reading scrapes back (``parse_metrics``, ``snapshot_delta``, ``server_cpu_seconds``)
 lives in the leaf module ``runs.metrics_scrape``, which the load-test side uses
@@ -27,13 +31,16 @@ without importing ``agent``; the names are re-exported here for the endpoint's s
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
+from runs.configs import atomic_write_text
 from runs.metrics_scrape import (  # noqa: F401 (re-exported: the endpoint side reads its scrapes with these)
     PREFIX,
     HistogramValue,
@@ -54,6 +61,12 @@ COMPUTE_BUCKETS = (
 )
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 
+
+SHARED_DIR_ENV = "TUNESWARM_METRICS_DIR"  # set by a --workers parent for its workers: /metrics sums them
+SHARE_INTERVAL_S = 0.5  # how often a worker publishes its figures for the others' scrapes
+# Samples that are not summed over workers: the earliest start, the largest limit.
+_MERGE_MIN = frozenset({"process_start_time_seconds"})
+_MERGE_MAX = frozenset({"process_max_fds"})
 
 FOLD_AT = 4096  # observations kept raw before they are folded into bucket counts
 
@@ -127,6 +140,8 @@ class ServingMetrics:
         self.registry.register(self)
         if process_metrics:
             ProcessCollector(registry=self.registry)
+        # A worker of --workers N: publish into, and answer scrapes from, the folder the parent shares.
+        self.shared_dir: str | None = os.environ.get(SHARED_DIR_ENV) or None
 
     # -- hot path ----------------------------------------------------------------------------------
 
@@ -188,7 +203,71 @@ class ServingMetrics:
             yield g
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        """This process's figures; in a worker of ``--workers N``, the sum over all workers."""
+        own = generate_latest(self.registry)
+        if self.shared_dir is None:
+            return own
+        self.publish(own)
+        return merge_expositions(read_shared(self.shared_dir))
+
+    def publish(self, text: bytes | None = None) -> None:
+        """Write this worker's exposition into the shared folder (atomically: readers never see half)."""
+        if self.shared_dir is not None:
+            atomic_write_text(Path(self.shared_dir) / f"worker-{os.getpid()}.prom",
+                              generate_latest(self.registry) if text is None else text)
+
+
+def read_shared(folder: str | os.PathLike[str]) -> list[bytes]:
+    """Every worker's last published exposition in ``folder``."""
+    texts = []
+    for path in sorted(Path(folder).glob("worker-*.prom")):
+        try:
+            texts.append(path.read_bytes())
+        except FileNotFoundError:
+            continue  # replaced between listing and reading
+    return texts
+
+
+def merge_expositions(texts: Sequence[bytes]) -> bytes:
+    """Several Prometheus text expositions of the same metrics as one: each sample summed over them.
+
+    Counters, histogram buckets, sums and counts, queue gauges and process CPU, memory
+    and open files add up; the start time is the earliest and the fd limit the largest.
+    A labelled sample only one worker has (a status code only it answered) is kept as is.
+    """
+    families: dict[str, dict[str, object]] = {}
+    for text in texts:
+        family: dict[str, object] | None = None
+        for line in text.decode().splitlines():
+            if line.startswith("# "):
+                parts = line.split(" ", 3)
+                if len(parts) >= 3 and parts[1] in ("HELP", "TYPE"):
+                    family = families.setdefault(parts[2], {"HELP": None, "TYPE": None, "samples": {}})
+                    if family[parts[1]] is None:
+                        family[parts[1]] = line
+                continue
+            if not line.strip() or family is None:
+                continue
+            key, _, value = line.rpartition(" ")
+            samples = family["samples"]
+            assert isinstance(samples, dict)
+            name = key.split("{", 1)[0]
+            v = float(value)
+            if key not in samples:
+                samples[key] = v
+            elif name in _MERGE_MIN:
+                samples[key] = min(samples[key], v)
+            elif name in _MERGE_MAX:
+                samples[key] = max(samples[key], v)
+            else:
+                samples[key] += v
+    out: list[str] = []
+    for family in families.values():
+        out += [str(family[k]) for k in ("HELP", "TYPE") if family[k] is not None]
+        samples = family["samples"]
+        assert isinstance(samples, dict)
+        out += [f"{key} {floatToGoString(v)}" for key, v in samples.items()]
+    return ("\n".join(out) + "\n").encode()
 
 
 def _counter(name: str, doc: str, model: str, value: float) -> CounterMetricFamily:

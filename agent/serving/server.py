@@ -13,16 +13,19 @@ import json
 import logging
 import os
 import selectors
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from agent.serving.config import ServingConfig
+from agent.serving.metrics import SHARED_DIR_ENV
 from runs.lifecycle import die_with_parent
 
 log = logging.getLogger("agent.serving")
@@ -161,9 +164,12 @@ def serve_workers(opts: ServeOptions, sock: socket.socket, on_ready: Callable[[l
         stopping["flag"] = True
 
     old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    # One folder the workers publish their metrics into, so a scrape of any of them answers for all.
+    shared = tempfile.mkdtemp(prefix="tuneswarm-metrics-")
+    env = {**os.environ, SHARED_DIR_ENV: shared}
     try:
         for i in range(opts.config.workers):
-            procs.append(subprocess.Popen(worker_argv(opts, fd, i), stdout=subprocess.PIPE, pass_fds=(fd,),
+            procs.append(subprocess.Popen(worker_argv(opts, fd, i), stdout=subprocess.PIPE, pass_fds=(fd,), env=env,
                                           preexec_fn=die_with_parent))  # a kill -9 of this parent ends them
         error = _wait_workers_ready(procs, stopping)
         if error is None and not stopping["flag"]:
@@ -185,6 +191,7 @@ def serve_workers(opts: ServeOptions, sock: socket.socket, on_ready: Callable[[l
             if p.poll() is None:
                 p.kill()
                 p.wait()
+        shutil.rmtree(shared, ignore_errors=True)
 
 
 def _wait_workers_ready(procs: Sequence[subprocess.Popen[bytes]], stopping: dict[str, bool]) -> str | None:
