@@ -239,7 +239,9 @@ def test_open_loop_above_capacity_sheds_and_says_so(swarm_registry: Registry, tr
     try:
         config = LoadTestConfig(host=target.url, model_name="digits", shape="rate", users=12, spawn_rate=12,
                                 target_rps=600, run_time_s=5, samples_path=str(trained_model),
-                                slos=("fail_ratio<=0.01",))
+                                # Any shed request fails this gate. (The share shed depends on how long the
+                                # endpoint parks refused connections, so a fail_ratio gate would be a coin toss.)
+                                slos=("failures<1",))
         result = run_loadtest(swarm_registry, config, serve_run_id=target.run_id)
     finally:
         stop_endpoint(swarm_registry, target.run_id)
