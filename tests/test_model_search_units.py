@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import sys
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,10 +17,12 @@ optuna = pytest.importorskip("optuna")
 from tuning import model_search  # noqa: E402  (after the skip: it is only useful with optuna)
 from tuning.model_search import (  # noqa: E402
     CURVE_ATTR,
+    DUPLICATE_ATTR,
     ROW_ATTR,
     Pruning,
     budget_left,
     fail_abandoned,
+    measured_as,
     median_says_prune,
     open_study,
     progress,
@@ -147,6 +150,23 @@ def test_pruning_uses_optunas_median_pruner_alone_and_the_same_rule_jointly(obje
     curves = [t.user_attrs[CURVE_ATTR] for t in study.trials]
     assert Pruning(ctx, study.ask(), curves).should_prune(1, 3.0)
     assert not Pruning(ctx, study.ask(), curves).should_prune(1, 1.2)
+    one_epoch = SimpleNamespace(spec=replace(spec, epochs=1), registry=None)
+    assert not Pruning(one_epoch, study.ask(), curves).should_prune(1, 9.0)  # never after the last epoch
+
+
+def test_a_point_measured_before_is_found_and_its_repeat_is_not_counted(tmp_path: Path) -> None:
+    study = open_study(OPTUNA, f"sqlite:///{tmp_path / 'optuna.db'}", "run-4")
+    t0 = study.ask()
+    t0.set_user_attr(ROW_ATTR, _row("width=9", 0.9, 4.0))
+    study.tell(t0, [0.9, 4.0])
+    earlier = measured_as(study.get_trials(), "width=9")
+    assert earlier is not None and earlier.number == 0 and measured_as(study.get_trials(), "width=10") is None
+    t1 = study.ask()  # the same point sampled again: told the same outcome, marked, not counted
+    t1.set_user_attr(DUPLICATE_ATTR, earlier.number)
+    study.tell(t1, earlier.values, state=earlier.state)
+    state = progress(study.get_trials())
+    assert state.finished == 1 and [r["trial"] for r in state.rows] == [0]
+    assert measured_as(study.get_trials(), "width=9").number == 0
 
 
 def test_the_front_leaves_out_pruned_trials_and_the_cli_lists_it() -> None:

@@ -19,6 +19,10 @@ trials a killed process left RUNNING as FAIL (they are re-sampled, not counted),
 and asks for trials until ``n_trials`` have finished (COMPLETE or PRUNED) or the
 finished ones have taken ``timeout_s``. Each finished trial carries its result
 row as a user attribute, so the sweep's rows are rebuilt from the study itself.
+
+A sampled point that was measured already (NSGA-II's crossover of two equal
+parents, TPE on a small categorical space) is not trained again: the trial is
+told the earlier trial's outcome, marked ``duplicate_of``, and not counted.
 """
 
 from __future__ import annotations
@@ -48,7 +52,9 @@ OPTUNA_MISSING = ("the Optuna search needs optuna: pip install 'tuneswarm[optuna
 # Median pruning: trials needed before any is pruned, and epochs always trained.
 PRUNE_STARTUP_TRIALS = 2
 PRUNE_WARMUP_EPOCHS = 0
-ROW_ATTR, CURVE_ATTR = "row", "val_loss_curve"
+ROW_ATTR, CURVE_ATTR, DUPLICATE_ATTR = "row", "val_loss_curve", "duplicate_of"
+# A sampler that keeps proposing measured points has exhausted a small space: stop after this many in a row.
+MAX_DUPLICATES_IN_A_ROW = 20
 FINISHED = ("COMPLETE", "PRUNED")
 
 
@@ -115,7 +121,8 @@ class Progress:
 
 def progress(trials: Sequence[Any]) -> Progress:
     """Budget bookkeeping from a study's trials (FrozenTrial-like: number, state, user_attrs, datetimes)."""
-    done = sorted((t for t in trials if t.state.name in FINISHED), key=lambda t: t.number)
+    done = sorted((t for t in trials if t.state.name in FINISHED and DUPLICATE_ATTR not in t.user_attrs),
+                  key=lambda t: t.number)
     spent = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in done
                 if t.datetime_complete is not None and t.datetime_start is not None)
     rows = [{**t.user_attrs[ROW_ATTR], "trial": t.number, "state": t.state.name.lower()} for t in done
@@ -129,6 +136,15 @@ def budget_left(spec: ModelSweepSpec, p: Progress) -> str | None:
         return f"trial budget reached ({p.finished} of {spec.n_trials})"
     if spec.timeout_s and p.spent_s >= spec.timeout_s:
         return f"time budget reached ({p.spent_s:.0f}s of {spec.timeout_s:g}s; {p.finished} trials)"
+    return None
+
+
+def measured_as(trials: Sequence[Any], key: str) -> Any | None:
+    """The finished, measured trial whose point has this key, if any (so a repeat is not trained again)."""
+    for t in trials:
+        if t.state.name in FINISHED and DUPLICATE_ATTR not in t.user_attrs and \
+                t.user_attrs.get(ROW_ATTR, {}).get("key") == key:
+            return t
     return None
 
 
@@ -170,11 +186,14 @@ class Pruning:
         self.pruned_at: int | None = None
 
     def should_prune(self, epoch: int, val_loss: float) -> bool:
+        """After ``epoch`` (1-based). Never after the last: the training is done, only the swarm would be saved,
+        and the model is as trained as its peers."""
         self.curve.append(val_loss)
+        last = epoch >= self.ctx.spec.epochs
         if self.single:
             self.trial.report(val_loss, epoch)
-            return self.trial.should_prune()
-        return median_says_prune(val_loss, epoch, self.curves)
+            return not last and self.trial.should_prune()
+        return not last and median_says_prune(val_loss, epoch, self.curves)
 
     def callbacks(self, train_id: str) -> list[Any]:
         import keras
@@ -225,22 +244,31 @@ def run_search(ctx: SweepContext, *, on_trial: Callable[[Mapping[str, Any]], Non
     registry.update_summary(ctx.run_id, {"optuna": {"storage": storage_url(registry, ctx.run_id),
                                                     "study": ctx.run_id, "sampler": type(study.sampler).__name__,
                                                     "directions": directions(spec)}})
+    repeats = 0
     while True:
         state = progress(study.get_trials(deepcopy=False))
         record_rows(ctx, state.rows)
         reason = budget_left(spec, state)
+        if reason is None and repeats >= MAX_DUPLICATES_IN_A_ROW:
+            reason = f"the sampler proposed only measured points {repeats} times in a row: the space is exhausted"
         if reason is not None:
             registry.set_progress(ctx.run_id, {"phase": "done", "done": state.finished, "total": spec.size,
                                                "note": reason})
             return state
         ctx.stop.check()
         trial = study.ask()
-        curves = [t.user_attrs[CURVE_ATTR] for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,
-                                                                                                TrialState.PRUNED))
-                  if CURVE_ATTR in t.user_attrs]
+        finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        curves = [t.user_attrs[CURVE_ATTR] for t in finished if CURVE_ATTR in t.user_attrs]
         pruning = Pruning(ctx, trial, curves)
         try:
             params = suggest(trial, spec)
+            earlier = measured_as(finished, combo_key(params))
+            if earlier is not None:  # told what that point gave, not trained again, not counted
+                repeats += 1
+                trial.set_user_attr(DUPLICATE_ATTR, earlier.number)
+                study.tell(trial, earlier.values, state=earlier.state)
+                continue
+            repeats = 0
             row = measure_model(ctx, params, trial.number, callbacks=pruning.callbacks,
                                 pruned=lambda p=pruning: p.pruned_at is not None, done=state.finished)
             trial.set_user_attr(CURVE_ATTR, pruning.curve)
