@@ -28,7 +28,7 @@ told the earlier trial's outcome, marked ``duplicate_of``, and not counted.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -230,7 +230,7 @@ def objective_values(spec: ModelSweepSpec, row: Mapping[str, Any]) -> list[float
     return values
 
 
-def run_search(ctx: SweepContext, *, on_trial: Callable[[Mapping[str, Any]], None] | None = None) -> Progress:
+def run_search(ctx: SweepContext) -> Progress:
     """Ask, measure and tell trials until a budget is reached; the rows go to the sweep's summary as they finish."""
     optuna = require_optuna()
     from tuning.sweep import SweepStopped
@@ -281,5 +281,3 @@ def run_search(ctx: SweepContext, *, on_trial: Callable[[Mapping[str, Any]], Non
             # Stopped or broken mid-trial: FAIL it now (a resumed study re-samples instead), then let it rise.
             study.tell(trial, state=TrialState.FAIL)
             raise
-        if on_trial:
-            on_trial(row)
