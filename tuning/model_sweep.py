@@ -315,7 +315,13 @@ def format_front(rows: Sequence[Mapping[str, Any]], objectives: Mapping[str, str
 def create_model_sweep(registry: Registry, spec: ModelSweepSpec, *, name: str | None = None) -> str:
     """A pending model sweep run holding ``spec``."""
     return jobs.create(registry, "model_sweep", {"mode": "models", "spec": spec.to_dict()},
-                       name=name or f"model sweep {spec.dataset}: {', '.join(spec.grid)}")
+                       name=name or _default_name(spec))
+
+
+def _default_name(spec: ModelSweepSpec) -> str:
+    if spec.search == "optuna":
+        return f"model search (optuna) {spec.dataset}: {', '.join([*spec.grid, *spec.ranges])}"
+    return f"model sweep {spec.dataset}: {', '.join(spec.grid)}"
 
 
 def start(registry: Registry, spec: ModelSweepSpec, *, name: str | None = None) -> str:
