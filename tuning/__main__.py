@@ -130,8 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dataset", default="digits", help="built-in dataset to train on (default: digits)")
     g.add_argument("--train-grid", action="append", default=[], metavar="NAME=V1,V2",
                    help="training values to sweep (repeatable): hidden=32,64x64 (layers joined by x), "
+                        "width=16,64 and depth=1,2 (hidden = [width] * depth), "
                         "activation=relu,tanh, learning_rate=0.001,0.01, runtime=keras,tflite, family=mlp,rnn, "
-                        "rnn_cell=gru,lstm, weight_init=he_normal,glorot_uniform, bias_init=zeros,constant")
+                        "rnn_cell=gru,lstm, weight_init=he_normal,glorot_uniform, bias_init=zeros,constant; with "
+                        "--search optuna also ranges LO..HI for learning_rate, width, depth")
     g.add_argument("--epochs", type=int, default=3, help="epochs per model (keep it small) (default: 3)")
     g.add_argument("--search", choices=SEARCHES, default="grid",
                    help="grid: every combination of the lists (small discrete spaces); optuna: sample the space "
