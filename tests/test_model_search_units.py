@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from runs.registry import Registry
 from tuning.model_sweep import ModelSweepSpec, format_front, parse_space, train_grid, with_front
 
 optuna = pytest.importorskip("optuna")
@@ -185,3 +186,18 @@ def test_without_optuna_the_search_says_how_to_install_it(monkeypatch: pytest.Mo
     monkeypatch.setitem(sys.modules, "optuna", None)  # import optuna raises ImportError
     with pytest.raises(RuntimeError, match=r"pip install 'tuneswarm\[optuna\]'"):
         model_search.require_optuna()
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--trials", "3"], "are for --search optuna"),
+    (["--search", "optuna", "--trials", "0"], "n_trials must be 1..200"),
+    (["--search", "optuna", "--train-grid", "activation=a..b"], "ranges LO..HI are for"),
+])
+def test_the_cli_refuses_a_bad_search_with_exit_2_and_one_line(argv: list[str], message: str, home: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from tuning.__main__ import main
+
+    assert main(["--mode", "models", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not Registry(home).list_runs()

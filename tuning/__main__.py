@@ -393,8 +393,18 @@ def _report(registry, run_id: str, status: str, out: str | None) -> int:
 
 
 def _models(registry, args: argparse.Namespace) -> int:
-    from tuning.model_sweep import ModelSweepSpec, create_model_sweep, parse_space
+    from tuning.model_sweep import (
+        DEFAULT_OBJECTIVE,
+        DEFAULT_TRIALS,
+        ModelSweepSpec,
+        create_model_sweep,
+        parse_space,
+    )
 
+    if args.search == "grid" and (args.trials != DEFAULT_TRIALS or args.timeout_s
+                                  or args.search_objective != DEFAULT_OBJECTIVE):
+        raise UsageError("--trials, --timeout-s and --search-objective are for --search optuna; the grid trains "
+                         "every combination")
     try:
         grid_values, ranges = parse_space(args.train_grid)
         common = _common(args)
