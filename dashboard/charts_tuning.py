@@ -16,6 +16,7 @@ from tuning.points import PARAM_ORDER, Point, group_by_config
 SLO_COLOUR = "crimson"
 DOMINATED_COLOUR = "lightgrey"
 FRONT_COLOUR = "#1f77b4"
+COMPARE_COLOUR = "#ff7f0e"
 PERCENTILES = ("p50_ms", "p95_ms", "p99_ms")
 
 
@@ -128,9 +129,19 @@ def pareto_figure(
     x: str = "p99_ms",
     y: str = "val_accuracy",
     size: str | None = "capacity_rps",
+    name: str = "Pareto front",
+    compare: Sequence[Mapping[str, Any]] = (),
+    compare_name: str = "other front",
 ) -> go.Figure:
-    """Pareto scatter: front points in colour, dominated points greyed (dominance over all objectives)."""
+    """Pareto scatter: front points in colour, dominated points greyed (dominance over all objectives).
+
+    ``compare``: another sweep's rows (say, a grid's beside an Optuna search), drawn
+    as its front in the plotted plane only (``y`` up, ``x`` down), so the two fronts
+    can be read against each other. Rows of pruned or failed trials (never served)
+    are left out of both.
+    """
     title = "accuracy vs latency (Pareto front)"
+    rows = [r for r in rows if r.get("state", "complete") == "complete"]
     if not rows:
         return _empty(title, "no models measured yet")
     mask = pareto_mask(rows, objectives)
@@ -139,12 +150,12 @@ def pareto_figure(
         top = max(float(r.get(size) or 0.0) for r in rows) or 1.0
         sizes = [10 + 30 * float(r.get(size) or 0.0) / top for r in rows]
     fig = go.Figure()
-    for on_front, colour, name in ((False, DOMINATED_COLOUR, "dominated"), (True, FRONT_COLOUR, "Pareto front")):
+    for on_front, colour, series in ((False, DOMINATED_COLOUR, "dominated"), (True, FRONT_COLOUR, name)):
         idx = [i for i, m in enumerate(mask) if m == on_front]
         if not idx:
             continue
         fig.add_trace(go.Scatter(
-            x=[rows[i].get(x) for i in idx], y=[rows[i].get(y) for i in idx], mode="markers+text", name=name,
+            x=[rows[i].get(x) for i in idx], y=[rows[i].get(y) for i in idx], mode="markers+text", name=series,
             text=[str(rows[i].get("label", i)) for i in idx], textposition="top center",
             marker={"color": colour, "size": [sizes[i] for i in idx] if sizes else 12,
                     "line": {"width": 1, "color": "#333"}},
@@ -157,6 +168,18 @@ def pareto_figure(
     if len(front) > 1:
         fig.add_trace(go.Scatter(x=[r[x] for r in front], y=[r[y] for r in front], mode="lines",
                                  line={"color": FRONT_COLOUR, "dash": "dot"}, showlegend=False, hoverinfo="skip"))
+    other = [r for r in compare if r.get("state", "complete") == "complete" and r.get(x) is not None
+             and r.get(y) is not None]
+    if other:
+        other_front = sorted((r for r, m in zip(other, pareto_mask(other, {y: "max", x: "min"}), strict=True) if m),
+                             key=lambda r: r[x])
+        fig.add_trace(go.Scatter(
+            x=[r[x] for r in other_front], y=[r[y] for r in other_front], mode="markers+lines", name=compare_name,
+            text=[str(r.get("label", "")) for r in other_front],
+            marker={"color": COMPARE_COLOUR, "size": 11, "symbol": "diamond-open", "line": {"width": 2}},
+            line={"color": COMPARE_COLOUR, "dash": "dash"},
+            hovertemplate=f"%{{text}}<br>{x} %{{x:.3g}}<br>{y} %{{y:.3g}}<extra>{compare_name}</extra>",
+        ))
     fig.update_layout(title=title, xaxis_title=x, yaxis_title=y)
     return fig
 

@@ -52,3 +52,22 @@ def test_pareto_figure_greys_dominated_points() -> None:
     traces = {t.name: t for t in fig.data if t.name}
     assert list(traces["dominated"].text) == ["b"] and traces["dominated"].marker.color == "lightgrey"
     assert sorted(traces["Pareto front"].text) == ["a", "c"]
+
+
+def test_pareto_figure_draws_a_second_sweeps_front_beside_and_leaves_out_pruned_trials() -> None:
+    optuna_rows = [
+        {"label": "t0", "val_accuracy": 0.96, "p99_ms": 8, "state": "complete"},
+        {"label": "t1", "val_accuracy": 0.99, "state": "pruned"},  # never served: not a point
+        {"label": "t2", "val_accuracy": 0.90, "p99_ms": 9, "state": "complete"},
+    ]
+    grid_rows = [
+        {"label": "g1", "val_accuracy": 0.97, "p99_ms": 20},
+        {"label": "g2", "val_accuracy": 0.93, "p99_ms": 10},
+        {"label": "g3", "val_accuracy": 0.92, "p99_ms": 30},  # dominated in the plotted plane
+    ]
+    fig = pareto_figure(optuna_rows, {"val_accuracy": "max", "p99_ms": "min"}, size=None, name="Optuna front",
+                        compare=grid_rows, compare_name="grid front")
+    traces = {t.name: t for t in fig.data if t.name}
+    assert list(traces["Optuna front"].text) == ["t0"] and list(traces["dominated"].text) == ["t2"]
+    assert list(traces["grid front"].text) == ["g2", "g1"]  # along p99
+    assert all("t1" not in (t.text or ()) for t in fig.data)

@@ -160,3 +160,36 @@ def test_page_renders_a_capacity_sweep_of_a_url_and_refuses_a_remote_one(home: P
     assert not at.exception
     assert "only local targets" in _texts(at)
     assert len([r for r in registry.list_runs(kind="sweep") if r.config.get("mode") == "capacity"]) == 1
+
+
+def test_page_shows_an_optuna_search_front_beside_the_grids(home: Path, registry: Registry) -> None:
+    grid_id = create_model_sweep(registry, ModelSweepSpec(grid={"hidden": [[8], [16]]}, epochs=1), name="grid run")
+    registry.update_summary(grid_id, {"models": [
+        {"key": "g8", "label": "8 relu", "val_accuracy": 0.90, "p99_ms": 12.0, "capacity_rps": 900},
+        {"key": "g16", "label": "16 relu", "val_accuracy": 0.93, "p99_ms": 14.0, "capacity_rps": 850}]})
+    registry.set_status(grid_id, "completed")
+    spec = ModelSweepSpec(search="optuna", grid={}, ranges={"width": [4, 32]}, n_trials=3, epochs=1)
+    run_id = create_model_sweep(registry, spec, name="optuna run")
+    registry.update_summary(run_id, {"models": [
+        {"key": "w9", "label": "9", "trial": 0, "state": "complete", "val_accuracy": 0.95, "p99_ms": 11.0},
+        {"key": "w4", "label": "4", "trial": 1, "state": "pruned", "val_accuracy": 0.40},
+        {"key": "w30", "label": "30", "trial": 2, "state": "complete", "val_accuracy": 0.94, "p99_ms": 13.0}]})
+    registry.set_status(run_id, "completed")
+    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT_S).run()
+    assert not at.exception
+    assert at.selectbox(key="tune.msweep").value == run_id  # the newest
+    assert at.selectbox(key="tune.m_compare").value == grid_id  # the other search, drawn beside it
+    texts = _texts(at)
+    assert "Front: 9." in texts and "1 pruned trial(s)" in texts
+    fig = at.get("plotly_chart")[-1].proto.spec
+    assert "optuna front" in fig and "grid front" in fig
+
+
+def test_the_optuna_form_refuses_a_bad_range_in_one_line(home: Path, registry: Registry) -> None:
+    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT_S).run()
+    at.radio(key="tune.m_search").set_value("optuna").run()
+    at.text_input(key="tune.m_lr").set_value("0.1..0.01").run()
+    at.button(key="tune.m_start").click().run()
+    assert not at.exception
+    assert at.error and "LO < HI" in at.error[0].value and len(at.error[0].value.splitlines()) == 1
+    assert not registry.list_runs(kind="sweep")

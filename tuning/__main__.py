@@ -10,6 +10,12 @@ Model sweep (train each briefly, then load-test it)::
     python -m tuning --mode models --dataset digits --train-grid hidden=32,64x64 \\
         --train-grid learning_rate=0.001,0.01 --epochs 3 --users 16 --slo 'p99<=100ms' --out DIR
 
+Model search on Optuna (ranges LO..HI; TPE for one objective, NSGA-II for accuracy vs cost;
+pruning on validation loss; resumable with --run-id)::
+
+    python -m tuning --mode models --search optuna --trials 16 --timeout-s 600 --search-objective accuracy+p99 \
+        --train-grid width=8..128 --train-grid depth=1..2 --train-grid learning_rate=0.0003..0.03 --epochs 2
+
 Capacity sweep of an endpoint that is already running (any URL, nothing restarted)::
 
     python -m tuning --host http://127.0.0.1:8600 --model-name digits --protocol v2 \
@@ -52,6 +58,7 @@ class UsageError(Exception):
 
 def build_parser() -> argparse.ArgumentParser:
     from tuning.ladder import MIN_THROUGHPUT_GAIN
+    from tuning.model_sweep import DEFAULT_OBJECTIVE, DEFAULT_TRIALS, SEARCH_OBJECTIVES, SEARCHES
     from tuning.recommend import DEFAULT_SLOS, OBJECTIVES
     from tuning.space import PARAM_TYPES, STRATEGIES
     from tuning.sweep import DEFAULT_STEP_S
@@ -123,9 +130,22 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dataset", default="digits", help="built-in dataset to train on (default: digits)")
     g.add_argument("--train-grid", action="append", default=[], metavar="NAME=V1,V2",
                    help="training values to sweep (repeatable): hidden=32,64x64 (layers joined by x), "
+                        "width=16,64 and depth=1,2 (hidden = [width] * depth), "
                         "activation=relu,tanh, learning_rate=0.001,0.01, runtime=keras,tflite, family=mlp,rnn, "
-                        "rnn_cell=gru,lstm, weight_init=he_normal,glorot_uniform, bias_init=zeros,constant")
+                        "rnn_cell=gru,lstm, weight_init=he_normal,glorot_uniform, bias_init=zeros,constant; with "
+                        "--search optuna also ranges LO..HI for learning_rate, width, depth")
     g.add_argument("--epochs", type=int, default=3, help="epochs per model (keep it small) (default: 3)")
+    g.add_argument("--search", choices=SEARCHES, default="grid",
+                   help="grid: every combination of the lists (small discrete spaces); optuna: sample the space "
+                        "(lists are choices, LO..HI ranges for learning_rate, width, depth) with TPE or NSGA-II, "
+                        "pruning on validation loss (default: grid)")
+    g.add_argument("--trials", type=int, default=DEFAULT_TRIALS,
+                   help=f"optuna: finished trials to reach (complete or pruned) (default: {DEFAULT_TRIALS})")
+    g.add_argument("--timeout-s", type=float, default=0.0,
+                   help="optuna: start no trial once the finished ones took this many seconds (default: 0, none)")
+    g.add_argument("--search-objective", choices=tuple(SEARCH_OBJECTIVES), default=DEFAULT_OBJECTIVE,
+                   help="optuna: what to optimise; accuracy or loss alone (TPE), or accuracy against p99 or "
+                        f"server CPU per request (NSGA-II) (default: {DEFAULT_OBJECTIVE})")
     return p
 
 
@@ -373,20 +393,41 @@ def _report(registry, run_id: str, status: str, out: str | None) -> int:
 
 
 def _models(registry, args: argparse.Namespace) -> int:
-    from tuning.model_sweep import ModelSweepSpec, create_model_sweep, train_grid
+    from tuning.model_sweep import (
+        DEFAULT_OBJECTIVE,
+        DEFAULT_TRIALS,
+        ModelSweepSpec,
+        create_model_sweep,
+        parse_space,
+    )
 
+    if args.search == "grid" and (args.trials != DEFAULT_TRIALS or args.timeout_s
+                                  or args.search_objective != DEFAULT_OBJECTIVE):
+        raise UsageError("--trials, --timeout-s and --search-objective are for --search optuna; the grid trains "
+                         "every combination")
     try:
-        grid_values = train_grid(args.train_grid)
+        grid_values, ranges = parse_space(args.train_grid)
         common = _common(args)
         if common["rates"]:
             raise UsageError("--rates is for serving sweeps; a model sweep uses one --users level")
         common.pop("verify_top")
         spec = ModelSweepSpec(dataset=args.dataset, grid=grid_values, epochs=args.epochs,
-                              users=common["users"][-1], step_s=common["step_s"], slos=common["slos"])
+                              users=common["users"][-1], step_s=common["step_s"], slos=common["slos"],
+                              search=args.search, ranges=ranges, n_trials=args.trials, timeout_s=args.timeout_s,
+                              objective=args.search_objective)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    if spec.search == "optuna":
+        from tuning.model_search import require_optuna
+
+        try:
+            require_optuna()
+        except RuntimeError as exc:
+            raise UsageError(str(exc)) from None
     run_id = create_model_sweep(registry, spec, name=args.name)
-    print(f"model sweep {run_id}: {spec.size} models, {spec.epochs} epochs each, "
+    what = (f"Optuna search of {spec.n_trials} trials ({spec.objective})" if spec.search == "optuna"
+            else f"{spec.size} models")
+    print(f"model sweep {run_id}: {what}, {spec.epochs} epochs each, "
           f"{spec.users} users for {spec.step_s:g}s each", flush=True)
     return _report_models(registry, run_id, _execute(registry, run_id), args.out)
 
@@ -395,10 +436,17 @@ def _report_models(registry, run_id: str, status: str, out: str | None) -> int:
     import json
 
     from runs.configs import atomic_write_text
-    from tuning.model_sweep import format_models
+    from tuning.model_sweep import ModelSweepSpec, format_front, format_models, front_objectives
 
     run = registry.get_run(run_id)
-    print(format_models(run.summary.get("models", [])))
+    objectives = front_objectives(ModelSweepSpec.from_dict(run.config["spec"]))
+    rows = run.summary.get("models", [])
+    print(format_models(rows, objectives))
+    print()
+    print(format_front(rows, objectives))
+    note = (run.progress or {}).get("note")
+    if note:
+        print(note)
     if status != "completed":
         print(f"model sweep {status}: {run.error or ''}".rstrip(": "))
     if out:

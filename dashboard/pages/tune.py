@@ -20,7 +20,6 @@ from dashboard import ui
 from dashboard.state import get_registry, init_defaults
 from runs.jobs import reap
 from runs.registry import Registry, Run
-from tuning.pareto import MODEL_OBJECTIVES
 from tuning.points import Point
 from tuning.recommend import OBJECTIVES, Constraints, recommend
 
@@ -374,13 +373,37 @@ if crun is not None:
 
 st.divider()
 st.subheader("Model sweep: accuracy vs cost under load")
+init_defaults({key("m_search"): "grid", key("m_trials"): 16, key("m_timeout"): 0, key("m_objective"): "accuracy+p99",
+               key("m_width"): "", key("m_depth"): ""})
 with st.expander("New model sweep", expanded=False):
+    from tuning.model_sweep import SEARCH_OBJECTIVES
+
+    st.radio("Search", ("grid", "optuna"), key=key("m_search"), horizontal=True,
+             help="search: grid = every combination (small discrete spaces); optuna = sample the space with TPE "
+                  "(one objective) or NSGA-II (accuracy vs cost), pruning on validation loss, within the budgets")
+    optuna_search = st.session_state[key("m_search")] == "optuna"
+    if optuna_search:
+        o1, o2, o3 = st.columns(3)
+        o1.number_input("Trials", 1, 200, key=key("m_trials"),
+                        help="n_trials: finished trials (complete or pruned) to reach")
+        o2.number_input("Time budget (s)", 0, 86_400, key=key("m_timeout"),
+                        help="timeout_s: start no trial once the finished ones took this long; 0 = no limit")
+        o3.selectbox("Objective", tuple(SEARCH_OBJECTIVES), key=key("m_objective"),
+                     help="objective: accuracy or loss alone (TPE), or accuracy against p99 or server CPU per "
+                          "request (NSGA-II)")
+        o1.text_input("Width range", key=key("m_width"), placeholder="8..128",
+                      help="width: units per hidden layer, LO..HI (log scale) or a list; with depth it replaces "
+                           "the hidden layers below")
+        o2.text_input("Depth range", key=key("m_depth"), placeholder="1..2",
+                      help="depth: hidden layers, LO..HI or a list")
     c1, c2, c3 = st.columns(3)
     c1.text_input("Hidden layers", key=key("m_hidden"),
                   help="hidden: comma-separated models, layers joined by x (128x128 = two layers of 128)")
     c2.multiselect("Activations", ("relu", "gelu", "tanh", "sigmoid", "elu", "selu", "swish"), key=key("m_activation"),
                    help="activation: the hidden layers' non-linearity")
-    c3.text_input("Learning rates", key=key("m_lr"), help="learning_rate: comma-separated, e.g. 0.001,0.01")
+    c3.text_input("Learning rates", key=key("m_lr"),
+                  help="learning_rate: comma-separated, e.g. 0.001,0.01; for optuna also a range LO..HI "
+                       "(log scale), e.g. 0.0003..0.03")
     c1.number_input("Epochs", 1, 50, key=key("m_epochs"), help="epochs: per model; keep it small")
     c2.number_input("Users for the load step", 1, 512, key=key("m_users"),
                     help="users: concurrency of the one load step each model gets")
@@ -392,17 +415,26 @@ with st.expander("New model sweep", expanded=False):
     c2.multiselect("Weight initialisers", WEIGHT_INITS, key=key("m_weight_init"),
                    help="weight_init: how every kernel starts; empty = glorot_uniform (Keras' default)")
     if st.button("Start model sweep", key=key("m_start"), icon=":material/play_arrow:",
-                 help="train each model briefly, serve it, load-test it; runs as a job"):
-        from tuning.model_sweep import ModelSweepSpec, start, train_grid
+                 help="train each model (or trial) briefly, serve it, load-test it; runs as a job"):
+        from tuning.model_sweep import ModelSweepSpec, parse_space, start
 
         state = st.session_state
         try:
             lists = {name: state[key(f"m_{name}")] for name in ("activation", "family", "weight_init")}
-            grid = train_grid([f"hidden={state[key('m_hidden')]}", f"learning_rate={state[key('m_lr')]}"]
-                              + [f"{name}={','.join(values)}" for name, values in lists.items() if values])
-            mspec = ModelSweepSpec(dataset=state[key("m_dataset")], grid=grid, epochs=int(state[key("m_epochs")]),
-                                   users=int(state[key("m_users")]))
-        except ValueError as exc:
+            shape = {n: state[key(f"m_{n}")].strip() for n in ("width", "depth")} if optuna_search else {}
+            shape = {n: v for n, v in shape.items() if v}
+            flags = ([f"{n}={v}" for n, v in shape.items()] if shape else [f"hidden={state[key('m_hidden')]}"])
+            grid, ranges = parse_space(flags + [f"learning_rate={state[key('m_lr')]}"]
+                                       + [f"{name}={','.join(values)}" for name, values in lists.items() if values])
+            mspec = ModelSweepSpec(dataset=state[key("m_dataset")], grid=grid, ranges=ranges,
+                                   epochs=int(state[key("m_epochs")]), users=int(state[key("m_users")]),
+                                   search=state[key("m_search")], n_trials=int(state[key("m_trials")]),
+                                   timeout_s=float(state[key("m_timeout")]), objective=state[key("m_objective")])
+            if optuna_search:
+                from tuning.model_search import require_optuna
+
+                require_optuna()
+        except (ValueError, RuntimeError) as exc:
             st.error(str(exc).splitlines()[0])
         else:
             st.session_state[key("msweep")] = start(registry, mspec)
@@ -411,8 +443,10 @@ with st.expander("New model sweep", expanded=False):
 msweeps = [r for r in registry.list_runs(kind="sweep", limit=200) if r.config.get("mode") == "models"]
 mrun = ui.run_picker("Model sweep", msweeps, key=key("msweep"), help="msweep: a recorded (or running) model sweep")
 if mrun is not None:
-    from tuning.model_sweep import with_front
+    from tuning.model_sweep import ModelSweepSpec, front_objectives, with_front
 
+    mspec_run = ModelSweepSpec.from_dict(mrun.config["spec"])
+    objectives = front_objectives(mspec_run)
     ui.status_line(mrun)
     rows = mrun.summary.get("models", [])
     if mrun.active:
@@ -421,15 +455,33 @@ if mrun is not None:
                     text=f"{p.get('phase', 'starting')}: {p.get('model', '')}")
         ui.stop_button(registry, mrun, key=key("m_stop"))
     if rows:
-        pareto = ct.pareto_figure(rows, MODEL_OBJECTIVES)
+        def _search(run: Run) -> str:
+            return str(run.config.get("spec", {}).get("search", "grid"))
+
+        # The other searches' sweeps to draw beside this one; the newest of the other kind by default.
+        others = [r for r in msweeps if r.id != mrun.id and r.summary.get("models")]
+        others.sort(key=lambda r: _search(r) == _search(mrun))
+        labels = {r.id: f"{_search(r)}: {r.name} ({r.id})" for r in others}
+        cmp_id = st.selectbox("Compare with", [None, *labels], key=key("m_compare"),
+                              index=1 if others and _search(others[0]) != _search(mrun) else 0,
+                              format_func=lambda i: "(none)" if i is None else labels[i],
+                              help="compare: draw another model sweep's front (accuracy vs p99) on the same chart")
+        cmp_run = next((r for r in others if r.id == cmp_id), None)
+        pareto = ct.pareto_figure(rows, objectives, name=f"{_search(mrun)} front",
+                                  compare=cmp_run.summary.get("models", []) if cmp_run else (),
+                                  compare_name=f"{_search(cmp_run)} front" if cmp_run else "other front")
         st.plotly_chart(pareto, key=key("pareto"), config=PLOT_CONFIG)
         st.download_button("Download Pareto chart (HTML)", ct.figure_html(pareto), file_name="pareto.html",
                            mime="text/html", key=key("dl_pareto"), help="the Pareto scatter as a standalone HTML file")
-        st.dataframe([{k: r.get(k) for k in ("label", "param_count", "val_accuracy", "val_loss", "p99_ms", "rps",
-                                             "capacity_rps", "on_front")} for r in with_front(rows)],
-                     hide_index=True, key=key("models"))
+        columns = ("trial", "state") if mspec_run.search == "optuna" else ()
+        columns += ("label", "param_count", "val_accuracy", "val_loss", "p99_ms", "rps", "capacity_rps", "on_front")
+        ranked = with_front(rows, objectives)
+        st.dataframe([{k: r.get(k) for k in columns} for r in ranked], hide_index=True, key=key("models"))
+        pruned = sum(1 for r in rows if r.get("state") == "pruned")
         st.caption("Grey points are dominated: another model is at least as accurate, as fast and as cheap. "
-                   f"Front: {', '.join(r['label'] for r in with_front(rows) if r['on_front'])}.")
+                   f"Front: {', '.join(r['label'] for r in ranked if r['on_front'])}."
+                   + (f" {pruned} pruned trial(s) stopped early on validation loss and were not served."
+                      if pruned else ""))
     elif not mrun.active:
         st.info("This model sweep recorded no models" + (f": {mrun.error}" if mrun.error else "."))
 st.caption(f"Sweeps recorded: {len(sweeps)} serving, {len(msweeps)} model. Every load step and training run of "
