@@ -93,6 +93,10 @@ st.caption("Locust swarms against TF Serving's REST API or the Open Inference Pr
 
 endpoints = [r for r in registry.list_runs(kind="serve", status=("running", "pending")) if r.summary.get("url")]
 st.subheader("Target")
+url_run = st.query_params.get(ui.RUN_PARAM)  # "Swarm this endpoint" (Serve page) links here with ?run=ENDPOINT
+if url_run in {e.id for e in endpoints} and state.get(key("target_for")) != url_run:
+    state[key("target_kind")] = TARGET_ENDPOINT
+state[key("target_for")] = url_run
 target_kind = st.radio(
     "Target", (TARGET_ENDPOINT, TARGET_URL), key=key("target_kind"), horizontal=True,
     help="target: the endpoint started on the Serve page (its model's real test rows are the payload), "
@@ -103,7 +107,8 @@ if target_kind == TARGET_ENDPOINT:
     if not endpoints:
         st.info("No endpoint is running. Start one on the **Serve** page, or choose *URL*.")
     else:
-        serve_run = ui.run_picker("Endpoint", endpoints, key=key("endpoint"),
+        serve_run = ui.run_picker("Endpoint", ui.hide_sub_runs(endpoints, key("show_sub_endpoints")),
+                                  key=key("endpoint"), names=fmt.model_names(registry.list_runs(kind="train")),
                                   help="which running endpoint to swarm")
         if serve_run is not None:
             host = str(serve_run.summary.get("url", ""))
@@ -385,7 +390,7 @@ def _overload(registry: Registry, run: Run) -> None:
                "capacity to see where goodput stops following the offered rate and 503s take over.")
 
 
-load_runs = registry.list_runs(kind="loadtest")
+load_runs = ui.hide_sub_runs(registry.list_runs(kind="loadtest"), key("show_sub_runs"))
 ui.run_view("Load-test run", load_runs, key=key("view"), help="which swarm to show; a running one updates live",
             empty_text="No load tests yet. Pick a target and press **Start swarm**.",
             live=_live, results=functools.partial(_results, registry), refresh_s=LIVE_REFRESH_S)

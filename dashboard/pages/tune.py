@@ -16,6 +16,7 @@ from agent.data import BUILTIN_DATASETS
 from agent.model import FAMILIES, WEIGHT_INITS
 from agent.serving.config import RUNTIMES
 from dashboard import charts_tuning as ct
+from dashboard import format as fmt
 from dashboard import ui
 from dashboard.state import get_registry, init_defaults
 from runs.jobs import reap
@@ -51,24 +52,42 @@ st.caption("Sweep serving parameters up a concurrency ladder, then ship the conf
            "your SLO — or weigh model accuracy against what it costs under load.")
 
 
-def _models(registry: Registry) -> dict[str, str]:
-    """Trained models: label -> model.keras path (newest first)."""
-    out: dict[str, str] = {}
-    for run in registry.list_runs(kind="train", status="completed", limit=100):
-        path = run.summary.get("model_path")
-        if path:
-            out[f"{run.name} ({run.id[-6:]})"] = path
-    return out
+def _models(registry: Registry) -> dict[str, Run]:
+    """Trained models a person made (not a model sweep's): run id -> run, newest first."""
+    return {run.id: run for run in registry.list_runs(kind="train", status="completed", limit=100)
+            if run.summary.get("model_path") and not fmt.is_sub_run(run)}
+
+
+def _linked_model(registry: Registry, models: dict[str, Run]) -> str | None:
+    """The model a link names (``?run=`` a training run, or an endpoint serving one), if it is in ``models``."""
+    run_id = st.query_params.get(ui.RUN_PARAM)
+    if not run_id or run_id in models:
+        return run_id if run_id in models else None
+    try:
+        linked = registry.get_run(run_id)
+    except KeyError:
+        return None
+    path = linked.config.get("model_path") if linked.kind == "serve" else None
+    return next((i for i, r in models.items() if path and r.summary.get("model_path") == path), None)
+
+
+def apply_message(url: str, model_name: str, config: dict[str, Any], label: str) -> str:
+    """What Apply did, as a sentence (the full config is in the "Recommended config" expander)."""
+    return (f"The endpoint for this model now serves **{label}** at {url}/v1/models/{model_name}:predict "
+            f"({config.get('runtime')} runtime, batches of up to {config.get('max_batch_size')} rows waiting at "
+            f"most {config.get('batch_timeout_ms'):g} ms, {config.get('workers', 1)} worker"
+            f"{'s' if config.get('workers', 1) != 1 else ''}).")
 
 
 def _lines(text: str) -> list[str]:
     return [line.strip() for line in text.replace(";", "\n").splitlines() if line.strip()]
 
 
-def _start_sweep(model_path: str) -> None:
+def _sweep_spec(model_path: str) -> Any:
+    """The form as a SweepSpec, or the one-line reason it is not one."""
     from tuning.ladder import parse_levels
     from tuning.space import SearchSpace, parse_grid_arg
-    from tuning.sweep import SweepSpec, start
+    from tuning.sweep import SweepSpec
 
     state = st.session_state
     try:
@@ -83,21 +102,35 @@ def _start_sweep(model_path: str) -> None:
                          slos=tuple(_lines(state[key("slos")])), objective=state[key("objective")],
                          strategy=state[key("strategy")], step_s=float(state[key("step_s")]))
     except ValueError as exc:
-        st.error(str(exc).splitlines()[0])
+        return str(exc).splitlines()[0]
+    return spec
+
+
+def _start_sweep(spec: Any) -> None:
+    from tuning.sweep import start
+
+    if isinstance(spec, str):
+        st.error(spec)
         return
-    st.session_state[key("sweep")] = start(registry, spec)
+    ui.show_next(key("sweep"), start(registry, spec))
     st.rerun()
 
 
 # -- start a sweep -----------------------------------------------------------------------
 
 models = _models(registry)
-with st.expander("New serving sweep", expanded=not registry.list_runs(kind="sweep", limit=1)):
+linked_model = _linked_model(registry, models)
+if linked_model and st.session_state.get(key("model_for")) != linked_model:  # "Tune it" from Train or Serve
+    st.session_state[key("model")] = linked_model
+st.session_state[key("model_for")] = linked_model
+if st.session_state.get(key("model")) not in models and models:
+    st.session_state[key("model")] = next(iter(models))
+with st.expander("New serving sweep", expanded=bool(linked_model) or not registry.list_runs(kind="sweep", limit=1)):
     if not models:
         st.info("Train a model on the **Train** page first; its bundle (model + samples) is what gets served.")
     else:
-        model_label = st.selectbox("Model", list(models), key=key("model"),
-                                   help="model: a trained model bundle; its samples.json is the request payload")
+        model_id = st.selectbox("Model", list(models), key=key("model"), format_func=lambda i: fmt.run_label(models[i]),
+                                help="model: a trained model bundle; its samples.json is the request payload")
         c1, c2, c3 = st.columns(3)
         c1.multiselect("Runtimes", RUNTIMES, key=key("runtime"),
                        help="runtime: the engines to compare (each one is a separate config)")
@@ -122,9 +155,17 @@ with st.expander("New serving sweep", expanded=not registry.list_runs(kind="swee
                      help="strategy: grid measures every combination; coordinate tunes one parameter at a time")
         c3.slider("Seconds per step", 3, 30, key=key("step_s"),
                   help="step_s: load duration per ladder step; short steps keep the sweep to minutes")
-        if st.button("Start sweep", key=key("start"), type="primary", icon=":material/play_arrow:",
+        b1, b2 = st.columns([1, 4])
+        spec_or_error = _sweep_spec(models[model_id].summary["model_path"])
+        if b1.button("Start sweep", key=key("start"), type="primary", icon=":material/play_arrow:",
                      help="Start the sweep as a job; it keeps running if you leave the page"):
-            _start_sweep(models[model_label])
+            _start_sweep(spec_or_error)
+        if isinstance(spec_or_error, str):
+            b2.caption(f"Cannot start yet: {spec_or_error}")
+        else:
+            from tuning.sweep import estimate
+
+            b2.caption(f"Estimated duration: {estimate(spec_or_error).text()} (the ladder often stops sooner).")
 
 # -- one sweep ---------------------------------------------------------------------------
 
@@ -196,6 +237,7 @@ def _live(run_id: str) -> None:
 def _apply(run: Run, params: dict[str, Any]) -> None:
     """Restart the endpoint for this model with the recommended config."""
     from agent.serving.process import restart_endpoint
+    from tuning.points import config_label
     from tuning.sweep import MODEL_NAME, SweepSpec
 
     spec = SweepSpec.from_dict(run.config["spec"])
@@ -205,7 +247,7 @@ def _apply(run: Run, params: dict[str, Any]) -> None:
     except (RuntimeError, ValueError, OSError, TimeoutError) as exc:
         st.error(f"could not start the endpoint: {str(exc).splitlines()[0]}")
         return
-    st.session_state[key("applied")] = f"endpoint {handle.url} serving {MODEL_NAME} with {config.to_dict()}"
+    st.session_state[key("applied")] = apply_message(handle.url, MODEL_NAME, config.to_dict(), config_label(params))
 
 
 def _ship(run: Run, config: Any, label: str) -> None:
@@ -257,8 +299,10 @@ def _recommendation(run: Run, points: list[Point], verified: list[Point]) -> Non
         _table(points, constraints, verified)
         return
     best = rec.best
-    m = st.columns(4)
-    m[0].metric("Recommended", best.label, help="the config that best meets the objective within the constraints")
+    m = st.columns([2, 1, 1, 1])
+    # Markdown, not a metric: a config label is longer than a metric tile shows, and it must be read whole.
+    m[0].markdown(f"Recommended\n\n**{best.label}**",
+                  help="the config that best meets the objective within the constraints")
     m[1].metric("Capacity within SLO", f"{best.capacity_rps:.0f} req/s",
                 help="the highest throughput this config reached with every constraint met")
     m[2].metric("Per core (CPU)", "n/a" if best.capacity_per_core is None else f"{best.capacity_per_core:.0f} req/s",
