@@ -103,6 +103,14 @@ def run_label(run: Run, names: Mapping[str, str] | None = None) -> str:
     return f"{marker} · {name} · {when(run.created_at)[5:]} · {run.id}"
 
 
+def apply_message(url: str, model_name: str, config: dict[str, Any], label: str) -> str:
+    """What Apply did, as a sentence (the full config is in the "Recommended config" expander)."""
+    return (f"The endpoint for this model now serves {label} at {url}/v1/models/{model_name}:predict "
+            f"({config.get('runtime')} runtime, batches of up to {config.get('max_batch_size')} rows waiting at "
+            f"most {config.get('batch_timeout_ms'):g} ms, {config.get('workers', 1)} worker"
+            f"{'s' if config.get('workers', 1) != 1 else ''}).")
+
+
 def headline(run: Run) -> str:
     """The one number that says how a run went, per kind."""
     s = run.summary

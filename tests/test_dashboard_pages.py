@@ -124,10 +124,10 @@ def test_train_first_run_shows_the_one_click_path_and_defaults(home: Path) -> No
     assert not at.exception
     assert [b.label for b in at.button][:2] == ["Train the default model", "Train"]
     assert at.selectbox(key="train.dataset").value == "digits"
-    assert at.slider(key="train.layers").value == 2
+    assert at.slider(key="train.layers").value == forms.DEFAULT_TRAIN.layers  # what the first-run card trains
     assert at.select_slider(key="train.units").value == 64
     assert at.select_slider(key="train.lr").value == 0.001
-    assert at.number_input(key="train.epochs").value == 20
+    assert at.number_input(key="train.epochs").value == forms.DEFAULT_TRAIN.epochs
     assert "No training runs yet" in _text(at)
     _assert_widgets_have_help(at)
 

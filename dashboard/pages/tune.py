@@ -71,14 +71,6 @@ def _linked_model(registry: Registry, models: dict[str, Run]) -> str | None:
     return next((i for i, r in models.items() if path and r.summary.get("model_path") == path), None)
 
 
-def apply_message(url: str, model_name: str, config: dict[str, Any], label: str) -> str:
-    """What Apply did, as a sentence (the full config is in the "Recommended config" expander)."""
-    return (f"The endpoint for this model now serves **{label}** at {url}/v1/models/{model_name}:predict "
-            f"({config.get('runtime')} runtime, batches of up to {config.get('max_batch_size')} rows waiting at "
-            f"most {config.get('batch_timeout_ms'):g} ms, {config.get('workers', 1)} worker"
-            f"{'s' if config.get('workers', 1) != 1 else ''}).")
-
-
 def _lines(text: str) -> list[str]:
     return [line.strip() for line in text.replace(";", "\n").splitlines() if line.strip()]
 
@@ -247,7 +239,7 @@ def _apply(run: Run, params: dict[str, Any]) -> None:
     except (RuntimeError, ValueError, OSError, TimeoutError) as exc:
         st.error(f"could not start the endpoint: {str(exc).splitlines()[0]}")
         return
-    st.session_state[key("applied")] = apply_message(handle.url, MODEL_NAME, config.to_dict(), config_label(params))
+    st.session_state[key("applied")] = fmt.apply_message(handle.url, MODEL_NAME, config.to_dict(), config_label(params))
 
 
 def _ship(run: Run, config: Any, label: str) -> None:
