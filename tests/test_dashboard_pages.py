@@ -318,7 +318,7 @@ def test_runs_page_filters_overlays_and_diffs(home: Path, registry: Registry) ->
     charts = at.get("plotly_chart")
     assert len(charts) == 1
     fig = json.loads(charts[0].proto.spec)
-    assert sorted(t["name"] for t in fig["data"]) == [f"big ({b[-6:]})", f"small ({a[-6:]})"]
+    assert sorted(t["name"] for t in fig["data"]) == [f"big ({b})", f"small ({a})"]  # full ids
     diff = at.table[0].value
     assert list(diff["parameter"]) == ["model.hidden"]
 
