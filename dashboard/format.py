@@ -158,9 +158,10 @@ def verdict_kind(run: Run) -> str:
     return "success" if not s.get("failures") and not rate_shortfall(s) and not s.get("saturated") else "info"
 
 
-def runs_table(runs: Iterable[Run], *, icons: bool = True,
+def runs_table(runs: Iterable[Run], *, icons: bool = True, parent: bool = False,
                sub_runs: Mapping[str, Sequence[Run]] | None = None) -> list[dict[str, Any]]:
-    """Rows for the Runs table; ``icons=False`` for exports (plain ``completed``), ``sub_runs`` adds their count."""
+    """Rows for the Runs table: ``icons=False`` for exports (plain ``completed``), ``parent`` adds the id of
+    the sweep a run belongs to, ``sub_runs`` (by parent id) the count of a sweep's own runs."""
     return [
         {
             "id": r.id,
@@ -170,8 +171,8 @@ def runs_table(runs: Iterable[Run], *, icons: bool = True,
             "created": when(r.created_at),
             "duration": duration(r.duration_s),
             "result": headline(r),
-            **({"sub-runs": len(sub_runs.get(r.id, ()))} if sub_runs is not None else {}),
-            "parent": r.parent_id or "",
+            **({"sub-runs": len(sub_runs.get(r.id, ())) or None} if sub_runs is not None else {}),
+            **({"parent": r.parent_id or ""} if parent else {}),
         }
         for r in runs
     ]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from browser_helpers import UI_TIMEOUT_MS, VIEWPORT, dashboard, nav, set_number, settled
@@ -65,7 +64,6 @@ def test_train_opens_at_its_own_url(app: tuple[str, Registry], page) -> None:
 
 
 def test_a_run_link_opens_that_run_and_next_steps_carry_it(app: tuple[str, Registry], page) -> None:
-    from playwright.sync_api import expect
 
     url, registry = app
     older = _train_run(registry, name="train iris")
@@ -111,11 +109,20 @@ def test_the_train_form_and_its_upload_survive_another_page(app: tuple[str, Regi
     expect(page.get_by_role("button", name="Train", exact=True)).to_be_enabled()
 
 
-def test_shot_of_the_runs_page(app: tuple[str, Registry], page, tmp_path: Path) -> None:
-    """The Runs page with full ids and plain names (a look, for the README's screenshot set)."""
+def test_the_runs_page_groups_a_sweep_with_its_sub_runs(app: tuple[str, Registry], page) -> None:
+    """A sweep's sub-runs fold under it (screenshot ``runs_grouped.png`` for the README)."""
     from browser_helpers import shot
+    from playwright.sync_api import expect
+    from test_dashboard_names import _sweep_family
 
-    url, _ = app
+    url, registry = app
+    _, sweep, _, _ = _sweep_family(registry)
     page.goto(f"{url}/runs")
     page.get_by_role("heading", name="Runs").first.wait_for(timeout=UI_TIMEOUT_MS)
+    group = page.get_by_text(f"model sweep digits: hidden · {sweep}: 2 sub-runs")
+    expect(group).to_be_visible(timeout=UI_TIMEOUT_MS)
+    group.click()
+    expect(page.locator('[data-testid="stExpander"]', has_text=sweep).locator('[data-testid="stDataFrame"]')
+           ).to_be_visible(timeout=UI_TIMEOUT_MS)
+    settled(page)
     shot(page, "runs_grouped")

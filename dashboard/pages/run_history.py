@@ -45,17 +45,18 @@ if not runs:
 
 sub_runs = fmt.sub_runs_by_parent(runs)
 listed_ids = {r.id for r in runs}
-show_subs = st.toggle(f"Show sweep sub-runs in the list ({sum(map(len, sub_runs.values()))})",
-                      key=key("show_sub_runs"),
-                      help="a sweep's own trainings, endpoints and load steps are grouped under it below; switch "
-                           "this on to list them with every other run (and pick them in Compare and Details)")
+show_subs = bool(sub_runs) and st.toggle(
+    f"Show sweep sub-runs in the list ({sum(map(len, sub_runs.values()))})", key=key("show_sub_runs"),
+    help="a sweep's own trainings, endpoints and load steps are grouped under it below; switch this on to list "
+         "them with every other run (and pick them in Compare and Details)")
 url_run = st.query_params.get(ui.RUN_PARAM)
 # A sub-run whose sweep is filtered out (or that a link names) is listed on its own, never lost.
 top = runs if show_subs else [r for r in runs if r.parent_id not in listed_ids or r.id == url_run]
 table = fmt.runs_table(top, sub_runs=sub_runs)
 st.dataframe(table, hide_index=True, key=key("table"),
              column_config={"id": st.column_config.TextColumn("id", width="medium")})
-st.download_button("Export this list (CSV)", fmt.rows_to_csv(fmt.runs_table(top, icons=False, sub_runs=sub_runs)),
+export = fmt.runs_table(top, icons=False, parent=True, sub_runs=sub_runs)
+st.download_button("Export this list (CSV)", fmt.rows_to_csv(export),
                    file_name="tuneswarm-runs.csv", mime="text/csv", key=key("export_list"),
                    icon=":material/download:",
                    help="the runs listed above (after the kind/status filters) as a CSV file")
