@@ -367,9 +367,10 @@ def _results(registry: Registry, run: Run) -> None:
             st.caption("no SLOs set for this run")
     reports = s.get("reports") or {}
     if reports:
-        cols = st.columns(len(reports))
         mimes = {"csv": "text/csv", "json": "application/json", "html": "text/html", "history_csv": "text/csv"}
-        for col, (kind, path) in zip(cols, sorted(reports.items()), strict=True):
+        per_row = 3  # more to a row cuts the labels ("failures csv re…")
+        cols = [c for _ in range(0, len(reports), per_row) for c in st.columns(per_row)]
+        for col, (kind, path) in zip(cols, sorted(reports.items()), strict=False):
             p = Path(path)
             if p.is_file() and p.stat().st_size <= MAX_REPORT_BYTES:
                 col.download_button(f"{kind.replace('_', ' ')} report", p.read_bytes(), file_name=p.name,

@@ -141,8 +141,10 @@ with st.expander("New serving sweep", expanded=bool(linked_model) or not registr
                            "Locust's open-loop rate shape, so overload shows as shed requests and latency")
         c1.text_area("SLO (one per line)", key=key("slos"), height=80,
                      help="slos: e.g. p95<=50ms, p99<=100ms, fail_ratio<=0.01, rps>=500")
-        c2.selectbox("Objective", OBJECTIVES, key=key("objective"), format_func=lambda o: f"{o}: {OBJECTIVE_HELP[o]}",
-                     help="objective: what 'best' means among the configs that meet the SLO")
+        objective = c2.selectbox("Objective", OBJECTIVES, key=key("objective"),
+                                 help="objective: what 'best' means among the configs that meet the SLO — "
+                                      + "; ".join(f"{o}: {text}" for o, text in OBJECTIVE_HELP.items()))
+        c2.caption(OBJECTIVE_HELP[objective])  # beside the box, not in it: a narrow box cuts its text
         c2.selectbox("Strategy", ("grid", "coordinate"), key=key("strategy"),
                      help="strategy: grid measures every combination; coordinate tunes one parameter at a time")
         c3.slider("Seconds per step", 3, 30, key=key("step_s"),
@@ -157,7 +159,7 @@ with st.expander("New serving sweep", expanded=bool(linked_model) or not registr
         else:
             from tuning.sweep import estimate
 
-            b2.caption(f"Estimated duration: {estimate(spec_or_error).text()} (the ladder often stops sooner).")
+            b2.caption(f"Estimated duration: {estimate(spec_or_error).text()}; the ladder often stops sooner.")
 
 # -- one sweep ---------------------------------------------------------------------------
 
@@ -293,7 +295,7 @@ def _recommendation(run: Run, points: list[Point], verified: list[Point]) -> Non
     best = rec.best
     m = st.columns([2, 1, 1, 1])
     # Markdown, not a metric: a config label is longer than a metric tile shows, and it must be read whole.
-    m[0].markdown(f"Recommended\n\n**{best.label}**",
+    m[0].markdown(f"Recommended\n\n#### **{best.label}**",
                   help="the config that best meets the objective within the constraints")
     m[1].metric("Capacity within SLO", f"{best.capacity_rps:.0f} req/s",
                 help="the highest throughput this config reached with every constraint met")
