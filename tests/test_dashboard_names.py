@@ -242,3 +242,24 @@ def test_the_train_form_keeps_its_values_across_pages(home: Path) -> None:
     at.switch_page(str(PAGES / "train.py")).run()
     assert not at.exception
     assert at.number_input(key="train.epochs").value == 7 and at.slider(key="train.layers").value == 3
+
+
+def test_swarm_this_endpoint_targets_it_on_the_load_test_page(home: Path, registry: Registry) -> None:
+    model = _train_run(registry, name="train digits")
+    path = registry.get_run(model).summary["model_path"]
+    first = _serve_run(registry, path, runtime="keras", status="running")
+    linked = _serve_run(registry, path, runtime="tflite", status="running")
+    for run_id in (first, linked):
+        registry.update_summary(run_id, {"url": "http://127.0.0.1:9", "name": "model"})
+    try:
+        at = _page("load_test")
+        at.radio(key="load.target_kind").set_value("URL").run()  # the user had a URL target before
+        at.query_params["run"] = first
+        at.run()
+        assert not at.exception
+        assert at.radio(key="load.target_kind").value == "running endpoint"
+        assert at.selectbox(key="load.endpoint").value == first  # not the newest: the one the link names
+        assert "train digits" in at.selectbox(key="load.endpoint").options[0]
+    finally:
+        registry.set_status(first, "stopped")
+        registry.set_status(linked, "stopped")

@@ -212,8 +212,10 @@ def test_train_on_an_uploaded_csv_saves_it_with_the_run_and_trains(home: Path, r
         assert saved.parent == registry.artifacts_dir(run.id)  # the upload lives with its run
         assert saved.read_bytes() == data
         assert run.config["data"]["target"] == "label" and run.name == "train pets"
+        assert saved.name == "pets.csv"  # the file's own name, so the dataset is named after it
         finished = wait_job(registry, run.id, timeout_s=120)
         assert finished.status == "completed", finished.error
+        assert finished.summary["data"]["name"] == "pets"  # not "data"
         assert finished.summary["data"]["task"] == "classification"
         assert finished.summary["data"]["classes"] == ["no", "yes"]
     finally:
