@@ -139,7 +139,7 @@ else:
     payload = st.selectbox(
         "Payload rows", [ZEROS, GENERATED, *by_id], key=key("payload"),
         format_func=lambda i: {ZEROS: "rows of zeros", GENERATED: f"rows {GENERATED}"}.get(i) or
-        f"test rows of {fmt.run_label(by_id[i])}",
+        f"test rows of {by_id[i].name} · {by_id[i].id}",
         help="samples: real held-out rows of a trained model (use the model this URL serves), rows generated "
              "from the URL's own input signature (its /v1/models/NAME/metadata), or rows of zeros of the given "
              "width",

@@ -67,13 +67,14 @@ if not show_subs:
             st.dataframe(fmt.runs_table(children), hide_index=True, key=key(f"subs.{parent.id}"),
                          column_config={"id": st.column_config.TextColumn("id", width="medium")})
 by_id = {r.id: r for r in top}
+names = fmt.model_names(registry.list_runs(kind="train", limit=MAX_LISTED))  # endpoints read as their model
 
 # -- compare -----------------------------------------------------------------------------
 
 st.subheader("Compare")
 st.session_state[key("compare")] = [i for i in st.session_state[key("compare")] if i in by_id]
 chosen_ids = st.multiselect(
-    "Runs to compare", list(by_id), key=key("compare"), format_func=lambda i: fmt.run_label(by_id[i]),
+    "Runs to compare", list(by_id), key=key("compare"), format_func=lambda i: fmt.run_label(by_id[i], names),
     help="pick two or more runs: their curves are overlaid (loss for training runs, latency and "
          "throughput for load tests) and their configs diffed side by side",
 )
@@ -135,7 +136,7 @@ def _delete(registry: Registry, run_id: str) -> None:
 # -- one run -------------------------------------------------------------------------------
 
 st.subheader("Details")
-run = ui.run_picker("Run", top, key=key("detail"), help="the run to inspect, export or delete")
+run = ui.run_picker("Run", top, key=key("detail"), names=names, help="the run to inspect, export or delete")
 if run is not None:
     ui.status_line(run)
     c1, c2 = st.columns(2)
@@ -195,7 +196,7 @@ else:
     finished = {r.id: r for r in runs if not r.active and not fmt.is_sub_run(r)}
     st.session_state[key("mlflow_runs")] = [i for i in st.session_state[key("mlflow_runs")] if i in finished]
     picked = st.multiselect("Runs to send", list(finished), key=key("mlflow_runs"),
-                            format_func=lambda i: fmt.run_label(finished[i]),
+                            format_func=lambda i: fmt.run_label(finished[i], names),
                             help="finished runs to log to MLflow now (a sweep goes with its points as child runs)")
     st.button("Send to MLflow", key=key("mlflow_send"), icon=":material/upload:", disabled=not (uri and picked),
               on_click=_send, args=(registry, picked, uri), help="log the chosen runs to the tracking URI")
