@@ -82,7 +82,7 @@ def run_picker(label: str, runs: Sequence[Run], key: str, help: str, *,
         st.session_state[key] = url_run
     st.session_state[taken] = url_run
     if st.session_state.get(key) not in by_id:
-        st.session_state[key] = next((r.id for r in runs if r.active), ids[0])
+        st.session_state[key] = fmt.running_first(runs)[0].id
     chosen = st.selectbox(label, ids, key=key, help=help, format_func=lambda i: fmt.run_label(by_id[i], names))
     if write_url:
         _write_url(key, ids)

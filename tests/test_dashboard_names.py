@@ -71,6 +71,12 @@ def test_an_endpoint_label_names_its_model_runtime_batching_state_and_full_id(re
     assert "no batching" in fmt.run_label(registry.get_run(unbatched))
 
 
+def test_running_runs_come_first(registry: Registry) -> None:
+    done = registry.get_run(_train_run(registry, name="done"))
+    busy = registry.get_run(_train_run(registry, name="busy", status="running"))
+    assert [r.name for r in fmt.running_first([done, busy])] == ["busy", "done"]
+
+
 def test_the_runs_export_carries_plain_statuses(registry: Registry) -> None:
     run_id = _train_run(registry)
     csv_text = fmt.rows_to_csv(fmt.runs_table([registry.get_run(run_id)], icons=False, parent=True))
