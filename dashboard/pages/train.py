@@ -435,6 +435,14 @@ def _num(value: float | None, spec: str = ".4f") -> str:
 
 def _results(registry: Registry, run: Run) -> None:
     s = run.summary
+    if s.get("model_path") and Path(s["model_path"]).exists():  # the next steps first, where they are seen
+        n1, n2, _ = st.columns([1, 1, 4])
+        with n1:
+            ui.next_step("Serve this model", "serve.py", run.id, key("to_serve"), ":material/dns:",
+                         help="open the Serve page with this model picked")
+        with n2:
+            ui.next_step("Tune it", "tune.py", run.id, key("to_tune"), ":material/tune:",
+                         help="open the Tune page with this model picked for a serving sweep")
     metrics = s.get("test_metrics") or {}
     if metrics:
         st.subheader("Test metrics")
@@ -463,14 +471,6 @@ def _results(registry: Registry, run: Run) -> None:
         st.plotly_chart(charts.confusion_matrix_figure(metrics["confusion_matrix"], labels),
                         key=key("cm_chart"), config={"displaylogo": False})
     model_path = Path(s["model_path"]) if s.get("model_path") else None
-    if model_path is not None and model_path.exists():
-        n1, n2, _ = st.columns([1, 1, 3])
-        with n1:
-            ui.next_step("Serve this model", "serve.py", run.id, key("to_serve"), ":material/dns:",
-                         help="open the Serve page with this model picked")
-        with n2:
-            ui.next_step("Tune it", "tune.py", run.id, key("to_tune"), ":material/tune:",
-                         help="open the Tune page with this model picked for a serving sweep")
     if model_path is not None and model_path.is_file() and model_path.stat().st_size <= MAX_DOWNLOAD_BYTES:
         st.download_button("Download model.keras", model_path.read_bytes(), file_name=f"{run.id}.keras",
                            mime="application/zip", key=key("download"), icon=":material/download:",
