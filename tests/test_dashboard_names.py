@@ -106,6 +106,16 @@ def test_the_sweep_estimate_comes_from_grid_ladder_and_step_time() -> None:
     assert single.finalists == 0 and "finalists" not in single.text()
 
 
+def test_a_model_sweep_estimate_counts_its_models_and_is_shown_before_start(home: Path) -> None:
+    from tuning.model_sweep import ModelSweepSpec, estimate_text
+
+    spec = ModelSweepSpec(grid={"hidden": [[32], [64]], "learning_rate": [0.001, 0.01]}, epochs=3, step_s=6.0)
+    assert "4 models × (training for up to 3 epochs" in estimate_text(spec) and "6 s load step" in estimate_text(spec)
+    at = _page("tune")
+    assert not at.exception
+    assert any(c.value.startswith("Estimated duration: at least") and "models" in c.value for c in at.caption)
+
+
 def test_the_apply_message_is_a_sentence() -> None:
     text = fmt.apply_message("http://127.0.0.1:8600", "model",
                              {"runtime": "tflite", "max_batch_size": 32, "batch_timeout_ms": 2.0, "workers": 1,

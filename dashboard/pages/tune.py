@@ -429,22 +429,28 @@ with st.expander("New model sweep", expanded=False):
                    help="family: mlp, cnn (digits as 8×8×1 images), rnn (each row as a sequence); empty = mlp")
     c2.multiselect("Weight initialisers", WEIGHT_INITS, key=key("m_weight_init"),
                    help="weight_init: how every kernel starts; empty = glorot_uniform (Keras' default)")
-    if st.button("Start model sweep", key=key("m_start"), icon=":material/play_arrow:",
-                 help="train each model briefly, serve it, load-test it; runs as a job"):
-        from tuning.model_sweep import ModelSweepSpec, start, train_grid
+    from tuning.model_sweep import ModelSweepSpec, estimate_text, start, train_grid
 
-        state = st.session_state
-        try:
-            lists = {name: state[key(f"m_{name}")] for name in ("activation", "family", "weight_init")}
-            grid = train_grid([f"hidden={state[key('m_hidden')]}", f"learning_rate={state[key('m_lr')]}"]
-                              + [f"{name}={','.join(values)}" for name, values in lists.items() if values])
-            mspec = ModelSweepSpec(dataset=state[key("m_dataset")], grid=grid, epochs=int(state[key("m_epochs")]),
-                                   users=int(state[key("m_users")]))
-        except ValueError as exc:
-            st.error(str(exc).splitlines()[0])
+    state = st.session_state
+    try:
+        lists = {name: state[key(f"m_{name}")] for name in ("activation", "family", "weight_init")}
+        grid = train_grid([f"hidden={state[key('m_hidden')]}", f"learning_rate={state[key('m_lr')]}"]
+                          + [f"{name}={','.join(values)}" for name, values in lists.items() if values])
+        mspec: ModelSweepSpec | str = ModelSweepSpec(dataset=state[key("m_dataset")], grid=grid,
+                                                     epochs=int(state[key("m_epochs")]),
+                                                     users=int(state[key("m_users")]))
+    except ValueError as exc:
+        mspec = str(exc).splitlines()[0]
+    b1, b2 = st.columns([1, 4])
+    if b1.button("Start model sweep", key=key("m_start"), icon=":material/play_arrow:",
+                 help="train each model briefly, serve it, load-test it; runs as a job"):
+        if isinstance(mspec, str):
+            st.error(mspec)
         else:
-            st.session_state[key("msweep")] = start(registry, mspec)
+            ui.show_next(key("msweep"), start(registry, mspec))
             st.rerun()
+    b2.caption(f"Cannot start yet: {mspec}" if isinstance(mspec, str)
+               else f"Estimated duration: {estimate_text(mspec)}.")
 
 msweeps = [r for r in registry.list_runs(kind="sweep", limit=200) if r.config.get("mode") == "models"]
 mrun = ui.run_picker("Model sweep", msweeps, key=key("msweep"), help="msweep: a recorded (or running) model sweep")
