@@ -68,7 +68,7 @@ def model_names(runs: Iterable[Run]) -> dict[str, str]:
 
 
 def serve_description(run: Run, names: Mapping[str, str] | None = None) -> str:
-    """What an endpoint serves and how: ``train digits · tflite · batch 32 / 2 ms · 1 worker``."""
+    """What an endpoint serves and how: ``train digits · tflite · batch 32 / 2.0 ms`` (workers when more than 1)."""
     cfg = run.config
     serving = cfg.get("serving") or (run.summary.get("config") or {})
     if cfg.get("ceiling"):
