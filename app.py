@@ -25,11 +25,23 @@ PAGES = (
 
 st.set_page_config(page_title="TuneSwarm", page_icon="🐝", layout="wide")
 
+available = [p for p in PAGES if (PAGES_DIR / p[0]).is_file()]
 pages = [
-    st.Page(PAGES_DIR / name, title=title, icon=icon, url_path=url_path, default=(i == 0))
-    for i, (name, title, icon, url_path) in enumerate(PAGES)
-    if (PAGES_DIR / name).is_file()
+    # Streamlit serves the default page at the root and reserves its url_path without answering it,
+    # so the first page gets a path nobody links to and its real one (/train) goes to the alias below.
+    st.Page(PAGES_DIR / name, title=title, icon=icon, url_path=f"{url_path}-home" if i == 0 else url_path,
+            default=(i == 0))
+    for i, (name, title, icon, url_path) in enumerate(available)
 ]
+
+
+def _to_default_page() -> None:
+    """``/train`` (the default page's own name): open it at the root, keeping ``?run=ID``."""
+    st.switch_page(pages[0], query_params=st.query_params.to_dict())
+
+
+if pages:
+    pages.append(st.Page(_to_default_page, title=available[0][1], url_path=available[0][3], visibility="hidden"))
 page = st.navigation(pages)
 with st.sidebar:
     st.markdown("### TuneSwarm")

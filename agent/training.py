@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -90,17 +91,23 @@ class TrainJob:
 UPLOAD_FILENAME = "data.csv"
 
 
+def upload_filename(original: str | None) -> str:
+    """The run's copy of an upload keeps the file's own name (the dataset is named after it), made path-safe."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(original or "").stem).strip("._")[:60]
+    return f"{stem}.csv" if stem else UPLOAD_FILENAME
+
+
 def start(registry: Registry, job: TrainJob, *, name: str | None = None, parent_id: str | None = None,
-          upload: bytes | None = None) -> str:
+          upload: bytes | None = None, upload_name: str | None = None) -> str:
     """Record ``job`` as a new ``train`` run and launch its process; returns the run id at once.
 
-    ``upload``: the bytes of an uploaded CSV, saved with the run (deleted with it) and
-    trained on in place of ``job.data.csv_path``.
+    ``upload``: the bytes of an uploaded CSV, saved with the run (deleted with it) under
+    ``upload_name`` (the file's own name) and trained on in place of ``job.data.csv_path``.
     """
     run_id = jobs.create(registry, "train", job.to_dict(), name=name or job.label, parent_id=parent_id)
     if upload is not None:
         try:
-            path = atomic_write_text(registry.artifacts_dir(run_id) / UPLOAD_FILENAME, upload)
+            path = atomic_write_text(registry.artifacts_dir(run_id) / upload_filename(upload_name), upload)
             data = replace(job.data, dataset="csv", csv_path=str(path))
             registry.update_config(run_id, {"data": data.to_dict()})
         except (OSError, ValueError) as exc:

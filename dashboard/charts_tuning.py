@@ -48,8 +48,10 @@ def latency_throughput_figure(
     for config_id, series in group_by_config(points).items():
         ys = [getattr(p, percentile) for p in series]
         fig.add_trace(go.Scatter(
-            x=[p.rps for p in series], y=ys, mode="lines+markers", name=series[0].label,
+            x=[p.rps for p in series], y=ys, mode="lines+markers+text", name=series[0].label,
             line={"width": 4 if config_id == highlight else 2},
+            # Each point is one load level: label it on the chart, not only in the hover.
+            text=[_level_text(p) for p in series], textposition="top left", textfont={"size": 10},
             customdata=[[p.load_text, p.fail_ratio] for p in series],
             hovertemplate="%{x:.0f} req/s, %{y:.1f} ms<br>at %{customdata[0]}, fail %{customdata[1]:.1%}"
                           "<extra>%{fullData.name}</extra>",
@@ -60,6 +62,11 @@ def latency_throughput_figure(
     fig.update_layout(title=title, xaxis_title="throughput (requests/s)", yaxis_title=f"{percentile[:3]} (ms)",
                       legend_title="config", hovermode="closest")
     return fig
+
+
+def _level_text(point: Point) -> str:
+    """A load level in few characters: ``16u`` (users) or ``500/s`` (offered requests/s)."""
+    return f"{point.level}/s" if point.rate is not None else f"{point.level}u"
 
 
 def cpu_per_request_figure(rows: Sequence[Mapping[str, Any]]) -> go.Figure:
@@ -100,7 +107,8 @@ def parallel_coordinates_figure(rows: Sequence[Mapping[str, Any]], *, colour: st
     title = "parallel coordinates"
     if not rows:
         return _empty(title, "no configs measured yet")
-    params = [n for n in PARAM_ORDER if any(n in r for r in rows)]
+    # A parameter every config shares says nothing here (and draws an axis with made-up ticks): left out.
+    params = [n for n in PARAM_ORDER if any(n in r for r in rows) and len({str(r.get(n)) for r in rows}) > 1]
     outcomes = [n for n in ("capacity_rps", "p95_ms", "p99_ms", "cpu_ms_per_request") if any(
         r.get(n) is not None for r in rows)]
     dims = []

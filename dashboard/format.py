@@ -43,13 +43,72 @@ def when(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
 
-def run_label(run: Run) -> str:
-    """One line naming a run in pickers: name, start time, short id.
+def is_sub_run(run: Run) -> bool:
+    """A run a sweep made (its load steps, endpoints, trainings): the registry links it by ``parent_id``."""
+    return run.parent_id is not None
 
-    No status here: a picker keeps an option's label while its value stays
-    selected, so a changing status would show stale; the status line says it.
+
+def sub_runs_by_parent(runs: Iterable[Run]) -> dict[str, list[Run]]:
+    """Sub-runs grouped under their parent's id, in the order given."""
+    out: dict[str, list[Run]] = {}
+    for run in runs:
+        if run.parent_id is not None:
+            out.setdefault(run.parent_id, []).append(run)
+    return out
+
+
+def running_first(runs: Sequence[Run]) -> list[Run]:
+    """Active runs first (newest first among them), then the rest, each group in the order given."""
+    return [r for r in runs if r.active] + [r for r in runs if not r.active]
+
+
+def model_names(runs: Iterable[Run]) -> dict[str, str]:
+    """Model file path -> the name of the run that made (or imported) it, for naming endpoints by model."""
+    return {str(r.summary["model_path"]): r.name for r in runs if r.summary.get("model_path")}
+
+
+def serve_description(run: Run, names: Mapping[str, str] | None = None) -> str:
+    """What an endpoint serves and how: ``train digits · tflite · batch 32 / 2.0 ms`` (workers when more than 1)."""
+    cfg = run.config
+    serving = cfg.get("serving") or (run.summary.get("config") or {})
+    if cfg.get("ceiling"):
+        model = "HTTP ceiling (no model)"
+    else:
+        path = str(cfg.get("model_path") or run.summary.get("model_path") or "")
+        model = (names or {}).get(path) or (_model_from_path(path) if path else "model ?")
+    parts = [model, str(serving.get("runtime") or "?")]
+    mbs = serving.get("max_batch_size")
+    if mbs is not None:
+        parts.append("no batching" if int(mbs) <= 1 else f"batch {mbs} / {serving.get('batch_timeout_ms', '?')} ms")
+    workers = int(serving.get("workers") or 1)
+    if workers > 1:
+        parts.append(f"{workers} workers")
+    return " · ".join(parts)
+
+
+def _model_from_path(path: str) -> str:
+    """A model named by its file when no run names it: ``model.keras`` in a run folder reads as that run."""
+    p = path.rstrip("/").rsplit("/", 2)
+    return f"model of run {p[-2]}" if len(p) >= 2 and p[-1] in ("model.keras", "saved_model") else p[-1]
+
+
+def run_label(run: Run, names: Mapping[str, str] | None = None) -> str:
+    """One line naming a run in pickers: status marker, readable name, start time, full id.
+
+    An endpoint reads as its model, runtime and batching (every endpoint's own name is its URL
+    model name, the same for all); ``names`` maps model paths to the runs that made them.
     """
-    return f"{run.name} · {when(run.created_at)[5:]} · {run.id[-6:]}"
+    marker = f"{STATUS_ICONS.get(run.status, '')} {run.status}"
+    name = serve_description(run, names) if run.kind == "serve" else run.name
+    return f"{marker} · {name} · {when(run.created_at)[5:]} · {run.id}"
+
+
+def apply_message(url: str, model_name: str, config: dict[str, Any], label: str) -> str:
+    """What Apply did, as a sentence (the full config is in the "Recommended config" expander)."""
+    return (f"The endpoint for this model now serves {label} at {url}/v1/models/{model_name}:predict "
+            f"({config.get('runtime')} runtime, batches of up to {config.get('max_batch_size')} rows waiting at "
+            f"most {config.get('batch_timeout_ms'):g} ms, {config.get('workers', 1)} worker"
+            f"{'s' if config.get('workers', 1) != 1 else ''}).")
 
 
 def headline(run: Run) -> str:
@@ -99,16 +158,21 @@ def verdict_kind(run: Run) -> str:
     return "success" if not s.get("failures") and not rate_shortfall(s) and not s.get("saturated") else "info"
 
 
-def runs_table(runs: Iterable[Run]) -> list[dict[str, Any]]:
+def runs_table(runs: Iterable[Run], *, icons: bool = True, parent: bool = False,
+               sub_runs: Mapping[str, Sequence[Run]] | None = None) -> list[dict[str, Any]]:
+    """Rows for the Runs table: ``icons=False`` for exports (plain ``completed``), ``parent`` adds the id of
+    the sweep a run belongs to, ``sub_runs`` (by parent id) the count of a sweep's own runs."""
     return [
         {
             "id": r.id,
             "kind": r.kind,
             "name": r.name,
-            "status": f"{STATUS_ICONS.get(r.status, '')} {r.status}",
+            "status": f"{STATUS_ICONS.get(r.status, '')} {r.status}" if icons else r.status,
             "created": when(r.created_at),
             "duration": duration(r.duration_s),
             "result": headline(r),
+            **({"sub-runs": len(sub_runs.get(r.id, ())) or None} if sub_runs is not None else {}),
+            **({"parent": r.parent_id or ""} if parent else {}),
         }
         for r in runs
     ]

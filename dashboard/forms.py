@@ -169,18 +169,34 @@ BUILTIN_TASKS = {"diabetes": "regression", "synthetic": "regression", "digits": 
                  "sequences": "classification"}
 
 # The one-click first run: small enough to finish in seconds on 2 cores.
+# It is also what the Train page's form starts from, so the first-run card and the form agree.
 DEFAULT_TRAIN = TrainForm(dataset="digits", layers=1, units=64, epochs=15, patience=3)
 
 
-def train_check(form: TrainForm, *, n_rows: int | None = None, has_csv: bool = False) -> Check:
+def describe_model(form: TrainForm) -> str:
+    """What a form trains, in words (the first-run card's promise is built from the form's own defaults)."""
+    layers = int(form.layers)
+    hidden = (f"{layers} hidden layer{'s' if layers != 1 else ''} of {form.units} {form.activation} units"
+              if layers else "no hidden layer")
+    stopping = (f"early stopping after {form.patience} epoch{'s' if form.patience != 1 else ''} without "
+                "val_loss improving" if form.patience else "no early stopping")
+    return (f"a {form.family.upper()} with {hidden} on **{form.dataset}**, {form.optimizer} at learning rate "
+            f"{form.learning_rate:g}, up to {form.epochs} epochs with {stopping}")
+
+
+def train_check(form: TrainForm, *, n_rows: int | None = None, has_csv: bool = False,
+                csv_error: str | None = None) -> Check:
     """Errors from building ``ModelConfig`` and ``DataSource`` (plus a missing upload or target), and advice.
 
     ``n_rows`` is the dataset's row count when known (an uploaded CSV); ``has_csv``
-    says whether a file has been uploaded.
+    says whether a file has been uploaded; ``csv_error`` is the file's own error (shown
+    where the file is): nothing about its target is added, that error says it all.
     """
     errors = _config_error(lambda: model_config(form))
     if form.dataset == "csv" and not has_csv:
         errors.append("upload a CSV file, or pick a built-in dataset")
+    elif form.dataset == "csv" and csv_error:
+        pass
     elif form.dataset == "csv" and not form.csv_target:
         errors.append("choose the target column of the CSV file")
     else:

@@ -35,8 +35,18 @@ def get_registry() -> Registry:
     return registry
 
 
+KEPT_PREFIX = "kept:"  # a widget's value copied under a non-widget key, which Streamlit never drops
+
+
 def init_defaults(defaults: Mapping[str, Any]) -> None:
-    """Seed widget values once per session, so a rerun never resets what the user set."""
+    """Seed widget values once per session, so neither a rerun nor a visit to another page resets them.
+
+    Streamlit forgets a widget's value as soon as one run does not draw it (leaving the
+    page does that), so every run also copies each value under a plain key and the
+    next visit restores from that copy before the widget is drawn again.
+    """
+    state = st.session_state
     for key, value in defaults.items():
-        if key not in st.session_state:
-            st.session_state[key] = value
+        if key not in state:
+            state[key] = state.get(KEPT_PREFIX + key, value)
+        state[KEPT_PREFIX + key] = state[key]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import streamlit as st
@@ -42,19 +42,74 @@ def show_next(key: str, run_id: str) -> None:
     st.session_state[key + NEXT_SUFFIX] = run_id
 
 
-def run_picker(label: str, runs: Sequence[Run], key: str, help: str) -> Run | None:
-    """Selectbox over ``runs`` by id; keeps the user's choice across reruns while it exists."""
+RUN_PARAM = "run"  # ?run=ID in a page's URL selects that run in the page's picker that lists it
+PAGES_DIR = Path(__file__).resolve().parent / "pages"
+
+
+def _url_run() -> str | None:
+    value = st.query_params.get(RUN_PARAM)
+    return value or None
+
+
+def _write_url(key: str, ids: Sequence[str]) -> None:
+    """Put the picker's choice in the URL (shareable), unless the URL names a run another picker shows."""
+    current = _url_run()
+    if current is None or current in ids:
+        chosen = st.session_state.get(key)
+        if chosen and chosen != current:
+            st.query_params[RUN_PARAM] = chosen
+
+
+def run_picker(label: str, runs: Sequence[Run], key: str, help: str, *,
+               names: Mapping[str, str] | None = None, write_url: bool = True) -> Run | None:
+    """Selectbox over ``runs`` by id; keeps the user's choice across reruns while it exists.
+
+    Which run it shows, first match wins: one the page just started (``show_next``), the URL's
+    ``?run=ID`` when this picker lists it and did not take it already, the choice kept in the
+    session, else the newest active run (what is running), else the newest. With ``write_url``
+    the choice goes back into the URL, so the address bar can be shared.
+    """
     if not runs:
         return None
     ids = [r.id for r in runs]
     by_id = {r.id: r for r in runs}
     nxt = st.session_state.pop(key + NEXT_SUFFIX, None)
+    url_run = _url_run()
+    taken = key + ".url"  # the URL id this picker last took: a later user choice is not overridden by it
     if nxt in by_id:
         st.session_state[key] = nxt
+    elif url_run in by_id and st.session_state.get(taken) != url_run:
+        st.session_state[key] = url_run
+    st.session_state[taken] = url_run
     if st.session_state.get(key) not in by_id:
-        st.session_state[key] = ids[0]
-    chosen = st.selectbox(label, ids, key=key, help=help, format_func=lambda i: fmt.run_label(by_id[i]))
+        st.session_state[key] = fmt.running_first(runs)[0].id
+    chosen = st.selectbox(label, ids, key=key, help=help, format_func=lambda i: fmt.run_label(by_id[i], names))
+    if write_url:
+        _write_url(key, ids)
+        st.session_state[taken] = _url_run()
     return by_id.get(chosen)
+
+
+def hide_sub_runs(runs: Sequence[Run], key: str) -> list[Run]:
+    """``runs`` without the runs sweeps made, unless the user asks for them (a toggle, shown only if any).
+
+    A sub-run the URL names (``?run=ID``) stays, so a link to it opens it.
+    """
+    subs = [r for r in runs if fmt.is_sub_run(r)]
+    if not subs:
+        return list(runs)
+    if st.toggle(f"Show sweep sub-runs ({len(subs)})", key=key,
+                 help="runs a sweep made (its trainings, endpoints and load steps) are listed under their sweep "
+                      "on the Runs page; switch this on to pick one here"):
+        return list(runs)
+    url_run = _url_run()
+    return [r for r in runs if not fmt.is_sub_run(r) or r.id == url_run]
+
+
+def next_step(label: str, page: str, run_id: str, key: str, icon: str, help: str) -> None:
+    """A button that opens another page (``page``: its file name) with ``run_id`` selected there."""
+    if st.button(label, key=key, icon=icon, help=help):
+        st.switch_page(PAGES_DIR / page, query_params={RUN_PARAM: run_id})
 
 
 def run_view(title: str, runs: Sequence[Run], key: str, help: str, empty_text: str,

@@ -137,7 +137,7 @@ def test_train_serve_swarm_and_compare_in_the_browser(app: tuple[str, Registry])
             picker = page.get_by_role("combobox", name="Runs to compare")
             for run in trained:
                 picker.click()
-                page.get_by_role("option", name=run.id[-6:]).first.click()
+                page.get_by_role("option", name=run.id).first.click()
                 page.keyboard.press("Escape")
                 settled(page)
             overlay = page.locator(".js-plotly-plot", has_text="val loss — train runs")

@@ -124,10 +124,10 @@ def test_train_first_run_shows_the_one_click_path_and_defaults(home: Path) -> No
     assert not at.exception
     assert [b.label for b in at.button][:2] == ["Train the default model", "Train"]
     assert at.selectbox(key="train.dataset").value == "digits"
-    assert at.slider(key="train.layers").value == 2
+    assert at.slider(key="train.layers").value == forms.DEFAULT_TRAIN.layers  # what the first-run card trains
     assert at.select_slider(key="train.units").value == 64
     assert at.select_slider(key="train.lr").value == 0.001
-    assert at.number_input(key="train.epochs").value == 20
+    assert at.number_input(key="train.epochs").value == forms.DEFAULT_TRAIN.epochs
     assert "No training runs yet" in _text(at)
     _assert_widgets_have_help(at)
 
@@ -212,8 +212,10 @@ def test_train_on_an_uploaded_csv_saves_it_with_the_run_and_trains(home: Path, r
         assert saved.parent == registry.artifacts_dir(run.id)  # the upload lives with its run
         assert saved.read_bytes() == data
         assert run.config["data"]["target"] == "label" and run.name == "train pets"
+        assert saved.name == "pets.csv"  # the file's own name, so the dataset is named after it
         finished = wait_job(registry, run.id, timeout_s=120)
         assert finished.status == "completed", finished.error
+        assert finished.summary["data"]["name"] == "pets"  # not "data"
         assert finished.summary["data"]["task"] == "classification"
         assert finished.summary["data"]["classes"] == ["no", "yes"]
     finally:
@@ -318,7 +320,7 @@ def test_runs_page_filters_overlays_and_diffs(home: Path, registry: Registry) ->
     charts = at.get("plotly_chart")
     assert len(charts) == 1
     fig = json.loads(charts[0].proto.spec)
-    assert sorted(t["name"] for t in fig["data"]) == [f"big ({b[-6:]})", f"small ({a[-6:]})"]
+    assert sorted(t["name"] for t in fig["data"]) == [f"big ({b})", f"small ({a})"]  # full ids
     diff = at.table[0].value
     assert list(diff["parameter"]) == ["model.hidden"]
 

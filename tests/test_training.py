@@ -139,3 +139,11 @@ def test_training_job_streams_and_stops_through_the_supervisor(registry: Registr
     assert 1 <= run.summary["epochs_run"] < 400 == config.epochs
     log = (registry.artifacts_dir(run_id) / jobs.LOG_FILENAME).read_text()
     assert "epoch 1/400" in log and "stopped after" in log
+
+
+def test_an_upload_keeps_its_own_file_name_made_path_safe() -> None:
+    from agent.training import UPLOAD_FILENAME, upload_filename
+
+    assert upload_filename("pets.csv") == "pets.csv"
+    assert upload_filename("../../etc/sales 2024 (v2).CSV") == "sales_2024_v2.csv"  # no folders, no spaces
+    assert upload_filename(None) == upload_filename("...csv") == UPLOAD_FILENAME

@@ -312,6 +312,19 @@ def format_front(rows: Sequence[Mapping[str, Any]], objectives: Mapping[str, str
     return "\n".join(lines)
 
 
+TRAIN_START_S = 10.0  # a training job's process start and TensorFlow import, before its first epoch
+
+
+def estimate_text(spec: ModelSweepSpec) -> str:
+    """A lower bound on a model sweep's duration, shown before it starts (epoch times depend on the model)."""
+    from tuning.sweep import ENDPOINT_START_S, STEP_OVERHEAD_S
+
+    per_model = TRAIN_START_S + ENDPOINT_START_S + spec.step_s + STEP_OVERHEAD_S
+    m, s = divmod(round(spec.size * per_model), 60)
+    return (f"at least {f'{m} min {s:02d} s' if m else f'{s} s'}: {spec.size} model{'s' if spec.size != 1 else ''}"
+            f" × (training for up to {spec.epochs} epochs, an endpoint start, one {spec.step_s:g} s load step)")
+
+
 def create_model_sweep(registry: Registry, spec: ModelSweepSpec, *, name: str | None = None) -> str:
     """A pending model sweep run holding ``spec``."""
     return jobs.create(registry, "model_sweep", {"mode": "models", "spec": spec.to_dict()},

@@ -26,7 +26,7 @@ from typing import Any
 from agent.serving.config import DEFAULT_CONFIG, ServingConfig
 from runs import jobs, lifecycle
 from runs.configs import known_fields, plain_dict
-from runs.registry import Registry, State
+from runs.registry import ARTIFACTS_DIRNAME, Registry, State
 from tuning.exports import write_exports
 from tuning.ladder import DEFAULT_USERS, MIN_THROUGHPUT_GAIN, check_levels, stop_climbing
 from tuning.points import Point, config_key, config_label, group_by_config
@@ -194,6 +194,58 @@ def total_configs(spec: SweepSpec) -> int:
     if spec.strategy == "grid":
         return space.size
     return max(1, sum(len(v) for _, v in space.params) - (len(space.params) - 1))
+
+
+# Rough costs around the measured seconds, for the estimate shown before a sweep starts: an endpoint
+# start (process, TensorFlow import, model load, warm-up) and Locust's start and stop around each step.
+ENDPOINT_START_S = 15.0
+STEP_OVERHEAD_S = 3.0
+
+
+@dataclass(frozen=True)
+class SweepEstimate:
+    """How long a sweep takes at most: every config climbs its whole ladder (the ladder rule often stops sooner)."""
+
+    configs: int
+    levels: int
+    step_s: float
+    finalists: int  # configs re-measured back to back after the search (0: no verification)
+
+    @property
+    def per_config_s(self) -> float:
+        return ENDPOINT_START_S + self.levels * (self.step_s + STEP_OVERHEAD_S)
+
+    @property
+    def search_s(self) -> float:
+        return self.configs * self.per_config_s
+
+    @property
+    def verify_s(self) -> float:
+        return self.finalists * self.per_config_s
+
+    @property
+    def total_s(self) -> float:
+        return self.search_s + self.verify_s
+
+    def text(self) -> str:
+        """``up to 6 min 30 s: 6 configs × 3 levels × 8 s steps, then 3 finalists re-measured (≈ 2 min 9 s)``."""
+        def minutes(seconds: float) -> str:
+            m, s = divmod(round(seconds), 60)
+            return f"{m} min {s:02d} s" if m else f"{s} s"
+
+        text = (f"up to {minutes(self.total_s)}: {self.configs} config{'s' if self.configs != 1 else ''} × "
+                f"{self.levels} level{'s' if self.levels != 1 else ''} × {self.step_s:g} s steps")
+        if self.finalists:
+            text += f", then {self.finalists} finalists re-measured (≈ {minutes(self.verify_s)})"
+        return text
+
+
+def estimate(spec: SweepSpec) -> SweepEstimate:
+    """The sweep's duration from its grid, ladder and step time, before it starts."""
+    n = total_configs(spec)
+    # finalists(): the best verify_top and batching off, only when there are two or more to compare
+    finalists_n = min(spec.verify_top + 1, n) if spec.verify_top > 0 and n >= 2 else 0
+    return SweepEstimate(configs=n, levels=len(spec.levels), step_s=float(spec.step_s), finalists=finalists_n)
 
 
 # -- measuring ---------------------------------------------------------------------------
@@ -559,9 +611,22 @@ def confirm(
         raise
 
 
+def model_label(registry: Registry, model_path: str | os.PathLike[str]) -> str:
+    """A model named for people: the name of the run whose artifacts hold it, else its file or folder name."""
+    path = Path(model_path).resolve()
+    runs_root = (registry.home / ARTIFACTS_DIRNAME).resolve()
+    for folder in path.parents:
+        if folder.parent == runs_root:
+            try:
+                return registry.get_run(folder.name).name
+            except KeyError:
+                break
+    return path.parent.name if path.stem in ("model", "saved_model") else path.stem
+
+
 def create_sweep(registry: Registry, spec: SweepSpec, *, name: str | None = None) -> str:
     """A pending sweep run holding ``spec``; run it with ``launch_sweep`` (a job) or ``execute`` (here)."""
-    label = name or f"sweep {Path(spec.model_path).parent.name}: {', '.join(spec.space)}"
+    label = name or f"sweep of {model_label(registry, spec.model_path)}: {', '.join(spec.space)}"
     return jobs.create(registry, "sweep", {"mode": "serving", "spec": spec.to_dict()}, name=label)
 
 

@@ -93,6 +93,10 @@ st.caption("Locust swarms against TF Serving's REST API or the Open Inference Pr
 
 endpoints = [r for r in registry.list_runs(kind="serve", status=("running", "pending")) if r.summary.get("url")]
 st.subheader("Target")
+url_run = st.query_params.get(ui.RUN_PARAM)  # "Swarm this endpoint" (Serve page) links here with ?run=ENDPOINT
+if url_run in {e.id for e in endpoints} and state.get(key("target_for")) != url_run:
+    state[key("target_kind")] = TARGET_ENDPOINT
+state[key("target_for")] = url_run
 target_kind = st.radio(
     "Target", (TARGET_ENDPOINT, TARGET_URL), key=key("target_kind"), horizontal=True,
     help="target: the endpoint started on the Serve page (its model's real test rows are the payload), "
@@ -103,7 +107,8 @@ if target_kind == TARGET_ENDPOINT:
     if not endpoints:
         st.info("No endpoint is running. Start one on the **Serve** page, or choose *URL*.")
     else:
-        serve_run = ui.run_picker("Endpoint", endpoints, key=key("endpoint"),
+        serve_run = ui.run_picker("Endpoint", ui.hide_sub_runs(endpoints, key("show_sub_endpoints")),
+                                  key=key("endpoint"), names=fmt.model_names(registry.list_runs(kind="train")),
                                   help="which running endpoint to swarm")
         if serve_run is not None:
             host = str(serve_run.summary.get("url", ""))
@@ -134,7 +139,7 @@ else:
     payload = st.selectbox(
         "Payload rows", [ZEROS, GENERATED, *by_id], key=key("payload"),
         format_func=lambda i: {ZEROS: "rows of zeros", GENERATED: f"rows {GENERATED}"}.get(i) or
-        f"test rows of {fmt.run_label(by_id[i])}",
+        f"test rows of {by_id[i].name} · {by_id[i].id}",
         help="samples: real held-out rows of a trained model (use the model this URL serves), rows generated "
              "from the URL's own input signature (its /v1/models/NAME/metadata), or rows of zeros of the given "
              "width",
@@ -362,9 +367,10 @@ def _results(registry: Registry, run: Run) -> None:
             st.caption("no SLOs set for this run")
     reports = s.get("reports") or {}
     if reports:
-        cols = st.columns(len(reports))
         mimes = {"csv": "text/csv", "json": "application/json", "html": "text/html", "history_csv": "text/csv"}
-        for col, (kind, path) in zip(cols, sorted(reports.items()), strict=True):
+        per_row = 3  # more to a row cuts the labels ("failures csv re…")
+        cols = [c for _ in range(0, len(reports), per_row) for c in st.columns(per_row)]
+        for col, (kind, path) in zip(cols, sorted(reports.items()), strict=False):
             p = Path(path)
             if p.is_file() and p.stat().st_size <= MAX_REPORT_BYTES:
                 col.download_button(f"{kind.replace('_', ' ')} report", p.read_bytes(), file_name=p.name,
@@ -385,7 +391,7 @@ def _overload(registry: Registry, run: Run) -> None:
                "capacity to see where goodput stops following the offered rate and 503s take over.")
 
 
-load_runs = registry.list_runs(kind="loadtest")
+load_runs = ui.hide_sub_runs(registry.list_runs(kind="loadtest"), key("show_sub_runs"))
 ui.run_view("Load-test run", load_runs, key=key("view"), help="which swarm to show; a running one updates live",
             empty_text="No load tests yet. Pick a target and press **Start swarm**.",
             live=_live, results=functools.partial(_results, registry), refresh_s=LIVE_REFRESH_S)

@@ -43,20 +43,38 @@ if not runs:
     st.info("No runs match. Train a model on the **Train** page to start the history.")
     st.stop()
 
-table = fmt.runs_table(runs)
+sub_runs = fmt.sub_runs_by_parent(runs)
+listed_ids = {r.id for r in runs}
+show_subs = bool(sub_runs) and st.toggle(
+    f"Show sweep sub-runs in the list ({sum(map(len, sub_runs.values()))})", key=key("show_sub_runs"),
+    help="a sweep's own trainings, endpoints and load steps are grouped under it below; switch this on to list "
+         "them with every other run (and pick them in Compare and Details)")
+url_run = st.query_params.get(ui.RUN_PARAM)
+# A sub-run whose sweep is filtered out (or that a link names) is listed on its own, never lost.
+top = runs if show_subs else [r for r in runs if r.parent_id not in listed_ids or r.id == url_run]
+table = fmt.runs_table(top, sub_runs=sub_runs)
 st.dataframe(table, hide_index=True, key=key("table"),
-             column_config={"id": st.column_config.TextColumn("id", width="small")})
-st.download_button("Export this list (CSV)", fmt.rows_to_csv(table), file_name="tuneswarm-runs.csv",
-                   mime="text/csv", key=key("export_list"), icon=":material/download:",
-                   help="the runs shown above (after the kind/status filters) as a CSV file")
-by_id = {r.id: r for r in runs}
+             column_config={"id": st.column_config.TextColumn("id", width="medium")})
+export = fmt.runs_table(top, icons=False, parent=True, sub_runs=sub_runs)
+st.download_button("Export this list (CSV)", fmt.rows_to_csv(export),
+                   file_name="tuneswarm-runs.csv", mime="text/csv", key=key("export_list"),
+                   icon=":material/download:",
+                   help="the runs listed above (after the kind/status filters) as a CSV file")
+if not show_subs:
+    for parent in (r for r in top if sub_runs.get(r.id)):
+        children = sub_runs[parent.id]
+        with st.expander(f"{parent.name} · {parent.id}: {len(children)} sub-runs", icon=":material/account_tree:"):
+            st.dataframe(fmt.runs_table(children), hide_index=True, key=key(f"subs.{parent.id}"),
+                         column_config={"id": st.column_config.TextColumn("id", width="medium")})
+by_id = {r.id: r for r in top}
+names = fmt.model_names(registry.list_runs(kind="train", limit=MAX_LISTED))  # endpoints read as their model
 
 # -- compare -----------------------------------------------------------------------------
 
 st.subheader("Compare")
 st.session_state[key("compare")] = [i for i in st.session_state[key("compare")] if i in by_id]
 chosen_ids = st.multiselect(
-    "Runs to compare", list(by_id), key=key("compare"), format_func=lambda i: fmt.run_label(by_id[i]),
+    "Runs to compare", list(by_id), key=key("compare"), format_func=lambda i: fmt.run_label(by_id[i], names),
     help="pick two or more runs: their curves are overlaid (loss for training runs, latency and "
          "throughput for load tests) and their configs diffed side by side",
 )
@@ -65,7 +83,7 @@ chosen: list[Run] = [by_id[i] for i in chosen_ids]
 
 def _labels(chosen: list[Run]) -> dict[str, str]:
     """Short unique labels for legends and diff columns."""
-    return {r.id: f"{r.name} ({r.id[-6:]})" for r in chosen}
+    return {r.id: f"{r.name} ({r.id})" for r in chosen}
 
 
 def _overlay(registry: Registry, chosen: list[Run]) -> None:
@@ -118,7 +136,7 @@ def _delete(registry: Registry, run_id: str) -> None:
 # -- one run -------------------------------------------------------------------------------
 
 st.subheader("Details")
-run = ui.run_picker("Run", runs, key=key("detail"), help="the run to inspect, export or delete")
+run = ui.run_picker("Run", top, key=key("detail"), names=names, help="the run to inspect, export or delete")
 if run is not None:
     ui.status_line(run)
     c1, c2 = st.columns(2)
@@ -175,10 +193,10 @@ else:
     st.toggle("Log new runs when they end", key=key("mlflow_live"), disabled=not uri, on_change=_live, args=(uri,),
               help="every job started from this dashboard from now on is logged to this URI when it ends "
                    "(sets MLFLOW_TRACKING_URI for them)")
-    finished = {r.id: r for r in runs if not r.active and r.parent_id is None}
+    finished = {r.id: r for r in runs if not r.active and not fmt.is_sub_run(r)}
     st.session_state[key("mlflow_runs")] = [i for i in st.session_state[key("mlflow_runs")] if i in finished]
     picked = st.multiselect("Runs to send", list(finished), key=key("mlflow_runs"),
-                            format_func=lambda i: fmt.run_label(finished[i]),
+                            format_func=lambda i: fmt.run_label(finished[i], names),
                             help="finished runs to log to MLflow now (a sweep goes with its points as child runs)")
     st.button("Send to MLflow", key=key("mlflow_send"), icon=":material/upload:", disabled=not (uri and picked),
               on_click=_send, args=(registry, picked, uri), help="log the chosen runs to the tracking URI")

@@ -107,9 +107,9 @@ st.title(":material/dns: Serve")
 st.caption("The embedded endpoint speaks TensorFlow Serving's REST API and batches requests dynamically. "
            "Turn the knobs, restart, and read where the time goes.")
 
-models = trained_models(registry)
-import_section(registry, expanded=not models)
-if not models:
+all_models = trained_models(registry)
+import_section(registry, expanded=not all_models)
+if not all_models:
     st.info("No trained model yet. Train one on the **Train** page first, or import your own above.")
     st.stop()
 
@@ -118,7 +118,8 @@ if not models:
 left, right = st.columns([1, 1], gap="large")
 with left:
     st.subheader("Model")
-    model_run = ui.run_picker("Model", models, key=key("model"),
+    models = ui.hide_sub_runs(all_models, key("show_sub_models"))
+    model_run = ui.run_picker("Model", models or all_models, key=key("model"), write_url=False,
                               help="model: a finished training run or an imported model (.keras in safe mode, "
                                    "or a SavedModel directory)")
     assert model_run is not None
@@ -192,9 +193,10 @@ if endpoints:
 
 st.divider()
 st.subheader("Endpoint")
-all_serve = registry.list_runs(kind="serve", limit=50)
-endpoint = ui.run_picker("Endpoint run", all_serve, key=key("endpoint"),
-                         help="which endpoint to inspect; running ones update live") if all_serve else None
+all_serve = ui.hide_sub_runs(registry.list_runs(kind="serve", limit=50), key("show_sub_endpoints"))
+names = fmt.model_names(registry.list_runs(kind="train", limit=500))
+endpoint = ui.run_picker("Endpoint run", all_serve, key=key("endpoint"), names=names,
+                         help="which endpoint to inspect (running ones first); running ones update live")
 
 
 def _status(run: Run) -> None:
@@ -349,6 +351,13 @@ if endpoint is None:
 else:
     ui.status_line(endpoint)
     if endpoint.active:
+        n1, n2, _ = st.columns([1, 1, 3])
+        with n1:
+            ui.next_step("Swarm this endpoint", "load_test.py", endpoint.id, key("to_swarm"), ":material/speed:",
+                         help="open the Load test page with this endpoint as the target")
+        with n2:
+            ui.next_step("Tune it", "tune.py", endpoint.id, key("to_tune"), ":material/tune:",
+                         help="open the Tune page with this endpoint's model picked for a serving sweep")
         a1, a2, _ = st.columns([1, 2, 3])
         with a1:
             ui.stop_button(registry, endpoint, key=key("stop"), label="Stop endpoint", stopper=stop)

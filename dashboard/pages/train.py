@@ -33,7 +33,7 @@ from agent.model import (
     WEIGHT_INITS,
 )
 from dashboard import charts, forms, ui
-from dashboard.state import get_registry, init_defaults
+from dashboard.state import KEPT_PREFIX, get_registry, init_defaults
 from runs.jobs import reap
 from runs.registry import Registry, Run
 
@@ -52,7 +52,7 @@ MODE_LABELS = {"fit": "Keras fit", "tape": "GradientTape loop"}
 STOP_LABELS = {"epochs": "all epochs run", "target": "target reached", "patience": "early stopping (patience)",
                "request": "stopped by request"}
 
-DEFAULTS = forms.TrainForm()
+DEFAULTS = forms.DEFAULT_TRAIN  # the form starts where the first-run card promises
 # Widget name -> the TrainForm field it starts from.
 FORM_FIELDS = {
     "dataset": "dataset", "missing": "csv_missing", "synthetic_activation": "synthetic_activation", "noise": "noise",
@@ -67,6 +67,16 @@ FORM_FIELDS = {
 init_defaults({key(widget): getattr(DEFAULTS, field) for widget, field in FORM_FIELDS.items()} | {key("task"): "infer"})
 
 registry = get_registry()
+KEPT_UPLOAD = key("kept_upload")  # (file name, bytes) of the last upload: the uploader itself forgets it off-page
+
+
+def _keep_upload() -> None:
+    """Uploader callback: keep (or, when the user removes the file, forget) the upload beyond this page."""
+    upload = st.session_state.get(key("upload"))
+    if upload is None:
+        st.session_state.pop(KEPT_UPLOAD, None)
+    else:
+        st.session_state[KEPT_UPLOAD] = (upload.name, upload.getvalue())
 
 
 def _csv_image_shape() -> str:
@@ -109,7 +119,7 @@ def start_training(registry: Registry, form: forms.TrainForm, csv_bytes: bytes |
     # The real path is the run's own copy of the upload; start() puts it in the config.
     job = TrainJob(forms.model_config(form), forms.data_source(form, "upload.csv" if upload is not None else None))
     name = f"train {Path(csv_name).stem if csv_bytes is not None and csv_name else form.dataset}"
-    return start(registry, job, name=name, upload=upload)
+    return start(registry, job, name=name, upload=upload, upload_name=csv_name)
 
 
 def _launch(form: forms.TrainForm, csv_bytes: bytes | None = None, csv_name: str | None = None) -> None:
@@ -132,13 +142,12 @@ if not registry.list_runs(limit=1):
     with st.container(border=True):
         st.subheader(":material/rocket_launch: First run")
         st.markdown(
-            "The registry is empty. Start with the default model: a 64-unit MLP on the **digits** dataset "
-            f"(8×8 images, 10 classes), up to {forms.DEFAULT_TRAIN.epochs} epochs with early stopping — "
+            f"The registry is empty. Start with the form's defaults: {forms.describe_model(forms.DEFAULT_TRAIN)} — "
             "well under a minute here. Then serve it and swarm it from the other pages."
         )
         if st.button("Train the default model", key=key("first_run"), type="primary", icon=":material/rocket_launch:",
-                     help="Starts training the default model: digits, one hidden layer of 64 relu units, adam, "
-                          "early stopping on val_loss"):
+                     help=f"Starts training {forms.describe_model(forms.DEFAULT_TRAIN).replace('**', '')} "
+                          "(the form below starts from the same settings)"):
             _launch(forms.DEFAULT_TRAIN)
 
 # -- the form ---------------------------------------------------------------------------
@@ -162,11 +171,17 @@ with data_col:
     if dataset == "csv":
         upload = st.file_uploader(
             "CSV file", type=["csv"], key=key("upload"), max_upload_size=MAX_CSV_BYTES // (1024 * 1024),
+            on_change=_keep_upload,
             help=f"csv: a UTF-8 CSV with a header row, up to {MAX_CSV_BYTES // (1024 * 1024)} MB; "
                  "one column is the target, the rest are features (text columns are one-hot encoded)",
         )
         if upload is not None:
-            csv_bytes, csv_name = upload.getvalue(), upload.name
+            st.session_state[KEPT_UPLOAD] = (upload.name, upload.getvalue())
+        kept = st.session_state.get(KEPT_UPLOAD)
+        if kept is not None:
+            csv_name, csv_bytes = kept
+            if upload is None:  # the uploader forgot the file when the page was left; this session did not
+                st.caption(f"Using **{csv_name}** (uploaded earlier); upload another file to replace it.")
             digest = hashlib.sha256(csv_bytes).hexdigest()
             try:
                 preview = _preview(digest, csv_bytes)
@@ -175,8 +190,13 @@ with data_col:
                 st.error(csv_error)
             else:
                 n_rows = preview.n_rows
+                if st.session_state.get(key("target")) not in preview.columns:
+                    st.session_state[key("target")] = st.session_state.get(KEPT_PREFIX + key("target"))
+                if st.session_state.get(key("target")) not in preview.columns:
+                    st.session_state[key("target")] = preview.columns[-1]  # a file's last column, by convention
+                st.session_state[KEPT_PREFIX + key("target")] = st.session_state[key("target")]
                 target = st.selectbox(
-                    "Target column", preview.columns, index=len(preview.columns) - 1, key=key("target"),
+                    "Target column", preview.columns, key=key("target"),
                     help="target: the column the model predicts; text or few integer values -> classification, "
                          "other numbers -> regression",
                 )
@@ -207,8 +227,10 @@ with data_col:
                     st.success(described, icon=":material/check_circle:")
     elif dataset == "synthetic":
         st.selectbox("Synthetic activation f", SYNTHETIC_ACTIVATIONS, key=key("synthetic_activation"),
-                     help="synthetic_activation: the target is y = f(Wx + b) (+ noise); a model with no hidden "
-                          "layer and this output activation fits it exactly")
+                     help="synthetic_activation: the target is y = f(Wx + b) (+ noise). The GradientTape loop "
+                          "(Training loop above) fits o = f(Wx + b) with its activation set to this f, so it can "
+                          "fit it exactly; a Keras model has a linear output and approximates f with its hidden "
+                          "layers")
         st.slider("Noise σ", 0.0, 1.0, step=0.05, key=key("noise"),
                   help="noise: standard deviation of Gaussian noise added to y; the floor the loss can reach")
     elif dataset == "sequences":
@@ -271,13 +293,16 @@ with model_col:
                              help="embed_dim: size of each token's learned vector")
         st.caption("Dropout below also applies to each recurrent layer's inputs.")
     c1, c2 = st.columns(2)
-    c1.slider("Hidden layers", 0, MAX_LAYERS, key=key("layers"),
+    no_hidden = mode == "tape" or st.session_state[key("layers")] == 0  # units and activation do not apply
+    c1.slider("Hidden layers", 0, MAX_LAYERS, key=key("layers"), disabled=mode == "tape",
               help="hidden: number of Dense layers (after the conv blocks for a CNN); 0 is a linear/logistic model. "
                    "More layers = more capacity and more compute per request when served")
-    c2.select_slider("Units per layer", (8, 16, 32, 64, 128, 256, 512, 1024), key=key("units"),
-                     help="hidden units per layer: parameter count and serving cost grow with units²")
-    c1.selectbox("Activation", ACTIVATIONS, key=key("activation"),
-                 help="activation: the hidden layers' non-linearity")
+    c2.select_slider("Units per layer", (8, 16, 32, 64, 128, 256, 512, 1024), key=key("units"), disabled=no_hidden,
+                     help="hidden units per layer: parameter count and serving cost grow with units² "
+                          "(no effect with 0 hidden layers)")
+    c1.selectbox("Activation", ACTIVATIONS, key=key("activation"), disabled=no_hidden and mode != "tape",
+                 help="activation: the hidden layers' non-linearity (no effect with 0 hidden layers); in the "
+                      "tape loop, its f")
     c2.slider("Dropout", 0.0, 0.9, step=0.05, key=key("dropout"),
               help="dropout: fraction of units dropped after each hidden layer while training (regularisation)")
     c1.selectbox("Optimizer", OPTIMIZERS, key=key("optimizer"), help="optimizer: the gradient-descent variant")
@@ -340,7 +365,7 @@ form = forms.TrainForm(
     use_target=bool(state[key("use_target")]), target=float(state[key("target_value")]),
     target_metric=state[key("target_metric")], mode=state[key("mode")],
 )
-check = forms.train_check(form, n_rows=n_rows, has_csv=csv_bytes is not None)
+check = forms.train_check(form, n_rows=n_rows, has_csv=csv_bytes is not None, csv_error=csv_error)
 ui.show_check(check)
 config_ok = check.ok and not csv_error  # the CSV's own error is already shown above, under the upload
 if config_ok:
@@ -410,6 +435,14 @@ def _num(value: float | None, spec: str = ".4f") -> str:
 
 def _results(registry: Registry, run: Run) -> None:
     s = run.summary
+    if s.get("model_path") and Path(s["model_path"]).exists():  # the next steps first, where they are seen
+        n1, n2, _ = st.columns([1, 1, 4])
+        with n1:
+            ui.next_step("Serve this model", "serve.py", run.id, key("to_serve"), ":material/dns:",
+                         help="open the Serve page with this model picked")
+        with n2:
+            ui.next_step("Tune it", "tune.py", run.id, key("to_tune"), ":material/tune:",
+                         help="open the Tune page with this model picked for a serving sweep")
     metrics = s.get("test_metrics") or {}
     if metrics:
         st.subheader("Test metrics")
@@ -466,7 +499,7 @@ def _ship(registry: Registry, run: Run, model_path: Path) -> None:
     ui.ship_section(root, write, key=key(f"ship.{run.id}"), what="this model")
 
 
-view = ui.run_view("Training run", train_runs, key=key("view"),
+view = ui.run_view("Training run", ui.hide_sub_runs(train_runs, key("show_sub_runs")), key=key("view"),
                    help="Which training run to show; running jobs update live",
                    empty_text="No training runs yet. Set the knobs above and press **Train**.",
                    live=_live, results=functools.partial(_results, registry), refresh_s=LIVE_REFRESH_S)

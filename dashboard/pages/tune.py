@@ -16,6 +16,7 @@ from agent.data import BUILTIN_DATASETS
 from agent.model import FAMILIES, WEIGHT_INITS
 from agent.serving.config import RUNTIMES
 from dashboard import charts_tuning as ct
+from dashboard import format as fmt
 from dashboard import ui
 from dashboard.state import get_registry, init_defaults
 from runs.jobs import reap
@@ -50,24 +51,34 @@ st.caption("Sweep serving parameters up a concurrency ladder, then ship the conf
            "your SLO — or weigh model accuracy against what it costs under load.")
 
 
-def _models(registry: Registry) -> dict[str, str]:
-    """Trained models: label -> model.keras path (newest first)."""
-    out: dict[str, str] = {}
-    for run in registry.list_runs(kind="train", status="completed", limit=100):
-        path = run.summary.get("model_path")
-        if path:
-            out[f"{run.name} ({run.id[-6:]})"] = path
-    return out
+def _models(registry: Registry) -> dict[str, Run]:
+    """Trained models a person made (not a model sweep's): run id -> run, newest first."""
+    return {run.id: run for run in registry.list_runs(kind="train", status="completed", limit=100)
+            if run.summary.get("model_path") and not fmt.is_sub_run(run)}
+
+
+def _linked_model(registry: Registry, models: dict[str, Run]) -> str | None:
+    """The model a link names (``?run=`` a training run, or an endpoint serving one), if it is in ``models``."""
+    run_id = st.query_params.get(ui.RUN_PARAM)
+    if not run_id or run_id in models:
+        return run_id if run_id in models else None
+    try:
+        linked = registry.get_run(run_id)
+    except KeyError:
+        return None
+    path = linked.config.get("model_path") if linked.kind == "serve" else None
+    return next((i for i, r in models.items() if path and r.summary.get("model_path") == path), None)
 
 
 def _lines(text: str) -> list[str]:
     return [line.strip() for line in text.replace(";", "\n").splitlines() if line.strip()]
 
 
-def _start_sweep(model_path: str) -> None:
+def _sweep_spec(model_path: str) -> Any:
+    """The form as a SweepSpec, or the one-line reason it is not one."""
     from tuning.ladder import parse_levels
     from tuning.space import SearchSpace, parse_grid_arg
-    from tuning.sweep import SweepSpec, start
+    from tuning.sweep import SweepSpec
 
     state = st.session_state
     try:
@@ -82,21 +93,35 @@ def _start_sweep(model_path: str) -> None:
                          slos=tuple(_lines(state[key("slos")])), objective=state[key("objective")],
                          strategy=state[key("strategy")], step_s=float(state[key("step_s")]))
     except ValueError as exc:
-        st.error(str(exc).splitlines()[0])
+        return str(exc).splitlines()[0]
+    return spec
+
+
+def _start_sweep(spec: Any) -> None:
+    from tuning.sweep import start
+
+    if isinstance(spec, str):
+        st.error(spec)
         return
-    st.session_state[key("sweep")] = start(registry, spec)
+    ui.show_next(key("sweep"), start(registry, spec))
     st.rerun()
 
 
 # -- start a sweep -----------------------------------------------------------------------
 
 models = _models(registry)
-with st.expander("New serving sweep", expanded=not registry.list_runs(kind="sweep", limit=1)):
+linked_model = _linked_model(registry, models)
+if linked_model and st.session_state.get(key("model_for")) != linked_model:  # "Tune it" from Train or Serve
+    st.session_state[key("model")] = linked_model
+st.session_state[key("model_for")] = linked_model
+if st.session_state.get(key("model")) not in models and models:
+    st.session_state[key("model")] = next(iter(models))
+with st.expander("New serving sweep", expanded=bool(linked_model) or not registry.list_runs(kind="sweep", limit=1)):
     if not models:
         st.info("Train a model on the **Train** page first; its bundle (model + samples) is what gets served.")
     else:
-        model_label = st.selectbox("Model", list(models), key=key("model"),
-                                   help="model: a trained model bundle; its samples.json is the request payload")
+        model_id = st.selectbox("Model", list(models), key=key("model"), format_func=lambda i: fmt.run_label(models[i]),
+                                help="model: a trained model bundle; its samples.json is the request payload")
         c1, c2, c3 = st.columns(3)
         c1.multiselect("Runtimes", RUNTIMES, key=key("runtime"),
                        help="runtime: the engines to compare (each one is a separate config)")
@@ -115,15 +140,25 @@ with st.expander("New serving sweep", expanded=not registry.list_runs(kind="swee
                            "Locust's open-loop rate shape, so overload shows as shed requests and latency")
         c1.text_area("SLO (one per line)", key=key("slos"), height=80,
                      help="slos: e.g. p95<=50ms, p99<=100ms, fail_ratio<=0.01, rps>=500")
-        c2.selectbox("Objective", OBJECTIVES, key=key("objective"), format_func=lambda o: f"{o}: {OBJECTIVE_HELP[o]}",
-                     help="objective: what 'best' means among the configs that meet the SLO")
+        objective = c2.selectbox("Objective", OBJECTIVES, key=key("objective"),
+                                 help="objective: what 'best' means among the configs that meet the SLO — "
+                                      + "; ".join(f"{o}: {text}" for o, text in OBJECTIVE_HELP.items()))
+        c2.caption(OBJECTIVE_HELP[objective])  # beside the box, not in it: a narrow box cuts its text
         c2.selectbox("Strategy", ("grid", "coordinate"), key=key("strategy"),
                      help="strategy: grid measures every combination; coordinate tunes one parameter at a time")
         c3.slider("Seconds per step", 3, 30, key=key("step_s"),
                   help="step_s: load duration per ladder step; short steps keep the sweep to minutes")
-        if st.button("Start sweep", key=key("start"), type="primary", icon=":material/play_arrow:",
+        b1, b2 = st.columns([1, 4])
+        spec_or_error = _sweep_spec(models[model_id].summary["model_path"])
+        if b1.button("Start sweep", key=key("start"), type="primary", icon=":material/play_arrow:",
                      help="Start the sweep as a job; it keeps running if you leave the page"):
-            _start_sweep(models[model_label])
+            _start_sweep(spec_or_error)
+        if isinstance(spec_or_error, str):
+            b2.caption(f"Cannot start yet: {spec_or_error}")
+        else:
+            from tuning.sweep import estimate
+
+            b2.caption(f"Estimated duration: {estimate(spec_or_error).text()}; the ladder often stops sooner.")
 
 # -- one sweep ---------------------------------------------------------------------------
 
@@ -195,6 +230,7 @@ def _live(run_id: str) -> None:
 def _apply(run: Run, params: dict[str, Any]) -> None:
     """Restart the endpoint for this model with the recommended config."""
     from agent.serving.process import restart_endpoint
+    from tuning.points import config_label
     from tuning.sweep import MODEL_NAME, SweepSpec
 
     spec = SweepSpec.from_dict(run.config["spec"])
@@ -204,7 +240,7 @@ def _apply(run: Run, params: dict[str, Any]) -> None:
     except (RuntimeError, ValueError, OSError, TimeoutError) as exc:
         st.error(f"could not start the endpoint: {str(exc).splitlines()[0]}")
         return
-    st.session_state[key("applied")] = f"endpoint {handle.url} serving {MODEL_NAME} with {config.to_dict()}"
+    st.session_state[key("applied")] = fmt.apply_message(handle.url, MODEL_NAME, config.to_dict(), config_label(params))
 
 
 def _ship(run: Run, config: Any, label: str) -> None:
@@ -256,8 +292,10 @@ def _recommendation(run: Run, points: list[Point], verified: list[Point]) -> Non
         _table(points, constraints, verified)
         return
     best = rec.best
-    m = st.columns(4)
-    m[0].metric("Recommended", best.label, help="the config that best meets the objective within the constraints")
+    m = st.columns([2, 1, 1, 1])
+    # Markdown, not a metric: a config label is longer than a metric tile shows, and it must be read whole.
+    m[0].markdown(f"Recommended\n\n#### **{best.label}**",
+                  help="the config that best meets the objective within the constraints")
     m[1].metric("Capacity within SLO", f"{best.capacity_rps:.0f} req/s",
                 help="the highest throughput this config reached with every constraint met")
     m[2].metric("Per core (CPU)", "n/a" if best.capacity_per_core is None else f"{best.capacity_per_core:.0f} req/s",
@@ -414,31 +452,40 @@ with st.expander("New model sweep", expanded=False):
                    help="family: mlp, cnn (digits as 8×8×1 images), rnn (each row as a sequence); empty = mlp")
     c2.multiselect("Weight initialisers", WEIGHT_INITS, key=key("m_weight_init"),
                    help="weight_init: how every kernel starts; empty = glorot_uniform (Keras' default)")
-    if st.button("Start model sweep", key=key("m_start"), icon=":material/play_arrow:",
+    from tuning.model_sweep import ModelSweepSpec, estimate_text, parse_space, start
+
+    state = st.session_state
+    try:
+        lists = {name: state[key(f"m_{name}")] for name in ("activation", "family", "weight_init")}
+        shape = {n: state[key(f"m_{n}")].strip() for n in ("width", "depth")} if optuna_search else {}
+        shape = {n: v for n, v in shape.items() if v}
+        flags = ([f"{n}={v}" for n, v in shape.items()] if shape else [f"hidden={state[key('m_hidden')]}"])
+        grid, ranges = parse_space(flags + [f"learning_rate={state[key('m_lr')]}"]
+                                   + [f"{name}={','.join(values)}" for name, values in lists.items() if values])
+        mspec: ModelSweepSpec | str = ModelSweepSpec(
+            dataset=state[key("m_dataset")], grid=grid, ranges=ranges,
+            epochs=int(state[key("m_epochs")]), users=int(state[key("m_users")]),
+            search=state[key("m_search")], n_trials=int(state[key("m_trials")]),
+            timeout_s=float(state[key("m_timeout")]), objective=state[key("m_objective")])
+    except ValueError as exc:
+        mspec = str(exc).splitlines()[0]
+    b1, b2 = st.columns([1, 4])
+    if b1.button("Start model sweep", key=key("m_start"), icon=":material/play_arrow:",
                  help="train each model (or trial) briefly, serve it, load-test it; runs as a job"):
-        from tuning.model_sweep import ModelSweepSpec, parse_space, start
+        if not isinstance(mspec, str) and optuna_search:
+            from tuning.model_search import require_optuna
 
-        state = st.session_state
-        try:
-            lists = {name: state[key(f"m_{name}")] for name in ("activation", "family", "weight_init")}
-            shape = {n: state[key(f"m_{n}")].strip() for n in ("width", "depth")} if optuna_search else {}
-            shape = {n: v for n, v in shape.items() if v}
-            flags = ([f"{n}={v}" for n, v in shape.items()] if shape else [f"hidden={state[key('m_hidden')]}"])
-            grid, ranges = parse_space(flags + [f"learning_rate={state[key('m_lr')]}"]
-                                       + [f"{name}={','.join(values)}" for name, values in lists.items() if values])
-            mspec = ModelSweepSpec(dataset=state[key("m_dataset")], grid=grid, ranges=ranges,
-                                   epochs=int(state[key("m_epochs")]), users=int(state[key("m_users")]),
-                                   search=state[key("m_search")], n_trials=int(state[key("m_trials")]),
-                                   timeout_s=float(state[key("m_timeout")]), objective=state[key("m_objective")])
-            if optuna_search:
-                from tuning.model_search import require_optuna
-
+            try:
                 require_optuna()
-        except (ValueError, RuntimeError) as exc:
-            st.error(str(exc).splitlines()[0])
+            except RuntimeError as exc:
+                mspec = str(exc).splitlines()[0]
+        if isinstance(mspec, str):
+            st.error(mspec)
         else:
-            st.session_state[key("msweep")] = start(registry, mspec)
+            ui.show_next(key("msweep"), start(registry, mspec))
             st.rerun()
+    b2.caption(f"Cannot start yet: {mspec}" if isinstance(mspec, str)
+               else f"Estimated duration: {estimate_text(mspec)}.")
 
 msweeps = [r for r in registry.list_runs(kind="sweep", limit=200) if r.config.get("mode") == "models"]
 mrun = ui.run_picker("Model sweep", msweeps, key=key("msweep"), help="msweep: a recorded (or running) model sweep")
