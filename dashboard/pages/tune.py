@@ -18,7 +18,6 @@ from agent.serving.config import RUNTIMES
 from dashboard import charts_tuning as ct
 from dashboard import ui
 from dashboard.state import get_registry, init_defaults
-from runs.jobs import reap
 from runs.registry import Registry, Run
 from tuning.pareto import MODEL_OBJECTIVES
 from tuning.points import Point
@@ -151,6 +150,10 @@ def _progress(run: Run) -> None:
     if p.get("resumed_points"):
         text += f" ({p['resumed_points']} kept from before a restart)"
     st.progress(min(done / total, 1.0) if total else 0.0, text=text)
+    if p.get("phase") == "verifying finalists":
+        st.info("The search is done. Verifying finalists: the best configs (and batching off) are measured again, "
+                "back to back under the same background load, so the recommendation is not a lucky step. "
+                "This takes one load step per level of each finalist.", icon=":material/fact_check:")
 
 
 def _curves(points: list[Point], constraints: Constraints, best_id: str | None, slo_key: str) -> None:
@@ -179,11 +182,8 @@ def _table(points: list[Point], constraints: Constraints, verified: list[Point] 
     st.dataframe(rows, hide_index=True, key=key("points"))
 
 
-def _live(run_id: str) -> None:
-    reap(registry)
-    live = registry.get_run(run_id)
-    if not live.active:
-        st.rerun()
+def _live(live: Run) -> None:
+    ui.status_line(live)
     _progress(live)
     spec_slos = live.config.get("spec", {}).get("slos", [])
     constraints = Constraints.parse(spec_slos)
@@ -290,10 +290,10 @@ def _recommendation(run: Run, points: list[Point], verified: list[Point]) -> Non
 
 
 if run is not None:
-    ui.status_line(run)
     if run.active:
-        st.fragment(run_every=LIVE_REFRESH_S)(_live)(run.id)
+        ui.live_fragment(registry, run.id, _live, LIVE_REFRESH_S)
     else:
+        ui.status_line(run)
         pts = _points(run)
         if not pts:
             st.info("This sweep recorded no points" + (f": {run.error}" if run.error else "."))
@@ -349,7 +349,10 @@ with st.expander("New capacity sweep (any local URL, nothing restarted)", expand
 cruns = [r for r in registry.list_runs(kind="sweep", limit=200) if r.config.get("mode") == "capacity"]
 crun = ui.run_picker("Capacity sweep", cruns, key=key("csweep"),
                      help="csweep: a recorded (or running) capacity sweep of a URL")
-if crun is not None:
+
+
+def _capacity(crun: Run) -> None:
+    """A capacity sweep, live (in a fragment, re-read each tick) or finished."""
     ui.status_line(crun)
     cspec = crun.config.get("spec", {})
     st.caption(f"{cspec.get('model_name')} at {cspec.get('host')} ({cspec.get('protocol')}), "
@@ -369,6 +372,13 @@ if crun is not None:
         st.markdown(f"- {line}")
     if not cpoints and not crun.active:
         st.info("This capacity sweep recorded no points" + (f": {crun.error}" if crun.error else "."))
+
+
+if crun is not None:
+    if crun.active:
+        ui.live_fragment(registry, crun.id, _capacity, LIVE_REFRESH_S)
+    else:
+        _capacity(crun)
 
 # -- model sweep -------------------------------------------------------------------------
 
@@ -410,15 +420,21 @@ with st.expander("New model sweep", expanded=False):
 
 msweeps = [r for r in registry.list_runs(kind="sweep", limit=200) if r.config.get("mode") == "models"]
 mrun = ui.run_picker("Model sweep", msweeps, key=key("msweep"), help="msweep: a recorded (or running) model sweep")
-if mrun is not None:
+
+
+def _model_sweep(mrun: Run) -> None:
+    """A model sweep, live (in a fragment, re-read each tick, so its phases and models appear) or finished."""
     from tuning.model_sweep import with_front
 
     ui.status_line(mrun)
     rows = mrun.summary.get("models", [])
     if mrun.active:
         p = mrun.progress or {}
-        st.progress(min(int(p.get("done") or 0) / max(int(p.get("total") or 1), 1), 1.0),
-                    text=f"{p.get('phase', 'starting')}: {p.get('model', '')}")
+        done, total = int(p.get("done") or 0), int(p.get("total") or 0)
+        text = f"{p.get('phase', 'starting')}: {p.get('model', '')}" if p else "starting: loading TensorFlow"
+        if total:
+            text += f" — {done}/{total} models"
+        st.progress(min(done / max(total, 1), 1.0), text=text)
         ui.stop_button(registry, mrun, key=key("m_stop"))
     if rows:
         pareto = ct.pareto_figure(rows, MODEL_OBJECTIVES)
@@ -432,5 +448,12 @@ if mrun is not None:
                    f"Front: {', '.join(r['label'] for r in with_front(rows) if r['on_front'])}.")
     elif not mrun.active:
         st.info("This model sweep recorded no models" + (f": {mrun.error}" if mrun.error else "."))
+
+
+if mrun is not None:
+    if mrun.active:
+        ui.live_fragment(registry, mrun.id, _model_sweep, LIVE_REFRESH_S)
+    else:
+        _model_sweep(mrun)
 st.caption(f"Sweeps recorded: {len(sweeps)} serving, {len(msweeps)} model. Every load step and training run of "
            "a sweep is also on the **Runs** page.")
