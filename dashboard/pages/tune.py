@@ -194,18 +194,21 @@ def _live(live: Run) -> None:
 
 
 def _apply(run: Run, params: dict[str, Any]) -> None:
-    """Restart the endpoint for this model with the recommended config."""
+    """Restart the endpoint for this model with the recommended config, in the background (same URL)."""
     from agent.serving.process import restart_endpoint
+    from tuning.points import config_label
     from tuning.sweep import MODEL_NAME, SweepSpec
 
     spec = SweepSpec.from_dict(run.config["spec"])
     config = spec.serving_config(params)
     try:
-        handle = restart_endpoint(registry, spec.model_path, config, name=MODEL_NAME)
-    except (RuntimeError, ValueError, OSError, TimeoutError) as exc:
+        run_id = restart_endpoint(registry, spec.model_path, config, name=MODEL_NAME)
+    except (RuntimeError, ValueError, OSError) as exc:
         st.error(f"could not start the endpoint: {str(exc).splitlines()[0]}")
         return
-    st.session_state[key("applied")] = f"endpoint {handle.url} serving {MODEL_NAME} with {config.to_dict()}"
+    st.session_state[key("applied")] = (f"Restarting the endpoint of {MODEL_NAME} with {config_label(params)} "
+                                        f"(run {run_id}); the **Serve** page shows its stages until it is ready.")
+    ui.show_next("serve.endpoint", run_id)  # the Serve page opens on it
 
 
 def _ship(run: Run, config: Any, label: str) -> None:
@@ -278,8 +281,7 @@ def _recommendation(run: Run, points: list[Point], verified: list[Point]) -> Non
                        help="TF Serving BatchingParameters (text format) for --batching_parameters_file")
     if d3.button("Apply: restart the endpoint", key=key("apply"), type="primary", icon=":material/restart_alt:",
                  help="stop the endpoint serving this model (if any) and start it with the recommended config"):
-        with st.spinner("restarting the endpoint…"):
-            _apply(run, best.params)
+        _apply(run, best.params)
     if st.session_state.get(key("applied")):
         st.success(st.session_state[key("applied")], icon=":material/check_circle:")
     _ship(run, config, best.label)
