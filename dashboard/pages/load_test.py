@@ -22,6 +22,8 @@ from runs.registry import Registry, Run
 LIVE_REFRESH_S = 1.0
 SATURATION_CPU_PCT = 90.0  # Locust's own warning threshold (locust/runners.py)
 MAX_REPORT_BYTES = 50 * 1024 * 1024
+REPORT_LABELS = {"csv": "Stats CSV", "history_csv": "History CSV", "failures_csv": "Failures CSV", "json": "JSON",
+                 "html": "HTML report", "log": "Locust log"}
 KEY_PREFIX = "load."
 key = ui.widget_keys(KEY_PREFIX)  # key("x") -> the page's widget key for x
 TARGET_ENDPOINT = "running endpoint"
@@ -157,7 +159,8 @@ protocol = st.radio(
 )
 if host and model_name:
     with contextlib.suppress(ValueError):  # a bad model name: the form check below says so
-        st.caption(f"POST {host.rstrip('/')}{request_path(model_name.strip(), protocol)}")
+        # Code, not a link: a click would send a GET to :predict (405).
+        st.caption(f"POST `{host.rstrip('/')}{request_path(model_name.strip(), protocol)}`")
 
 # -- swarm knobs -----------------------------------------------------------------------------
 
@@ -362,12 +365,14 @@ def _results(registry: Registry, run: Run) -> None:
             st.caption("no SLOs set for this run")
     reports = s.get("reports") or {}
     if reports:
-        cols = st.columns(len(reports))
         mimes = {"csv": "text/csv", "json": "application/json", "html": "text/html", "history_csv": "text/csv"}
-        for col, (kind, path) in zip(cols, sorted(reports.items()), strict=True):
+        items = sorted(reports.items())
+        # Three to a row, short labels: six buttons in one row cut their labels ("failures csv re...").
+        cols = [c for _ in range(0, len(items), 3) for c in st.columns(3)]
+        for col, (kind, path) in zip(cols, items, strict=False):
             p = Path(path)
             if p.is_file() and p.stat().st_size <= MAX_REPORT_BYTES:
-                col.download_button(f"{kind.replace('_', ' ')} report", p.read_bytes(), file_name=p.name,
+                col.download_button(REPORT_LABELS.get(kind, kind), p.read_bytes(), file_name=p.name,
                                     mime=mimes.get(kind, "application/octet-stream"), key=key(f"dl.{kind}"),
                                     icon=":material/download:",
                                     help=f"Locust's {kind} output for this run ({p.name})")
