@@ -184,10 +184,14 @@ def serve_job(registry: Registry, run_id: str, job: ServeJob) -> int:
 
 def _serve(registry: Registry, run_id: str, job: ServeJob, ctx: lifecycle.JobContext) -> None:
     where: dict[str, Any] = {}
+    seen: list[str] = []
 
     def stage(name: str, detail: str | None = None) -> None:
-        """Record what the start-up is doing now (``progress["stage"]``), so a page can show it while it waits."""
-        registry.set_progress(run_id, {"stage": name, "detail": detail, **where, "at": time.time()})
+        """Record what the start-up is doing now (``progress["stage"]``, and the stages so far), so a page
+        can show it while it waits."""
+        seen.append(name)
+        registry.set_progress(run_id, {"stage": name, "detail": detail, "stages": list(seen), **where,
+                                       "at": time.time()})
 
     stage("starting")
     model_path = None
