@@ -98,9 +98,9 @@ def serve_job(model_path: str, form: forms.ServeForm, name: str) -> Any:
 def start(registry: Registry, model_path: str, form: forms.ServeForm, name: str) -> str:
     """Start an endpoint job for ``model_path`` on a free port; returns its run id at once (the page follows
     its stages: loading TensorFlow, converting, warming up, ready)."""
-    from agent.serving.process import start as start_job
+    from agent.serving.process import start as start_serving
 
-    return start_job(registry, serve_job(model_path, form, name))
+    return start_serving(registry, serve_job(model_path, form, name))
 
 
 def restart(registry: Registry, old: Run, model_path: str, form: forms.ServeForm, name: str, new_port: bool) -> str:
@@ -312,6 +312,7 @@ def _starting(run: Run) -> None:
 
 
 def _live(run: Run) -> None:
+    ui.status_line(run)  # in here, so its duration advances
     _status(run)
     if _ready(run):
         _scrape(run)
@@ -374,7 +375,6 @@ def _targets(model_path: str) -> list[float] | None:
 if endpoint is None:
     st.info("No endpoint yet. Pick a model and press **Start endpoint**.")
 else:
-    ui.status_line(endpoint)
     if endpoint.active:
         a1, a2, a3 = st.columns([1, 2, 3])
         with a1:
@@ -401,4 +401,5 @@ else:
         if endpoint.summary.get("url"):
             _try_it(endpoint)
     else:
+        ui.status_line(endpoint)
         _status(endpoint)
