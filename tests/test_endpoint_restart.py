@@ -62,3 +62,33 @@ def test_stages_are_recorded_and_a_restart_keeps_the_port(registry: Registry, tr
     finally:
         for run in registry.list_runs(kind="serve", status=("pending", "running")):
             stop_endpoint(registry, run.id, grace_s=10)
+
+
+PARENT = """
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+print(child.pid, flush=True)
+time.sleep(60)  # never reaps it: once it exits, it stays a zombie of this process
+"""
+
+
+@pytest.mark.integration
+def test_stopping_a_job_another_process_launched_does_not_wait_on_its_zombie(registry: Registry) -> None:
+    """The dashboard launches endpoints and reaps them only on its next page run: a stop from elsewhere (a CLI,
+    a test's teardown) must see the exited job as gone, not wait out the grace period and the kill."""
+    import subprocess
+    import sys
+
+    parent = subprocess.Popen([sys.executable, "-c", PARENT], stdout=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    try:
+        assert parent.stdout is not None
+        pid = int(parent.stdout.readline())
+        run_id = registry.create_run("serve", {}, name="launched elsewhere", status="running")
+        registry.mark_started(run_id, pid, None)
+        t0 = time.monotonic()
+        assert jobs.stop_job(registry, run_id, grace_s=10) == "stopped"
+        assert time.monotonic() - t0 < 5
+    finally:
+        parent.kill()
+        parent.wait(timeout=10)
