@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 from browser_helpers import (
+    SCREENSHOTS,
     SERVE_TIMEOUT_MS,
     SWARM_TIMEOUT_MS,
     UI_TIMEOUT_MS,
@@ -96,6 +97,8 @@ def test_start_endpoint_returns_at_once_and_shows_its_stages(live_app: tuple[str
     nav(page, "Serve")
     expect(page.get_by_text(re.compile(r"^warming up \(.*…$"))).to_be_visible(timeout=SERVE_TIMEOUT_MS)
     assert not registry.get_run(run.id).summary.get("ready_at")
+    page.get_by_role("heading", name="Endpoint").scroll_into_view_if_needed()
+    page.screenshot(path=str(SCREENSHOTS / "serve_starting.png"))  # as is: mid-stage, no waiting to settle
     # ready: the whole page switches to the live endpoint (Try it appears) without a reload
     expect(page.get_by_role("button", name="Send request")).to_be_visible(timeout=SERVE_TIMEOUT_MS)
     assert registry.get_run(run.id).progress["stage"] == "ready"
@@ -145,6 +148,7 @@ def test_rate_swarm_tiles_never_show_a_dash_and_durations_advance(live_app: tupl
         tiles = {k: v for k, v in page.evaluate(READ_METRICS).items() if k in TILES}
         if first_figures is None and len(tiles) == len(TILES) and "—" not in tiles.values():
             first_figures = time.monotonic()
+            page.screenshot(path=str(SCREENSHOTS / "load_test_rate_live.png"))
         elif first_figures is not None and tiles and "—" in tiles.values():
             dashes.append(tiles)
         active = page.locator('[data-testid="stSidebar"] [data-testid="stCaptionContainer"]', has_text="loadtest")

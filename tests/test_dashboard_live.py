@@ -104,14 +104,18 @@ def test_a_swarm_at_a_dead_url_fails_in_seconds_and_says_so_once(home: Path, reg
 def test_a_starting_endpoint_shows_its_stage_and_the_restart_port_choice(home: Path, registry: Registry) -> None:
     model_run = _train_run(registry)
     model_path = registry.get_run(model_run).summary["model_path"]
-    run_id = registry.create_run("serve", {"model_path": model_path, "name": "digits", "port": 0},
+    run_id = registry.create_run("serve", {"model_path": model_path, "name": "digits", "port": 0,
+                                           "serving": {"runtime": "xla", "max_batch_size": 32,
+                                                       "batch_timeout_ms": 2.0}},
                                  name="serve digits", status="running")
     registry.set_progress(run_id, {"stage": "warming up", "detail": "6 batch sizes up to 32", "port": 8612,
                                    "url": "http://127.0.0.1:8612"})
     at = AppTest.from_file(str(PAGES / "serve.py"), default_timeout=TIMEOUT_S).run()
     assert not at.exception
     assert "warming up (6 batch sizes up to 32)…" in [p.proto.text for p in at.get("progress")]
-    assert {m.label: m.value for m in at.metric}["status"] == "starting"
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["status"] == "starting"
+    assert metrics["runtime"] == "xla" and metrics["batching"] == "32 / 2.0 ms"  # the knobs it was started with
     # the URL it will answer on is known (and shown as code, not a link) before it is ready
     assert "http://127.0.0.1:8612/v1/models/digits:predict" in [c.value for c in at.code]
     assert at.checkbox(key="serve.new_port").value is False  # a restart keeps the URL unless asked

@@ -221,12 +221,13 @@ def _status(run: Run) -> None:
     s = run.summary
     ready = _ready(run)
     c = st.columns(5)
+    # Until the job reports ready, its knobs are those it was started with (the run's config).
+    cfg = s.get("config") or run.config.get("serving") or {}
     c[0].metric("status", "ready" if ready else ("starting" if run.active else run.status))
-    c[1].metric("runtime", str(s.get("runtime") or (s.get("config") or {}).get("runtime") or "—"))
+    c[1].metric("runtime", str(s.get("runtime") or cfg.get("runtime") or "—"))
     c[2].metric("pid", str(s.get("pid") or run.pid or "—"))
     uptime = (time.time() - float(s["ready_at"])) if ready else None
     c[3].metric("uptime", fmt.duration(uptime))
-    cfg = s.get("config") or {}
     c[4].metric("batching", f"{cfg.get('max_batch_size', '—')} / {cfg.get('batch_timeout_ms', '—')} ms",
                 help="max batch size (rows) / batch timeout")
     url = s.get("url") or (run.progress or {}).get("url")
