@@ -64,6 +64,22 @@ def test_stages_are_recorded_and_a_restart_keeps_the_port(registry: Registry, tr
             stop_endpoint(registry, run.id, grace_s=10)
 
 
+@pytest.mark.integration
+def test_a_restart_on_a_new_port_moves_and_one_without_keeps_it(registry: Registry) -> None:
+    first = start_endpoint(registry, None, ServingConfig(), ceiling=True)
+    ceiling = ServeJob(None, ceiling=True)
+    try:
+        moved = jobs.wait_ready(registry, replace_endpoint(registry, registry.get_run(first.run_id), ceiling,
+                                                           keep_port=False), 60)
+        assert moved.summary["port"] != first.port
+        kept = jobs.wait_ready(registry, replace_endpoint(registry, moved, ceiling), 60)
+        assert kept.summary["url"] == moved.summary["url"]
+        assert kept.config["port_wait_s"] > 0 and moved.config["port_wait_s"] == 0
+    finally:
+        for run in registry.list_runs(kind="serve", status=("pending", "running")):
+            stop_endpoint(registry, run.id, grace_s=10)
+
+
 PARENT = """
 import subprocess, sys, time
 child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
