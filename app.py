@@ -43,17 +43,34 @@ def _to_default_page() -> None:
 if pages:
     pages.append(st.Page(_to_default_page, title=available[0][1], url_path=available[0][3], visibility="hidden"))
 page = st.navigation(pages)
-with st.sidebar:
-    st.markdown("### TuneSwarm")
-    st.caption("Train a model, serve it, swarm it with Locust, pick the config to ship.")
-    # Jobs live in the registry, not in this session: whatever another tab (or a
-    # previous run of Streamlit) started is listed here too.
+ACTIVE_JOBS_REFRESH_S = 2.0
+
+
+def active_jobs() -> None:
+    """The sidebar's Active jobs, redrawn on a timer so durations advance (from start to now)."""
+    import time
+
     from dashboard.format import STATUS_ICONS, duration
+    from dashboard.live import active_duration
     from dashboard.state import get_registry
 
+    # Jobs live in the registry, not in this session: whatever another tab (or a
+    # previous run of Streamlit) started is listed here too.
     active = get_registry().list_runs(status=("pending", "running"), limit=10)
     if active:
         st.markdown("**Active jobs**")
+        now = time.time()
         for run in active:
-            st.caption(f"{STATUS_ICONS.get(run.status, '')} {run.kind} · {run.name} · {duration(run.duration_s)}")
+            st.caption(f"{STATUS_ICONS.get(run.status, '')} {run.kind} · {run.name} · "
+                       f"{duration(active_duration(run.started_at, now))}")
+
+
+with st.sidebar:
+    st.markdown("### TuneSwarm")
+    st.caption("Train a model, serve it, swarm it with Locust, pick the config to ship.")
+    # A timer only while something runs; a page that starts a job reruns the whole app, which turns it on.
+    from dashboard.state import get_registry as _registry
+
+    _busy = bool(_registry().list_runs(status=("pending", "running"), limit=1))
+    st.fragment(active_jobs, run_every=ACTIVE_JOBS_REFRESH_S if _busy else None)()
 page.run()

@@ -28,7 +28,8 @@ COLORS = {
     "mae": "#2ca02c",
     "val_mae": "#d62728",
     "rps": "#1f77b4",
-    "fail_per_s": "#d62728",
+    "server_rps": "#aec7e8",
+    "fail_per_s": "#e377c2",  # not p99's red: the swarm chart shows both
     "p50_ms": "#2ca02c",
     "p90_ms": "#bcbd22",
     "p95_ms": "#ff7f0e",
@@ -224,8 +225,8 @@ def loadtest_figure(rows: Sequence[Mapping[str, Any]], *, x_key: str = "step",
             fig.add_trace(go.Scatter(x=xs, y=ys, name=LABELS[name], mode="lines", stackgroup="server",
                                      line={"color": COLORS[name]}), row=4, col=1)
     _style(fig, "", height=TALL_HEIGHT + 80)
-    fig.update_layout(title=None, margin={"l": 10, "r": 10, "t": 30, "b": 10},
-                      legend={"orientation": "v", "yanchor": "top", "y": 1.0, "xanchor": "left", "x": 1.01})
+    fig.update_layout(title=None, margin={"l": 10, "r": 10, "t": 30, "b": 10})
+    _legend_per_panel(fig, n_panels=4)
     if not rows:
         return _empty(fig, "no load-test samples yet")
     fig.update_yaxes(title_text="req/s", rangemode="tozero", row=1, col=1)
@@ -234,6 +235,21 @@ def loadtest_figure(rows: Sequence[Mapping[str, Any]], *, x_key: str = "step",
     fig.update_yaxes(title_text="ms", rangemode="tozero", row=4, col=1)
     fig.update_xaxes(title_text="seconds since start", row=4, col=1)
     return fig
+
+
+def _legend_per_panel(fig: go.Figure, n_panels: int) -> None:
+    """One legend beside each panel of a stacked subplot figure (Plotly's ``legend``, ``legend2``, ...),
+    so each legend names only its panel's lines; a panel with one line has none (its title names it)."""
+    for panel in range(1, n_panels + 1):
+        axis = "y" if panel == 1 else f"y{panel}"
+        traces = [t for t in fig.data if (t.yaxis or "y") == axis]
+        name = "legend" if panel == 1 else f"legend{panel}"
+        for t in traces:
+            t.update(legend=name, showlegend=len(traces) > 1)
+        domain = fig.layout["yaxis" if panel == 1 else f"yaxis{panel}"].domain
+        fig.update_layout({name: {"orientation": "v", "yanchor": "top", "y": domain[1], "xanchor": "left",
+                                  "x": 1.01, "font": {"size": 11}, "bgcolor": "rgba(0,0,0,0)",
+                                  "tracegroupgap": 2}})
 
 
 def batch_size_figure(buckets: Mapping[float, float] | Sequence[tuple[float, float]],

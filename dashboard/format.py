@@ -103,12 +103,13 @@ def run_label(run: Run, names: Mapping[str, str] | None = None) -> str:
     return f"{marker} · {name} · {when(run.created_at)[5:]} · {run.id}"
 
 
-def apply_message(url: str, model_name: str, config: dict[str, Any], label: str) -> str:
+def apply_message(run_id: str, model_name: str, config: dict[str, Any], label: str) -> str:
     """What Apply did, as a sentence (the full config is in the "Recommended config" expander)."""
-    return (f"The endpoint for this model now serves {label} at {url}/v1/models/{model_name}:predict "
-            f"({config.get('runtime')} runtime, batches of up to {config.get('max_batch_size')} rows waiting at "
-            f"most {config.get('batch_timeout_ms'):g} ms, {config.get('workers', 1)} worker"
-            f"{'s' if config.get('workers', 1) != 1 else ''}).")
+    workers = config.get("workers", 1)
+    return (f"Restarting the endpoint of {model_name} with {label} ({config.get('runtime')} runtime, batches of up "
+            f"to {config.get('max_batch_size')} rows waiting at most {config.get('batch_timeout_ms'):g} ms, "
+            f"{workers} worker{'s' if workers != 1 else ''}) as run {run_id}, on the same URL; "
+            "the **Serve** page shows its stages until it is ready.")
 
 
 def headline(run: Run) -> str:

@@ -112,12 +112,38 @@ def next_step(label: str, page: str, run_id: str, key: str, icon: str, help: str
         st.switch_page(PAGES_DIR / page, query_params={RUN_PARAM: run_id})
 
 
+def live_fragment(registry: Registry, run_id: str, draw: Callable[[Run], None], refresh_s: float,
+                  settled: Callable[[Run], bool] | None = None) -> None:
+    """Draw an active run with ``draw(run)`` in a fragment re-run every ``refresh_s``, until it settles.
+
+    Each tick re-reads the run (after reaping dead jobs); once it is no longer active
+    (or ``settled(run)`` says the page should change, e.g. an endpoint became ready),
+    the fragment reruns the whole app, so the page switches to its finished view and
+    this timer goes away. A view drawn outside a fragment would stay as it was when
+    the page ran (a sweep stuck on "starting:" after it had completed).
+    """
+    from runs.jobs import reap
+
+    def tick() -> None:
+        reap(registry)
+        try:
+            run = registry.get_run(run_id)
+        except KeyError:  # deleted meanwhile (another tab)
+            st.rerun(scope="app")
+        if not run.active or (settled is not None and settled(run)):
+            st.rerun(scope="app")
+        draw(run)
+
+    st.fragment(tick, run_every=refresh_s)()
+
+
 def run_view(title: str, runs: Sequence[Run], key: str, help: str, empty_text: str,
-             live: Callable[[str], None], results: Callable[[Run], None], refresh_s: float) -> Run | None:
+             live: Callable[[Run], None], results: Callable[[Run], None], refresh_s: float,
+             registry: Registry) -> Run | None:
     """A page's "Runs" block: a picker over ``runs``, then the chosen run live or finished; returns it.
 
-    An active run is drawn by ``live(run_id)`` in a fragment re-run every ``refresh_s`` (only it reruns, and
-    it draws its own status line so that updates too); a finished one gets its status line and ``results(run)``.
+    An active run is drawn by ``live(run)`` in :func:`live_fragment` (only it reruns, and it draws its own
+    status line so that updates too); a finished one gets its status line and ``results(run)``.
     With no runs, ``empty_text`` says how to make one.
     """
     st.subheader("Runs")
@@ -125,7 +151,7 @@ def run_view(title: str, runs: Sequence[Run], key: str, help: str, empty_text: s
     if view is None:
         st.info(empty_text)
     elif view.active:
-        st.fragment(run_every=refresh_s)(live)(view.id)
+        live_fragment(registry, view.id, live, refresh_s)
     else:
         status_line(view)
         results(view)

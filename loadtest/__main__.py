@@ -277,7 +277,7 @@ def format_summary(result: LoadTestResult) -> str:
     width = max(len(k) for k, _ in rows)
     lines = [f"{k:<{width}}  {v}" for k, v in rows]
     lines.append(f"verdict: {result.verdict}")
-    if result.error and result.error != s.get("verdict"):
+    if result.error and result.error != result.verdict:
         lines.append(f"error: {result.error}")
     if result.gates:
         lines.append("gates:")

@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 
 import psutil
 
-from loadtest import results, shapes, slo
+from loadtest import preflight, results, shapes, slo
 from loadtest.payload import MAX_INSTANCES_PER_REQUEST, check_protocol, predict_path
 from loadtest.probes import CpuMeter, HistoryTail, ServerScraper, load_generator_cores, server_cpu_seconds
 from runs import jobs, lifecycle
@@ -408,7 +408,17 @@ class SwarmJob:
         return self.registry.get_run(self.run_id).status
 
     def _execute(self, ctx: lifecycle.JobContext) -> None:
-        """Run Locust to its end (or a stop) and record everything."""
+        """Run Locust to its end (or a stop) and record everything; a dead target ends the run at once."""
+        unreachable = preflight.probe_target(self.config.host)
+        if unreachable is not None:
+            # Recorded once, as the run's error and its verdict (pages and the CLI show it once).
+            summary: dict[str, Any] = {"verdict": unreachable, "requests": 0, "failures": 0,
+                                       "target_unreachable": True}
+            summary["slo"] = [g.to_dict() for g in slo.evaluate(self.config.parsed_slos(), summary)]
+            self.registry.update_summary(self.run_id, summary)
+            ctx.finish(State.FAILED, unreachable)
+            self.state = "finished"
+            return
         server_pid = self.registry.get_run(self.serve_run_id).pid if self.serve_run_id else None
         server_cpu_start = server_cpu_seconds(server_pid)
         self.start_wall = time.time()

@@ -257,7 +257,19 @@ def _group_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    # A group left with only zombies of some other live process is over: that parent (e.g. the
+    # dashboard that launched the job, when another process stops it) reaps them only later, and no
+    # signal reaches them. Orphaned zombies (parent: init) are reaped at once, so they are waited for.
+    return any(_live_member(proc, pid) for proc in psutil.process_iter())
+
+
+def _live_member(proc: psutil.Process, pgid: int) -> bool:
+    try:
+        if os.getpgid(proc.pid) != pgid:
+            return False
+        return proc.status() != psutil.STATUS_ZOMBIE or proc.ppid() == 1
+    except (OSError, psutil.Error):
+        return False
 
 
 def stop_job(registry: Registry, run_id: str, grace_s: float = STOP_GRACE_S) -> str:

@@ -412,3 +412,19 @@ def test_overload_figure_plots_goodput_and_503s_against_offered_load() -> None:
     assert list(traces["goodput (2xx/s)"].y) == [4000.0, 6000.0]
     assert list(traces["503/s"].y) == [0.0, 4000.0] and list(traces["503/s"].x) == [4000.0, 20000.0]
     assert "no open-loop" in charts.overload_figure([]).layout.annotations[0].text
+
+
+def test_loadtest_figure_has_a_legend_per_panel_and_one_colour_per_meaning() -> None:
+    rows = [{"step": t, "users": 4, "rps": 10.0, "server_rps": 9.0, "fail_per_s": 1.0, "server_shed_per_s": 0.5,
+             "p50_ms": 5, "p95_ms": 9, "p99_ms": 12, "server_queue_ms": 1.0, "server_compute_ms": 2.0}
+            for t in range(3)]
+    fig = charts.loadtest_figure(rows)
+    legend_of = {t.name: t.legend for t in fig.data}
+    assert legend_of["requests/s"] == legend_of["failures/s"] == "legend"
+    assert legend_of["p50"] == legend_of["p99"] == "legend2"
+    assert legend_of["server compute"] == "legend4"
+    assert not _trace(fig, "users").showlegend  # one line: the panel's title names it
+    # each legend sits beside its own panel
+    assert fig.layout.legend2.y == fig.layout.yaxis2.domain[1] and fig.layout.legend4.y == fig.layout.yaxis4.domain[1]
+    colours = [t.line.color for t in fig.data]
+    assert len(colours) == len(set(colours))  # p99 and failures/s no longer share red

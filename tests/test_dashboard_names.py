@@ -117,10 +117,11 @@ def test_a_model_sweep_estimate_counts_its_models_and_is_shown_before_start(home
 
 
 def test_the_apply_message_is_a_sentence() -> None:
-    text = fmt.apply_message("http://127.0.0.1:8600", "model",
+    text = fmt.apply_message("20261203-170704-9030d7", "model",
                              {"runtime": "tflite", "max_batch_size": 32, "batch_timeout_ms": 2.0, "workers": 1,
                               "num_batch_threads": 1}, "tflite b32 t2")
-    assert text.startswith("The endpoint for this model now serves tflite b32 t2 at http://127.0.0.1:8600/v1/")
+    assert text.startswith("Restarting the endpoint of model with tflite b32 t2 (tflite runtime")
+    assert "run 20261203-170704-9030d7" in text
     assert "{" not in text and "'" not in text and "32 rows" in text and "1 worker)" in text
 
 

@@ -546,7 +546,7 @@ def test_loadtest_page_protocol_choice_reaches_the_config(home: Path) -> None:
     at.radio(key="load.protocol").set_value("v2").run()
     assert not at.exception
     assert _json(at)["protocol"] == "v2"
-    assert "POST http://127.0.0.1:8600/v2/models/model/infer" in _text(at)
+    assert "POST `http://127.0.0.1:8600/v2/models/model/infer`" in _text(at)  # code, not a link
 
 
 def test_loadtest_page_master_mode_shows_the_worker_command_and_each_workers_share(
@@ -682,7 +682,7 @@ def test_loadtest_page_renders_a_finished_swarm(home: Path, registry: Registry) 
     assert "server queue_ms" in list(frames[("metric", "value")]["metric"])
     fig = json.loads(at.get("plotly_chart")[0].proto.spec)
     assert {t["name"] for t in fig["data"]} >= {"p95", "users", "server queue wait"}
-    assert sorted(b.label for b in at.get("download_button")) == ["csv report", "html report"]
+    assert sorted(b.label for b in at.get("download_button")) == ["HTML report", "Stats CSV"]
 
 
 def test_loadtest_page_headlines_a_failed_gate_as_fail_without_failures(home: Path, registry: Registry) -> None:

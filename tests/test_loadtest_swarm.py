@@ -130,17 +130,21 @@ def test_constant_run_records_series_summary_and_gates(
     assert again == list(load_result(swarm_registry, result.run_id).gates)
 
 
-def test_dead_port_is_recorded_as_failed_with_its_failures(swarm_registry: Registry) -> None:
-    config = LoadTestConfig(host=f"http://127.0.0.1:{free_port()}", users=2, spawn_rate=2, run_time_s=2,
+def test_dead_port_fails_at_once_with_one_message_and_no_load(swarm_registry: Registry) -> None:
+    """The target is probed before Locust starts: a dead port fails in well under the run time, sending nothing."""
+    config = LoadTestConfig(host=f"http://127.0.0.1:{free_port()}", users=2, spawn_rate=2, run_time_s=30,
                             n_features=N_FEATURES, slos=("fail_ratio<=0.01",))
+    t0 = time.monotonic()
     result = run_loadtest(swarm_registry, config)
+    assert time.monotonic() - t0 < 15  # not the 30 s run time
     assert result.status == "failed"
-    assert "refused" in (result.error or "")
+    assert "refused" in (result.error or "") and "no load was sent" in (result.error or "")
     s = result.summary
-    assert s["requests"] > 0 and s["failures"] == s["requests"] and s["fail_ratio"] == 1.0
-    assert s["failures_by_reason"] == {"connection refused": s["requests"]}
-    assert s["p95_ms"] is None  # no latency was served
+    assert s["requests"] == 0 and s["target_unreachable"] is True
+    assert s["verdict"] == result.error  # one message: the verdict is the error
     assert [g.passed for g in result.gates] == [False]
+    assert result.error is not None and format_summary(result).count(result.error) == 1
+    assert not (swarm_registry.artifacts_dir(result.run_id) / "locust.log").exists()  # Locust never started
 
 
 def test_target_that_never_answers_times_out_and_fails(swarm_registry: Registry) -> None:

@@ -115,23 +115,26 @@ def test_page_ranks_on_the_finalists_re_measurement(home: Path, registry: Regist
 @pytest.mark.integration
 def test_apply_restarts_the_endpoint_with_the_recommended_config(home: Path, registry: Registry,
                                                                  trained_model: Path) -> None:
+    from runs import jobs
     from runs.jobs import stop_job
 
     _sweep(registry, trained_model.parent)  # the recorded sweep, now pointing at a real model bundle
     try:
         at = AppTest.from_file(PAGE, default_timeout=180).run()
-        at.button(key="tune.apply").click().run()
+        at.button(key="tune.apply").click().run()  # returns at once: the endpoint starts in the background
         assert not at.exception
         serving = [r for r in registry.list_runs(kind="serve") if r.active]
         assert len(serving) == 1
-        run = serving[0]
+        assert any(serving[0].id in s.value and "b32 t2ms" in s.value for s in at.success)
+        run = jobs.wait_ready(registry, serving[0].id, 180)
         assert run.summary["config"]["max_batch_size"] == 32 and run.summary["config"]["batch_timeout_ms"] == 2.0
-        assert run.summary["url"] in _texts(at) or any(run.summary["url"] in s.value for s in at.success)
-        # applying again replaces that endpoint instead of adding a second one
+        # applying again replaces that endpoint instead of adding a second one, on the same port (same URL)
         at.button(key="tune.apply").click().run()
-        active = [r for r in registry.list_runs(kind="serve") if r.active]
-        assert len(active) == 1 and active[0].id != run.id
-        assert not registry.get_run(run.id).active  # the old endpoint was shut down
+        new = [r for r in registry.list_runs(kind="serve") if r.active and r.id != run.id]
+        assert len(new) == 1
+        replaced = jobs.wait_ready(registry, new[0].id, 180)
+        assert replaced.summary["url"] == run.summary["url"]
+        assert jobs.wait_job(registry, run.id, 60).status == "stopped"  # the old endpoint was shut down
     finally:
         for r in registry.list_runs(kind="serve", status=("pending", "running")):
             stop_job(registry, r.id, grace_s=10)

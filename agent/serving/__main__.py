@@ -26,7 +26,7 @@ from typing import Any, NoReturn
 
 from agent.serving.config import DEFAULT_CONFIG, RUNTIMES, ServingConfig
 from agent.serving.process import ServeJob
-from agent.serving.server import READY_PREFIX, ServeOptions, bind_socket, serve_single, serve_workers, url_for
+from agent.serving.server import READY_PREFIX, ServeOptions, bind_socket_waiting, serve_single, serve_workers, url_for
 from runs import jobs, lifecycle
 from runs.configs import int_list
 from runs.registry import Registry, State
@@ -183,6 +183,17 @@ def serve_job(registry: Registry, run_id: str, job: ServeJob) -> int:
 
 
 def _serve(registry: Registry, run_id: str, job: ServeJob, ctx: lifecycle.JobContext) -> None:
+    where: dict[str, Any] = {}
+    seen: list[str] = []
+
+    def stage(name: str, detail: str | None = None) -> None:
+        """Record what the start-up is doing now (``progress["stage"]``, and the stages so far), so a page
+        can show it while it waits."""
+        seen.append(name)
+        registry.set_progress(run_id, {"stage": name, "detail": detail, "stages": list(seen), **where,
+                                       "at": time.time()})
+
+    stage("starting")
     model_path = None
     if not job.ceiling:
         from agent.export import check_model_path
@@ -193,11 +204,14 @@ def _serve(registry: Registry, run_id: str, job: ServeJob, ctx: lifecycle.JobCon
         check_runtime_format(job.serving.runtime, path)
         model_path = str(path)
     try:
-        sock = bind_socket(job.host, job.port)
+        sock = bind_socket_waiting(job.host, job.port, job.port_wait_s,
+                                   on_wait=lambda: stage("waiting for the port", f"{job.port}, until the old "
+                                                         "endpoint has released it"))
     except OSError as exc:
         raise ValueError(str(exc)) from None
     port = sock.getsockname()[1]
     url = url_for(job.host, port)
+    where.update(port=port, url=url)
     opts = ServeOptions(model_path, job.name, job.host, port, job.serving, job.ceiling, job.log_level)
     summary = {"url": url, "port": port, "name": job.name,
                "runtime": "ceiling" if job.ceiling else job.serving.runtime, "config": job.serving.to_dict()}
@@ -207,15 +221,17 @@ def _serve(registry: Registry, run_id: str, job: ServeJob, ctx: lifecycle.JobCon
         ready["flag"] = True
         registry.update_summary(run_id, dict(summary, pid=os.getpid(), ready_at=time.time(),
                                              **({"worker_pids": list(pids)} if pids else {})))
+        stage("ready")
         print(f"{READY_PREFIX}{url}", flush=True)
 
     try:
         if ctx.stopping:
             return
         if job.serving.workers > 1:
+            stage("loading TensorFlow and the model", f"in {job.serving.workers} worker processes")
             error = serve_workers(opts, sock, announce)
         else:
-            error = serve_single(opts, sock, lambda app: announce())
+            error = serve_single(opts, sock, lambda app: announce(), on_stage=stage)
     finally:
         sock.close()
     if error is not None:

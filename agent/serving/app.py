@@ -99,8 +99,10 @@ class ServingApp:
         config: ServingConfig,
         runtime: Any = None,
         on_ready: Callable[[ServingApp], None] | None = None,
+        on_stage: Callable[..., None] | None = None,
     ) -> None:
         self.model_path = model_path
+        self.on_stage = on_stage  # hears the start-up's stages (loading, converting, warming up)
         self.name = name
         self.config = config
         self.runtime = runtime
@@ -372,7 +374,8 @@ class ServingApp:
 
             if self.model_path is None:
                 raise ValueError("no model path and no runtime given")
-            self.runtime = await asyncio.to_thread(make_runtime, self.config.runtime, self.model_path, self.config)
+            self.runtime = await asyncio.to_thread(make_runtime, self.config.runtime, self.model_path, self.config,
+                                                   self.on_stage)
         self.n_features = int(self.runtime.n_features)
         signature: Signature | None = getattr(self.runtime, "signature", None)
         if signature is not None and self.model_path is not None and len(signature.outputs) == 1:
@@ -389,6 +392,9 @@ class ServingApp:
         self.batcher = batcher
         # Warm-up goes through the batcher so the batch threads build their
         # interpreters / traces before the first real request.
+        if self.on_stage is not None:
+            sizes = self.config.warmup_batch_sizes
+            self.on_stage("warming up", f"{len(sizes)} batch sizes up to {max(sizes, default=1)}")
         for size in self.config.warmup_batch_sizes:
             y = await batcher.submit(np.zeros((size, self.n_features), dtype=np.float32))
             self.output_dim = int(np.prod(y.shape[1:])) if y.ndim > 1 else 1
@@ -440,17 +446,19 @@ def create_app(
     *,
     runtime: Any = None,
     on_ready: Callable[[ServingApp], None] | None = None,
+    on_stage: Callable[..., None] | None = None,
 ) -> ServingApp:
     """The endpoint app. The model is loaded in the ASGI lifespan (not here).
 
     ``runtime`` (anything with ``name``, ``n_features``, ``predict(x)`` and optionally
     ``signature``; without one it serves a float vector of ``n_features``) replaces
     building one from ``model_path``/``config.runtime``; ``on_ready`` is called
-    once the model is warmed and ``/readyz`` answers 200.
+    once the model is warmed and ``/readyz`` answers 200; ``on_stage(stage, detail)``
+    as each slow start-up stage begins.
     """
     if not name or "/" in name or ":" in name:
         raise ValueError(f"model name must be non-empty without '/' or ':'; got {name!r}")
-    return ServingApp(model_path, name, config, runtime=runtime, on_ready=on_ready)
+    return ServingApp(model_path, name, config, runtime=runtime, on_ready=on_ready, on_stage=on_stage)
 
 
 # -- the ceiling: same stack, fixed answer ---------------------------------------------------------

@@ -2,16 +2,18 @@
 
 :func:`start` records a :class:`ServeJob` and launches ``python -m agent.serving
 --run-id ID`` (own process group, output in the run's ``job.log``); the job puts
-URL, port and pid in the run's summary once the model is warm. :func:`start_endpoint`
-also waits for that. ``python -m agent.serving --model ...`` records the same run
-and serves in the foreground.
+URL, port and pid in the run's summary once the model is warm, and its start-up stage
+in the run's progress as it goes. :func:`start_endpoint` also waits for that;
+:func:`replace_endpoint` (a restart) returns at once, keeping the port by default.
+``python -m agent.serving --model ...`` records the same run and serves in the foreground.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from runs.configs import known_fields
 from runs.registry import Registry, State
 
 READY_TIMEOUT_S = 120.0
+PORT_WAIT_S = 40.0  # > the old endpoint's graceful shutdown (20 s) and its kill grace
 
 
 class EndpointError(RuntimeError):
@@ -38,6 +41,8 @@ class ServeJob:
     ceiling: bool = False
     serving: ServingConfig = field(default_factory=lambda: DEFAULT_CONFIG)
     log_level: str = "warning"
+    # A restart keeping its URL: how long the new endpoint waits for the old one to let go of ``port``.
+    port_wait_s: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.ceiling and not self.model_path:
@@ -48,7 +53,7 @@ class ServeJob:
     def to_dict(self) -> dict[str, Any]:
         return {"model_path": None if self.ceiling else str(self.model_path), "name": self.name, "host": self.host,
                 "port": self.port, "ceiling": self.ceiling, "serving": self.serving.to_dict(),
-                "log_level": self.log_level}
+                "log_level": self.log_level, "port_wait_s": self.port_wait_s}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ServeJob:
@@ -141,9 +146,41 @@ def stop_endpoint(registry: Registry, run_id: str, grace_s: float = 30.0) -> str
     return jobs.stop_job(registry, run_id, grace_s=grace_s)
 
 
-def restart_endpoint(registry: Registry, model_path: str, config: ServingConfig, name: str = "model") -> EndpointHandle:
-    """Stop the user's endpoints of ``model_path`` (not those a sweep or swarm owns); start one with ``config``."""
-    for serve in registry.list_runs(kind="serve", status=("pending", "running")):
-        if serve.parent_id is None and serve.config.get("model_path") == str(model_path):
-            stop_endpoint(registry, serve.id)
-    return start_endpoint(registry, model_path, config, name=name)
+def endpoint_port(run: Any) -> int:
+    """The port an endpoint run listens on (or asked for), 0 when unknown."""
+    port = run.summary.get("port") or (run.progress or {}).get("port") or run.config.get("port")
+    return int(port or 0)
+
+
+def replace_endpoint(registry: Registry, old: Any, job: ServeJob, *, keep_port: bool = True,
+                     name: str | None = None) -> str:
+    """Start ``job`` in place of the endpoint run ``old``; returns the new run id at once (not yet ready).
+
+    The old endpoint is stopped on a background thread (graceful: in-flight requests
+    finish); with ``keep_port`` the new one asks for the old one's port and waits
+    (bounded by ``PORT_WAIT_S``) until it is free, so clients keep the same URL;
+    otherwise it takes a free port. The page that asked returns at once and follows
+    the new run's stages from the registry.
+    """
+    port = endpoint_port(old) if keep_port else 0
+    job = replace(job, port=port, port_wait_s=PORT_WAIT_S if port else 0.0)
+    registry.request_stop(old.id)  # seen at once by anything watching the old run
+    threading.Thread(target=stop_endpoint, args=(registry, old.id), name=f"stop-{old.id}", daemon=True).start()
+    return start(registry, job, name=name)
+
+
+def restart_endpoint(registry: Registry, model_path: str, config: ServingConfig, name: str = "model",
+                     *, keep_port: bool = True) -> str:
+    """Replace the user's endpoint of ``model_path`` (not one a sweep or swarm owns) by one with ``config``.
+
+    Returns the new run id at once (see :func:`replace_endpoint`); with no such endpoint
+    running, starts one on a free port.
+    """
+    job = ServeJob(str(model_path), name, serving=config)
+    mine = [serve for serve in registry.list_runs(kind="serve", status=("pending", "running"))
+            if serve.parent_id is None and serve.config.get("model_path") == str(model_path)]
+    if not mine:
+        return start(registry, job)
+    for extra in mine[1:]:
+        threading.Thread(target=stop_endpoint, args=(registry, extra.id), daemon=True).start()
+    return replace_endpoint(registry, mine[0], job, keep_port=keep_port)

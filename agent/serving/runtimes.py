@@ -178,6 +178,12 @@ def configure_tf_threads(intra_op: int, inter_op: int) -> None:
         pass  # TF already initialised in this process (tests building several runtimes)
 
 
+# What "converting" means per runtime (the stage line a page shows while an endpoint starts).
+CONVERSIONS = {"keras": "wrapping the Keras model", "tf-function": "tracing a tf.function",
+               "xla": "tracing a jit-compiled tf.function", "tflite": "to a TFLite flatbuffer",
+               "tflite-int8": "to a quantized TFLite flatbuffer"}
+
+
 def check_runtime_format(name: str, path: Path) -> None:
     """Refuse, before loading anything, a runtime that cannot take this model format."""
     if name == "keras" and path.is_dir():
@@ -185,23 +191,31 @@ def check_runtime_format(name: str, path: Path) -> None:
                                   "use tf-function, xla, tflite or tflite-int8")
 
 
-def make_runtime(name: str, model_path: str | os.PathLike[str], config: ServingConfig | None = None) -> Runtime:
+StageHook = Callable[..., None]  # on_stage(stage, detail=None): what a slow start-up is doing now
+
+
+def make_runtime(name: str, model_path: str | os.PathLike[str], config: ServingConfig | None = None,
+                 on_stage: StageHook | None = None) -> Runtime:
     """Build runtime ``name`` for the ``.keras`` file or SavedModel directory at ``model_path``.
 
     Refuses other formats (ModelFormatError) and runtimes that cannot run this model
     (RuntimeRefusedError); either way with a one-line reason, before any request.
     The runtime is tried once on a one-row batch of zeros, so a model the runtime
-    cannot execute fails here and not on a client's first request.
+    cannot execute fails here and not on a client's first request. ``on_stage`` hears
+    "loading TensorFlow and the model", then "converting" (with what to), as they begin.
     """
+    stage = on_stage or (lambda *args, **kwargs: None)
     if name not in RUNTIMES:
         raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}; got {name!r}")
     config = config or ServingConfig(runtime=name)
     path = export.check_model_path(model_path)
-    configure_tf_threads(config.intra_op_threads, config.inter_op_threads)
     check_runtime_format(name, path)
+    stage("loading TensorFlow and the model")
+    configure_tf_threads(config.intra_op_threads, config.inter_op_threads)
     servable = export.load_servable(path)
     runtime: Runtime
     try:
+        stage("converting", CONVERSIONS[name])
         if name in ("tflite", "tflite-int8"):
             variant = "int8" if name == "tflite-int8" else "float32"
             flat = export.convert_to_tflite(path, variant, model=servable.model if servable.keras_model else None)

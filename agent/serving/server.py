@@ -36,6 +36,7 @@ GRACEFUL_SHUTDOWN_S = 20  # in-flight requests get this long after SIGTERM
 WORKER_READY_TIMEOUT_S = 300.0
 WORKER_STOP_TIMEOUT_S = GRACEFUL_SHUTDOWN_S + 10.0
 POLL_S = 0.1
+BIND_RETRY_S = 0.1
 KEEP_ALIVE_S = 5  # uvicorn's timeout_keep_alive: an idle keep-alive connection closes after this long
 
 
@@ -64,17 +65,42 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def bind_socket_waiting(host: str, port: int, wait_s: float,
+                        on_wait: Callable[[], None] | None = None) -> socket.socket:
+    """:func:`bind_socket`, retrying for up to ``wait_s`` while the port is still in use.
+
+    A restart that keeps its URL starts the new endpoint while the old one is still
+    shutting down (in-flight requests finish first); the new one takes the port as
+    soon as the old process lets go of it. ``on_wait`` is called once, when waiting begins.
+    """
+    deadline = time.monotonic() + max(0.0, wait_s)
+    waited = False
+    while True:
+        try:
+            return bind_socket(host, port)
+        except OSError as exc:
+            if port == 0 or "in use" not in str(exc).lower() or time.monotonic() >= deadline:
+                if waited:
+                    raise OSError(f"port {port} is still taken after {wait_s:.0f} s (the old endpoint did not "
+                                  "release it, or another program holds it); restart with a new port") from None
+                raise
+            if not waited and on_wait is not None:
+                on_wait()
+            waited = True
+            time.sleep(BIND_RETRY_S)
+
+
 def url_for(host: str, port: int) -> str:
     shown = f"[{host}]" if ":" in host else host
     return f"http://{shown}:{port}"
 
 
-def build_app(opts: ServeOptions, on_ready: Callable[[Any], None]) -> Any:
+def build_app(opts: ServeOptions, on_ready: Callable[[Any], None], on_stage: Callable[..., None] | None = None) -> Any:
     from agent.serving.app import create_app, create_ceiling_app
 
     if opts.ceiling:
         return create_ceiling_app(on_ready=on_ready)
-    return create_app(opts.model_path, opts.name, opts.config, on_ready=on_ready)
+    return create_app(opts.model_path, opts.name, opts.config, on_ready=on_ready, on_stage=on_stage)
 
 
 def uvicorn_config(app: Any, log_level: str, limits: ServingConfig | None = None,
@@ -122,9 +148,10 @@ def _ignore_signal(signum: int, frame: Any) -> None:
     pass
 
 
-def serve_single(opts: ServeOptions, sock: socket.socket, on_ready: Callable[[Any], None]) -> str | None:
+def serve_single(opts: ServeOptions, sock: socket.socket, on_ready: Callable[[Any], None],
+                 on_stage: Callable[..., None] | None = None) -> str | None:
     """Serve in this process; returns the start-up error (None after a clean shutdown)."""
-    app = build_app(opts, on_ready)
+    app = build_app(opts, on_ready, on_stage)
     try:
         run_uvicorn(app, sock, opts.log_level, opts.config)
     except SystemExit:

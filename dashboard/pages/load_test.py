@@ -11,17 +11,19 @@ import streamlit as st
 
 from dashboard import charts, forms, ui
 from dashboard import format as fmt
+from dashboard import live as live_view
 from dashboard.state import get_registry, init_defaults
 from loadtest import payload as payload_files
 from loadtest.payload import PROTOCOLS, request_path
 from loadtest.results import overload_point
 from loadtest.shapes import SHAPES
-from runs.jobs import reap
 from runs.registry import Registry, Run
 
 LIVE_REFRESH_S = 1.0
 SATURATION_CPU_PCT = 90.0  # Locust's own warning threshold (locust/runners.py)
 MAX_REPORT_BYTES = 50 * 1024 * 1024
+REPORT_LABELS = {"csv": "Stats CSV", "history_csv": "History CSV", "failures_csv": "Failures CSV", "json": "JSON",
+                 "html": "HTML report", "log": "Locust log"}
 KEY_PREFIX = "load."
 key = ui.widget_keys(KEY_PREFIX)  # key("x") -> the page's widget key for x
 TARGET_ENDPOINT = "running endpoint"
@@ -162,7 +164,8 @@ protocol = st.radio(
 )
 if host and model_name:
     with contextlib.suppress(ValueError):  # a bad model name: the form check below says so
-        st.caption(f"POST {host.rstrip('/')}{request_path(model_name.strip(), protocol)}")
+        # Code, not a link: a click would send a GET to :predict (405).
+        st.caption(f"POST `{host.rstrip('/')}{request_path(model_name.strip(), protocol)}`")
 
 # -- swarm knobs -----------------------------------------------------------------------------
 
@@ -280,25 +283,24 @@ def _chart(registry: Registry, run: Run, chart_key: str) -> list[dict[str, Any]]
     return rows
 
 
-def _live(run_id: str) -> None:
-    reap(registry)
-    run = registry.get_run(run_id)
-    if not run.active:
-        st.rerun()
+def _live(run: Run) -> None:
     ui.status_line(run)
     rows = _frames(registry, run)
-    last = rows[-1] if rows else {}
+    # Locust's rows land a second or two after the CPU and server samples of the same second:
+    # each tile shows the newest value that exists for its own figure.
+    last = live_view.latest_figures(rows)
     total = float(run.config.get("run_time_s") or 0)
-    elapsed = float(last.get("step", 0))
-    st.progress(min(elapsed / total, 1.0) if total else 0.0, text=f"{elapsed:.0f} s of {total:.0f} s")
+    elapsed = float(rows[-1].get("step", 0)) if rows else 0.0
+    frac, text = live_view.elapsed_progress(elapsed, total)
+    st.progress(frac, text=text)
     m = st.columns(5)
-    m[0].metric("users", _n(last.get("users"), ".0f"), help="simulated users now")
-    m[1].metric("requests/s", _n(last.get("rps"), ".0f"), help="requests completed in the last second")
-    m[2].metric("p95", _n(last.get("p95_ms"), ".1f", " ms"), help="Locust's current-window 95th percentile")
-    m[3].metric("failures/s", _n(last.get("fail_per_s"), ".1f"), help="failed requests in the last second")
-    m[4].metric("Locust CPU", _n(last.get("locust_cpu_pct"), ".0f", " %"),
+    m[0].metric("users", _n(last["users"], ".0f"), help="simulated users now")
+    m[1].metric("requests/s", _n(last["rps"], ".0f"), help="requests completed in the last second")
+    m[2].metric("p95", _n(last["p95_ms"], ".1f", " ms"), help="Locust's current-window 95th percentile")
+    m[3].metric("failures/s", _n(last["fail_per_s"], ".1f"), help="failed requests in the last second")
+    m[4].metric("Locust CPU", _n(last["locust_cpu_pct"], ".0f", " %"),
                 help="CPU use of Locust's processes; near 100% the numbers measure Locust, not the server")
-    cpu = last.get("locust_cpu_pct")
+    cpu = last["locust_cpu_pct"]
     if cpu is not None and cpu >= SATURATION_CPU_PCT:
         st.warning(f"Locust is using {cpu:.0f}% CPU: the load generator is saturated, so these numbers "
                    "measure Locust, not the server. Add Locust processes or lower the user count.")
@@ -317,7 +319,8 @@ def _results(registry: Registry, run: Run) -> None:
     if s.get("saturated"):
         st.warning(f"Load generator saturated: {s.get('saturation_reason') or 'Locust ran out of CPU'}. "
                    "This run measured Locust, not the server; rerun with more Locust processes.")
-    if s.get("verdict"):
+    # A failed run's reason is on its status line already (a dead target's verdict is that reason): once.
+    if s.get("verdict") and not (run.status == "failed" and run.error and s["verdict"] in run.error):
         {"error": st.error, "success": st.success}.get(fmt.verdict_kind(run), st.info)(s["verdict"])
     if "requests" in s:
         m = st.columns(6)
@@ -368,12 +371,13 @@ def _results(registry: Registry, run: Run) -> None:
     reports = s.get("reports") or {}
     if reports:
         mimes = {"csv": "text/csv", "json": "application/json", "html": "text/html", "history_csv": "text/csv"}
-        per_row = 3  # more to a row cuts the labels ("failures csv re…")
-        cols = [c for _ in range(0, len(reports), per_row) for c in st.columns(per_row)]
-        for col, (kind, path) in zip(cols, sorted(reports.items()), strict=False):
+        items = sorted(reports.items())
+        # Three to a row, short labels: six buttons in one row cut their labels ("failures csv re...").
+        cols = [c for _ in range(0, len(items), 3) for c in st.columns(3)]
+        for col, (kind, path) in zip(cols, items, strict=False):
             p = Path(path)
             if p.is_file() and p.stat().st_size <= MAX_REPORT_BYTES:
-                col.download_button(f"{kind.replace('_', ' ')} report", p.read_bytes(), file_name=p.name,
+                col.download_button(REPORT_LABELS.get(kind, kind), p.read_bytes(), file_name=p.name,
                                     mime=mimes.get(kind, "application/octet-stream"), key=key(f"dl.{kind}"),
                                     icon=":material/download:",
                                     help=f"Locust's {kind} output for this run ({p.name})")
@@ -394,4 +398,5 @@ def _overload(registry: Registry, run: Run) -> None:
 load_runs = ui.hide_sub_runs(registry.list_runs(kind="loadtest"), key("show_sub_runs"))
 ui.run_view("Load-test run", load_runs, key=key("view"), help="which swarm to show; a running one updates live",
             empty_text="No load tests yet. Pick a target and press **Start swarm**.",
-            live=_live, results=functools.partial(_results, registry), refresh_s=LIVE_REFRESH_S)
+            live=_live, results=functools.partial(_results, registry), refresh_s=LIVE_REFRESH_S,
+            registry=registry)

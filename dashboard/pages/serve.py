@@ -17,8 +17,8 @@ import streamlit as st
 from agent.serving.config import RUNTIMES
 from dashboard import charts, endpoint_client, forms, serving_view, ui
 from dashboard import format as fmt
+from dashboard import live as live_view
 from dashboard.state import get_registry, init_defaults
-from runs.jobs import reap
 from runs.registry import Registry, Run
 
 LIVE_REFRESH_S = 1.0
@@ -89,12 +89,28 @@ def model_path_of(serve: Run) -> str | None:
     return serve.summary.get("model_path")
 
 
-def start(registry: Registry, model_path: str, form: forms.ServeForm, name: str) -> str:
-    """Start an endpoint job for ``model_path``; returns its serve run id once it is ready."""
-    from agent.serving.process import start_endpoint
+def serve_job(model_path: str, form: forms.ServeForm, name: str) -> Any:
+    from agent.serving.process import ServeJob
 
-    handle = start_endpoint(registry, Path(model_path), forms.serving_config(form), name=name, port=0)
-    return handle.run_id
+    return ServeJob(str(model_path), name, serving=forms.serving_config(form))
+
+
+def start(registry: Registry, model_path: str, form: forms.ServeForm, name: str) -> str:
+    """Start an endpoint job for ``model_path`` on a free port; returns its run id at once (the page follows
+    its stages: loading TensorFlow, converting, warming up, ready)."""
+    from agent.serving.process import start as start_serving
+
+    return start_serving(registry, serve_job(model_path, form, name))
+
+
+def restart(registry: Registry, old: Run, model_path: str, form: forms.ServeForm, name: str, new_port: bool) -> str:
+    """Replace ``old`` by an endpoint with the knobs of ``form``; returns the new run id at once.
+
+    The old one stops in the background; the new one keeps its port (same URL) unless ``new_port``.
+    """
+    from agent.serving.process import replace_endpoint
+
+    return replace_endpoint(registry, old, serve_job(model_path, form, name), keep_port=not new_port)
 
 
 def stop(registry: Registry, run_id: str) -> object:
@@ -179,15 +195,15 @@ endpoints = registry.list_runs(kind="serve", status=("pending", "running"))
 b1, b2 = st.columns([1, 4])
 if b1.button("Start endpoint", key=key("start"), type="primary", icon=":material/play_arrow:",
              disabled=not check.ok,
-             help="Start the endpoint on a free local port with these knobs (returns once the model is warm)"):
-    with st.spinner("Starting the endpoint: loading TensorFlow, the model and warming it up…"):
-        try:
-            run_id = start(registry, model_run.summary["model_path"], form, form.model_name)
-        except (ValueError, OSError, TimeoutError, RuntimeError, ImportError) as exc:
-            st.error(f"The endpoint did not start: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
-        else:
-            ui.show_next(key("endpoint"), run_id)
-            st.rerun()
+             help="Start the endpoint on a free local port with these knobs; it starts in the background "
+                  "and this page shows its stages (loading TensorFlow, converting, warming up, ready)"):
+    try:
+        run_id = start(registry, model_run.summary["model_path"], form, form.model_name)
+    except (ValueError, OSError, RuntimeError) as exc:
+        st.error(f"The endpoint did not start: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+    else:
+        ui.show_next(key("endpoint"), run_id)
+        st.rerun()
 if endpoints:
     b2.caption(f"{len(endpoints)} endpoint(s) running. Start another to compare, or restart one below.")
 
@@ -199,20 +215,27 @@ endpoint = ui.run_picker("Endpoint run", all_serve, key=key("endpoint"), names=n
                          help="which endpoint to inspect (running ones first); running ones update live")
 
 
+def _ready(run: Run) -> bool:
+    return bool(run.summary.get("ready_at")) and run.active
+
+
 def _status(run: Run) -> None:
     s = run.summary
-    ready = bool(s.get("ready_at")) and run.active
+    ready = _ready(run)
     c = st.columns(5)
+    # Until the job reports ready, its knobs are those it was started with (the run's config).
+    cfg = s.get("config") or run.config.get("serving") or {}
     c[0].metric("status", "ready" if ready else ("starting" if run.active else run.status))
-    c[1].metric("runtime", str(s.get("runtime") or (s.get("config") or {}).get("runtime") or "—"))
+    c[1].metric("runtime", str(s.get("runtime") or cfg.get("runtime") or "—"))
     c[2].metric("pid", str(s.get("pid") or run.pid or "—"))
     uptime = (time.time() - float(s["ready_at"])) if ready else None
     c[3].metric("uptime", fmt.duration(uptime))
-    cfg = s.get("config") or {}
     c[4].metric("batching", f"{cfg.get('max_batch_size', '—')} / {cfg.get('batch_timeout_ms', '—')} ms",
                 help="max batch size (rows) / batch timeout")
-    if s.get("url"):
-        st.code(f"{s['url']}/v1/models/{s.get('name', 'model')}:predict", language=None)
+    url = s.get("url") or (run.progress or {}).get("url")
+    if url:
+        # Plain text, not a link: a browser's GET to :predict only earns a 405.
+        st.code(f"{url}/v1/models/{s.get('name') or run.config.get('name', 'model')}:predict", language=None)
 
 
 def _scrape(run: Run) -> None:
@@ -282,17 +305,23 @@ def _n(value: Any, spec: str, unit: str = "") -> str:
     return "—" if value is None else f"{format(float(value), spec)}{unit}"
 
 
-def _live(run_id: str) -> None:
-    reap(registry)
-    run = registry.get_run(run_id)
-    if not run.active:
-        st.rerun()
+def _starting(run: Run) -> None:
+    """The start-up's stage, as the serve job records it (the page stays usable meanwhile)."""
+    stage = live_view.serve_stage(run.progress, ready=False)
+    n = len(live_view.SERVE_STAGES) - 1
+    st.progress(live_view.stage_index(stage) / n, text=f"{stage}…")
+    st.caption("Starting in the background: the rest of the page stays usable, and this view switches to the "
+               "live metrics once the model is warm.")
+
+
+def _live(run: Run) -> None:
+    ui.status_line(run)  # in here, so its duration advances
     _status(run)
-    if run.summary.get("url"):
+    if _ready(run):
         _scrape(run)
         _panel(run)
     else:
-        st.info("Starting: loading the model and warming it up…")
+        _starting(run)
 
 
 def _try_it(run: Run) -> None:
@@ -349,7 +378,6 @@ def _targets(model_path: str) -> list[float] | None:
 if endpoint is None:
     st.info("No endpoint yet. Pick a model and press **Start endpoint**.")
 else:
-    ui.status_line(endpoint)
     if endpoint.active:
         n1, n2, _ = st.columns([1, 1, 3])
         with n1:
@@ -358,24 +386,30 @@ else:
         with n2:
             ui.next_step("Tune it", "tune.py", endpoint.id, key("to_tune"), ":material/tune:",
                          help="open the Tune page with this endpoint's model picked for a serving sweep")
-        a1, a2, _ = st.columns([1, 2, 3])
+        a1, a2, a3 = st.columns([1, 2, 3])
         with a1:
             ui.stop_button(registry, endpoint, key=key("stop"), label="Stop endpoint", stopper=stop)
+        new_port = a3.checkbox("on a new port", key=key("new_port"),
+                               help="new_port: restart on a free port (a new URL); unticked, the restarted "
+                                    "endpoint takes the old one's port once it is free, so clients keep the URL")
         if a2.button("Restart with new settings", key=key("restart"), icon=":material/restart_alt:",
                      disabled=not check.ok,
-                     help="Stop this endpoint and start the same model with the knobs above"):
+                     help="Stop this endpoint and start the same model with the knobs above, in the background "
+                          "(same URL unless 'on a new port')"):
             mp = model_path_of(endpoint) or model_run.summary["model_path"]
-            with st.spinner("Restarting the endpoint…"):
-                stop(registry, endpoint.id)
-                try:
-                    new_id = start(registry, mp, form, str(endpoint.summary.get("name") or state[key("model_name")]))
-                except (ValueError, OSError, TimeoutError, RuntimeError) as exc:
-                    st.error(f"The endpoint did not restart: {exc}")
-                else:
-                    ui.show_next(key("endpoint"), new_id)
-                    st.rerun()
-        st.fragment(run_every=LIVE_REFRESH_S)(_live)(endpoint.id)
+            name = str(endpoint.summary.get("name") or endpoint.config.get("name") or state[key("model_name")])
+            try:
+                new_id = restart(registry, endpoint, mp, form, name, new_port)
+            except (ValueError, OSError, RuntimeError) as exc:
+                st.error(f"The endpoint did not restart: {str(exc).splitlines()[0]}")
+            else:
+                ui.show_next(key("endpoint"), new_id)
+                st.rerun()
+        was_ready = _ready(endpoint)
+        # Once it becomes ready, the whole page reruns (the Try-it section appears).
+        ui.live_fragment(registry, endpoint.id, _live, LIVE_REFRESH_S, settled=lambda r: _ready(r) and not was_ready)
         if endpoint.summary.get("url"):
             _try_it(endpoint)
     else:
+        ui.status_line(endpoint)
         _status(endpoint)

@@ -34,7 +34,6 @@ from agent.model import (
 )
 from dashboard import charts, forms, ui
 from dashboard.state import KEPT_PREFIX, get_registry, init_defaults
-from runs.jobs import reap
 from runs.registry import Registry, Run
 
 LIVE_REFRESH_S = 1.0  # how often the live panel re-reads the registry while a job runs
@@ -386,11 +385,7 @@ if active_train:
 st.divider()
 
 
-def _live(run_id: str) -> None:
-    reap(registry)
-    run = registry.get_run(run_id)
-    if not run.active:
-        st.rerun()  # switch the whole page to the results view (and this timer off)
+def _live(run: Run) -> None:
     ui.status_line(run)
     _progress(run)
     _curves(registry, run)
@@ -502,7 +497,8 @@ def _ship(registry: Registry, run: Run, model_path: Path) -> None:
 view = ui.run_view("Training run", ui.hide_sub_runs(train_runs, key("show_sub_runs")), key=key("view"),
                    help="Which training run to show; running jobs update live",
                    empty_text="No training runs yet. Set the knobs above and press **Train**.",
-                   live=_live, results=functools.partial(_results, registry), refresh_s=LIVE_REFRESH_S)
+                   live=_live, results=functools.partial(_results, registry), refresh_s=LIVE_REFRESH_S,
+                   registry=registry)
 if view is not None:
     with st.expander("Config and log"):
         st.json(view.config, expanded=False)

@@ -19,7 +19,6 @@ from dashboard import charts_tuning as ct
 from dashboard import format as fmt
 from dashboard import ui
 from dashboard.state import get_registry, init_defaults
-from runs.jobs import reap
 from runs.registry import Registry, Run
 from tuning.points import Point
 from tuning.recommend import OBJECTIVES, Constraints, recommend
@@ -185,6 +184,10 @@ def _progress(run: Run) -> None:
     if p.get("resumed_points"):
         text += f" ({p['resumed_points']} kept from before a restart)"
     st.progress(min(done / total, 1.0) if total else 0.0, text=text)
+    if p.get("phase") == "verifying finalists":
+        st.info("The search is done. Verifying finalists: the best configs (and batching off) are measured again, "
+                "back to back under the same background load, so the recommendation is not a lucky step. "
+                "This takes one load step per level of each finalist.", icon=":material/fact_check:")
 
 
 def _curves(points: list[Point], constraints: Constraints, best_id: str | None, slo_key: str) -> None:
@@ -213,11 +216,8 @@ def _table(points: list[Point], constraints: Constraints, verified: list[Point] 
     st.dataframe(rows, hide_index=True, key=key("points"))
 
 
-def _live(run_id: str) -> None:
-    reap(registry)
-    live = registry.get_run(run_id)
-    if not live.active:
-        st.rerun()
+def _live(live: Run) -> None:
+    ui.status_line(live)
     _progress(live)
     spec_slos = live.config.get("spec", {}).get("slos", [])
     constraints = Constraints.parse(spec_slos)
@@ -228,7 +228,7 @@ def _live(run_id: str) -> None:
 
 
 def _apply(run: Run, params: dict[str, Any]) -> None:
-    """Restart the endpoint for this model with the recommended config."""
+    """Restart the endpoint for this model with the recommended config, in the background (same URL)."""
     from agent.serving.process import restart_endpoint
     from tuning.points import config_label
     from tuning.sweep import MODEL_NAME, SweepSpec
@@ -236,11 +236,12 @@ def _apply(run: Run, params: dict[str, Any]) -> None:
     spec = SweepSpec.from_dict(run.config["spec"])
     config = spec.serving_config(params)
     try:
-        handle = restart_endpoint(registry, spec.model_path, config, name=MODEL_NAME)
-    except (RuntimeError, ValueError, OSError, TimeoutError) as exc:
+        run_id = restart_endpoint(registry, spec.model_path, config, name=MODEL_NAME)
+    except (RuntimeError, ValueError, OSError) as exc:
         st.error(f"could not start the endpoint: {str(exc).splitlines()[0]}")
         return
-    st.session_state[key("applied")] = fmt.apply_message(handle.url, MODEL_NAME, config.to_dict(), config_label(params))
+    st.session_state[key("applied")] = fmt.apply_message(run_id, MODEL_NAME, config.to_dict(), config_label(params))
+    ui.show_next("serve.endpoint", run_id)  # the Serve page opens on it
 
 
 def _ship(run: Run, config: Any, label: str) -> None:
@@ -315,8 +316,7 @@ def _recommendation(run: Run, points: list[Point], verified: list[Point]) -> Non
                        help="TF Serving BatchingParameters (text format) for --batching_parameters_file")
     if d3.button("Apply: restart the endpoint", key=key("apply"), type="primary", icon=":material/restart_alt:",
                  help="stop the endpoint serving this model (if any) and start it with the recommended config"):
-        with st.spinner("restarting the endpoint…"):
-            _apply(run, best.params)
+        _apply(run, best.params)
     if st.session_state.get(key("applied")):
         st.success(st.session_state[key("applied")], icon=":material/check_circle:")
     _ship(run, config, best.label)
@@ -327,10 +327,10 @@ def _recommendation(run: Run, points: list[Point], verified: list[Point]) -> Non
 
 
 if run is not None:
-    ui.status_line(run)
     if run.active:
-        st.fragment(run_every=LIVE_REFRESH_S)(_live)(run.id)
+        ui.live_fragment(registry, run.id, _live, LIVE_REFRESH_S)
     else:
+        ui.status_line(run)
         pts = _points(run)
         if not pts:
             st.info("This sweep recorded no points" + (f": {run.error}" if run.error else "."))
@@ -386,7 +386,10 @@ with st.expander("New capacity sweep (any local URL, nothing restarted)", expand
 cruns = [r for r in registry.list_runs(kind="sweep", limit=200) if r.config.get("mode") == "capacity"]
 crun = ui.run_picker("Capacity sweep", cruns, key=key("csweep"),
                      help="csweep: a recorded (or running) capacity sweep of a URL")
-if crun is not None:
+
+
+def _capacity(crun: Run) -> None:
+    """A capacity sweep, live (in a fragment, re-read each tick) or finished."""
     ui.status_line(crun)
     cspec = crun.config.get("spec", {})
     st.caption(f"{cspec.get('model_name')} at {cspec.get('host')} ({cspec.get('protocol')}), "
@@ -406,6 +409,13 @@ if crun is not None:
         st.markdown(f"- {line}")
     if not cpoints and not crun.active:
         st.info("This capacity sweep recorded no points" + (f": {crun.error}" if crun.error else "."))
+
+
+if crun is not None:
+    if crun.active:
+        ui.live_fragment(registry, crun.id, _capacity, LIVE_REFRESH_S)
+    else:
+        _capacity(crun)
 
 # -- model sweep -------------------------------------------------------------------------
 
@@ -489,7 +499,10 @@ with st.expander("New model sweep", expanded=False):
 
 msweeps = [r for r in registry.list_runs(kind="sweep", limit=200) if r.config.get("mode") == "models"]
 mrun = ui.run_picker("Model sweep", msweeps, key=key("msweep"), help="msweep: a recorded (or running) model sweep")
-if mrun is not None:
+
+
+def _model_sweep(mrun: Run) -> None:
+    """A model sweep, live (in a fragment, re-read each tick, so its phases and models appear) or finished."""
     from tuning.model_sweep import ModelSweepSpec, front_objectives, with_front
 
     mspec_run = ModelSweepSpec.from_dict(mrun.config["spec"])
@@ -498,8 +511,11 @@ if mrun is not None:
     rows = mrun.summary.get("models", [])
     if mrun.active:
         p = mrun.progress or {}
-        st.progress(min(int(p.get("done") or 0) / max(int(p.get("total") or 1), 1), 1.0),
-                    text=f"{p.get('phase', 'starting')}: {p.get('model', '')}")
+        done, total = int(p.get("done") or 0), int(p.get("total") or 0)
+        text = f"{p.get('phase', 'starting')}: {p.get('model', '')}" if p else "starting: loading TensorFlow"
+        if total:
+            text += f" — {done}/{total} models"
+        st.progress(min(done / max(total, 1), 1.0), text=text)
         ui.stop_button(registry, mrun, key=key("m_stop"))
     if rows:
         def _search(run: Run) -> str:
@@ -531,5 +547,12 @@ if mrun is not None:
                       if pruned else ""))
     elif not mrun.active:
         st.info("This model sweep recorded no models" + (f": {mrun.error}" if mrun.error else "."))
+
+
+if mrun is not None:
+    if mrun.active:
+        ui.live_fragment(registry, mrun.id, _model_sweep, LIVE_REFRESH_S)
+    else:
+        _model_sweep(mrun)
 st.caption(f"Sweeps recorded: {len(sweeps)} serving, {len(msweeps)} model. Every load step and training run of "
            "a sweep is also on the **Runs** page.")
