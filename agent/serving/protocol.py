@@ -27,6 +27,13 @@ only). This subclass, passed to uvicorn as its ``http`` protocol class, adds:
   retries at once cannot keep the event loop answering 503s while the batcher
   waits for it.
 
+and one write per response (``OneWriteCycle``): uvicorn writes a response's status line and
+headers when the app sends ``http.response.start`` and its body in a second ``transport.write``,
+two ``send`` syscalls per response; here the head is held until the body arrives and, when
+that body is complete (``more_body`` false, a ``content-length`` response), both go out in one
+write. Streaming, chunked and HEAD responses write the held head first and then behave exactly
+as uvicorn's own (the head is only delayed until the app's first body message).
+
 The per-request additions on the hot path are a few attribute updates and, while
 admission is on, one ``call_soon``; the head is measured exactly only when it
 spanned reads or came in a read larger than the limit (a small request arrives
@@ -42,7 +49,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from agent.serving.config import ServingConfig
 
@@ -183,6 +190,71 @@ class _Answered:
 
 
 ANSWERED = _Answered()
+
+
+class _Capture:
+    """Stands in for the transport while uvicorn's own code builds a response head."""
+
+    __slots__ = ("data",)
+
+    def __init__(self) -> None:
+        self.data = b""
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+
+class OneWriteCycle(RequestResponseCycle):
+    """uvicorn's request-response cycle with the response head held back until the body:
+    a complete body goes out with it in one ``transport.write`` (one syscall instead of two).
+
+    The head is still built by uvicorn's ``send`` (status line, default headers, header
+    checks, keep-alive and framing decisions), written into a ``_Capture``; only the write
+    is deferred. Anything but a complete body of a ``content-length`` response to a non-HEAD
+    request (a streamed or chunked body, a HEAD answer, a body whose length does not match)
+    writes the held head first and goes through uvicorn's ``send`` unchanged, so its errors
+    and framing are uvicorn's. If the app ends without a body, uvicorn closes the connection
+    as it does after any incomplete response.
+    """
+
+    _held: bytes | None = None  # the response head not yet written
+
+    async def send(self, message: Any) -> None:
+        held = self._held
+        if held is None:
+            if message["type"] == "http.response.start" and not self.response_started:
+                transport = self.transport
+                capture = self.transport = _Capture()  # type: ignore[assignment]
+                try:
+                    await RequestResponseCycle.send(self, message)
+                finally:
+                    self.transport = transport
+                if capture.data:
+                    self._held = capture.data
+                return
+            await RequestResponseCycle.send(self, message)
+            return
+        if (message["type"] == "http.response.body" and not message.get("more_body", False)
+                and self.chunked_encoding is False and self.scope["method"] != "HEAD"):
+            body = message.get("body", b"")
+            if len(body) == self.expected_content_length:
+                if self.flow.write_paused and not self.disconnected:
+                    await self.flow.drain()
+                self._held = None
+                if self.disconnected:
+                    return
+                self.expected_content_length = 0
+                self.transport.write(held + body)
+                self.response_complete = True
+                self.message_event.set()
+                if not self.keep_alive:
+                    self.transport.close()
+                self.on_response()
+                return
+        self._held = None
+        if not self.disconnected:
+            self.transport.write(held)
+        await RequestResponseCycle.send(self, message)
 
 
 _Base = HttpToolsProtocol  # its methods called directly on the hot path: cheaper than super()
@@ -341,6 +413,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.loop.call_soon(adm.arrived)  # runs after that task's first step
             return
         _Base.on_headers_complete(self)
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        # uvicorn builds its own cycle class; its task's first step (which binds ``send``)
+        # runs later, so the cycle can still take the one-write ``send`` here.
+        cycle.__class__ = OneWriteCycle
+        _Base._start_asgi_task(self, cycle, app)
 
     def on_response_complete(self) -> None:
         _Base.on_response_complete(self)
