@@ -46,6 +46,13 @@ server's own capacity: with a slower client, CPU per request rises as the
 achieved rate falls (fewer requests per event-loop wake-up), which distorts the
 ratios. The generator used is printed, with the load average before and after.
 
+Last, per runtime, the model call alone in this process (``Runtime.predict`` on a
+batch the size of that runtime's mean realised batch, CPU time, median of several
+timings) beside the served CPU per batch (CPU per request x mean batch) and their
+difference: what serving costs per batch beyond the model call. That difference
+is the same work (HTTP, JSON, batching) whatever the runtime, so a runtime whose
+difference stands out pays per-call overhead the model call alone does not show.
+
 Exit code 0 when both targets are met, 1 otherwise.
 """
 
@@ -408,6 +415,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="drive the load with the built-in Python client even when wrk is installed")
     p.add_argument("--baseline-tflite-only", action="store_true",
                    help="measure (b) batching off with tflite only instead of every runtime")
+    p.add_argument("--no-per-batch", action="store_true",
+                   help="skip the per-runtime table of the model call in process vs served per batch")
     p.add_argument("--serve-reference", nargs=2, metavar=("KIND", "MODEL"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.serve_reference is not None:  # the bench's own server process for scenario (f) or (g)
@@ -441,6 +450,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 r = measure(sc, model, bodies, args.clients, args.seconds, wrk)
                 per[sc].append(r)
                 _print_row(r)
+        if not args.no_per_batch:
+            print_per_batch(per, model)
     print(f"\n== median round per scenario (among rounds with the server core >= {SATURATED_BUSY:.0%} busy, "
           "where there are any) ==")
     print(HEADER)
@@ -448,6 +459,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         _print_row(median_result(rs), header=False)
     print(f"load after: {_load_average()}  load generator: {'wrk' if wrk else 'Python client'}")
     return report(per)
+
+
+IN_PROCESS_CALLS = 200  # model calls per timing
+IN_PROCESS_TIMINGS = 5
+
+
+def in_process_us(runtime: str, model: Path, rows: int) -> float:
+    """CPU microseconds of one ``Runtime.predict`` on ``rows`` rows, in this process (median timing)."""
+    from agent.serving.runtimes import make_runtime
+
+    rt = make_runtime(runtime, model, DEFAULT_CONFIG.with_changes(runtime=runtime))
+    x = np.random.default_rng(0).random((rows, rt.n_features), dtype=np.float32)
+    for _ in range(20):  # first calls build threads' interpreters, trace shapes, compile
+        rt.predict(x)
+    timings = []
+    for _ in range(IN_PROCESS_TIMINGS):
+        t0 = time.process_time()
+        for _ in range(IN_PROCESS_CALLS):
+            rt.predict(x)
+        timings.append((time.process_time() - t0) / IN_PROCESS_CALLS * 1e6)
+    return float(np.median(timings))
+
+
+def print_per_batch(per: dict[Scenario, list[Result]], model: Path) -> None:
+    """Per runtime: the model call alone beside the served CPU per batch (see the docstring)."""
+    print("\n== per batch, per runtime: the model call in process vs served (server CPU per request x mean batch) ==")
+    print(f"{'runtime':<13}{'batch':>6}{'in-process us':>14}{'served us':>11}{'served - model':>15}"
+          f"{'per request':>12}")
+    for sc, rs in per.items():
+        if not sc.label.startswith("(c)"):
+            continue
+        med = median_result(rs)
+        batch = med.mean_batch or 1.0
+        model_us = in_process_us(sc.runtime, model, max(1, round(batch)))
+        served = med.cpu_us_per_request * batch
+        print(f"{sc.runtime:<13}{batch:>6.1f}{model_us:>14.1f}{served:>11.1f}{served - model_us:>15.1f}"
+              f"{(served - model_us) / batch:>12.1f}", flush=True)
 
 
 def _load_average() -> str:
