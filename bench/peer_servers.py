@@ -3,7 +3,8 @@
     python bench/peer_servers.py KIND RUNTIME MODEL PORT
 
 KIND is ``vanilla-ceiling`` (uvicorn's own httptools protocol, raw ASGI, the
-endpoint's fixed ceiling answer; prints "ready: URL"), ``mosec`` or ``litserve``
+endpoint's fixed ceiling answer), ``one-write-ceiling`` (the same on the endpoint's
+protocol with one write per response), ``mosec`` or ``litserve``
 (polled for readiness by the bench). The peers load the model through TuneSwarm's
 own runtimes (agent/serving/runtimes.py), so every server runs the same model file
 through the same engine and differs only in the serving stack around it; they batch
@@ -40,17 +41,21 @@ def _runtime() -> Any:
     return make_runtime(os.environ[RUNTIME_ENV], os.environ[MODEL_ENV])
 
 
-def serve_vanilla_ceiling(port: int) -> None:
-    """The endpoint's ceiling handler on uvicorn exactly as shipped (its own httptools protocol)."""
+def serve_ceiling(port: int, *, one_write: bool) -> None:
+    """The endpoint's ceiling handler on uvicorn exactly as shipped (its own httptools protocol),
+    or with ``one_write`` on the endpoint's protocol writing each response in one write."""
     import uvicorn
 
     from agent.serving.app import create_ceiling_app
+    from agent.serving.config import ServingConfig
+    from agent.serving.protocol import protocol_class
     from agent.serving.server import KEEP_ALIVE_S, READY_PREFIX, bind_socket, url_for
 
     sock = bind_socket("127.0.0.1", port)
     url = url_for("127.0.0.1", sock.getsockname()[1])
     app = create_ceiling_app(on_ready=lambda _app: print(f"{READY_PREFIX}{url}", flush=True))
-    config = uvicorn.Config(app, loop="uvloop", http="httptools", timeout_keep_alive=KEEP_ALIVE_S, lifespan="on",
+    http: Any = protocol_class(ServingConfig(), None, one_write=True) if one_write else "httptools"
+    config = uvicorn.Config(app, loop="uvloop", http=http, timeout_keep_alive=KEEP_ALIVE_S, lifespan="on",
                             access_log=False, log_level="warning", server_header=False)
     uvicorn.Server(config).run(sockets=[sock])
 
@@ -125,7 +130,10 @@ def main(argv: list[str]) -> int:
     kind, runtime, model, port = argv
     os.environ[RUNTIME_ENV] = runtime
     os.environ[MODEL_ENV] = model
-    {"vanilla-ceiling": serve_vanilla_ceiling, "mosec": serve_mosec, "litserve": serve_litserve}[kind](int(port))
+    servers = {"vanilla-ceiling": lambda p: serve_ceiling(p, one_write=False),
+               "one-write-ceiling": lambda p: serve_ceiling(p, one_write=True),
+               "mosec": serve_mosec, "litserve": serve_litserve}
+    servers[kind](int(port))
     return 0
 
 

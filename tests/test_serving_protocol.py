@@ -1,4 +1,5 @@
-"""One write per response: the bounded protocol sends what uvicorn's own sends, in fewer writes.
+"""One write per response: the bounded protocol with ``one_write`` sends what uvicorn's own sends,
+in fewer writes.
 
 Both protocols are driven through asyncio's protocol interface (data_received on a
 recording transport) with the same requests and the same apps: the bytes on the wire
@@ -96,7 +97,7 @@ def serve(protocol: type[HttpToolsProtocol], app: Any, requests: list[bytes]) ->
     return asyncio.run(run())
 
 
-BOUNDED = protocol_class(ServingConfig(), None)
+ONE_WRITE = protocol_class(ServingConfig(), None, one_write=True)
 
 
 @pytest.mark.parametrize(("app", "requests"), [
@@ -109,9 +110,10 @@ BOUNDED = protocol_class(ServingConfig(), None)
     (error_no_length, [GET, GET]),
     (crashes, [POST]),
 ])
-def test_bounded_protocol_sends_the_same_bytes_as_uvicorns(app: Any, requests: list[bytes]) -> None:
+@pytest.mark.parametrize("protocol", [ONE_WRITE, protocol_class(ServingConfig(), None)], ids=["one-write", "endpoint"])
+def test_bounded_protocols_send_the_same_bytes_as_uvicorns(app: Any, requests: list[bytes], protocol: Any) -> None:
     vanilla, vanilla_closed = serve(HttpToolsProtocol, app, requests)
-    ours, ours_closed = serve(BOUNDED, app, requests)
+    ours, ours_closed = serve(protocol, app, requests)
     assert b"".join(ours) == b"".join(vanilla)
     assert ours_closed == vanilla_closed
     assert len(ours) <= len(vanilla)
@@ -119,7 +121,7 @@ def test_bounded_protocol_sends_the_same_bytes_as_uvicorns(app: Any, requests: l
 
 def test_a_complete_response_leaves_in_one_write() -> None:
     vanilla, _ = serve(HttpToolsProtocol, fixed, [GET, POST, CLOSE])
-    ours, closed = serve(BOUNDED, fixed, [GET, POST, CLOSE])
+    ours, closed = serve(ONE_WRITE, fixed, [GET, POST, CLOSE])
     assert len(vanilla) == 6  # uvicorn: head, then body, per response
     assert len(ours) == 3
     assert all(w.startswith(b"HTTP/1.1 200 OK\r\n") and w.endswith(b'[[0.1]]}') for w in ours)
@@ -127,7 +129,7 @@ def test_a_complete_response_leaves_in_one_write() -> None:
 
 
 def test_a_streamed_response_writes_its_head_at_its_first_chunk() -> None:
-    ours, _ = serve(BOUNDED, streamed, [GET])
+    ours, _ = serve(ONE_WRITE, streamed, [GET])
     assert ours[0].startswith(b"HTTP/1.1 200 OK\r\n")
     assert ours[0].endswith(b"\r\n\r\n")  # the head alone: the first body message had more to come
     assert b"".join(ours).endswith(b"4\r\none,\r\n4\r\ntwo,\r\n0\r\n\r\n")
