@@ -185,6 +185,21 @@ def load_servable(path: str | os.PathLike[str]) -> Servable:
     return Servable(p, signature, model, call, keras_model=True)
 
 
+def keras_batch_call(servable: Servable) -> Callable[[list[Any]], list[Any]]:
+    """``servable.call`` through Keras' own ``predict_on_batch`` (its compiled predict step,
+    numpy out) instead of an eager model call: same outputs, a fraction of the Python."""
+    model = servable.model
+    names = [s.name for s in servable.signature.inputs]
+    single = len(names) == 1
+    output_names = [s.name for s in servable.signature.outputs]
+
+    def call(arrays: list[Any]) -> list[Any]:
+        out = model.predict_on_batch(arrays[0] if single else dict(zip(names, arrays, strict=True)))
+        return _output_list(out, output_names)
+
+    return call
+
+
 def _load_saved_model(p: Path) -> Servable:
     import tensorflow as tf
 

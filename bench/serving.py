@@ -16,6 +16,9 @@ other, at 32 concurrent keep-alive clients, for the trained digits model:
                 each body, and every 32 requests one numpy conversion, one TFLite
                 call and one JSON encoding; no checks, routing, metrics, deadlines,
                 queue bound or batch timeout (a lower bound for a batched endpoint)
+  (w) 2 workers (``--workers RUNTIMES``) the default config with ``--workers 2``,
+                both worker processes on the server's core: CPU per request of
+                the whole process tree against (c) one worker (target <= 1.1x)
 
 it prints server CPU microseconds per request (from the server process's own
 CPU accounting, so it does not depend on how fast the load generator is), the
@@ -45,6 +48,13 @@ ceiling and the endpoint saturated, so their CPU per request is compared at the
 server's own capacity: with a slower client, CPU per request rises as the
 achieved rate falls (fewer requests per event-loop wake-up), which distorts the
 ratios. The generator used is printed, with the load average before and after.
+
+Last, per runtime, the model call alone in this process (``Runtime.predict`` on a
+batch the size of that runtime's mean realised batch, CPU time, median of several
+timings) beside the served CPU per batch (CPU per request x mean batch) and their
+difference: what serving costs per batch beyond the model call. That difference
+is the same work (HTTP, JSON, batching) whatever the runtime, so a runtime whose
+difference stands out pays per-call overhead the model call alone does not show.
 
 Exit code 0 when both targets are met, 1 otherwise.
 """
@@ -372,9 +382,16 @@ class Scenario:
     runtime: str
     config: ServingConfig
     server: str = "endpoint"  # "endpoint", "ceiling", or "codec"/"stripped" (references served by this file)
+    clients_factor: int = 1  # this many times --clients connections
 
 
-def scenarios(runtimes: Sequence[str], baseline_runtimes: Sequence[str]) -> list[Scenario]:
+WORKERS_LABEL = "(w) 2 workers"
+WORKERS_2X_LABEL = "(w2) 2 wkrs, 2x conn"
+WORKERS_TARGET = 1.1  # CPU per request with --workers 2 <= 1.1 x one worker's
+
+
+def scenarios(runtimes: Sequence[str], baseline_runtimes: Sequence[str],
+              workers: Sequence[str] = ()) -> list[Scenario]:
     out = [Scenario("(a) ceiling", "-", DEFAULT_CONFIG, server="ceiling"),
            Scenario("(f) codec only", "-", DEFAULT_CONFIG, server="codec"),
            Scenario("(g) stripped batching", "tflite", DEFAULT_CONFIG, server="stripped")]
@@ -384,6 +401,9 @@ def scenarios(runtimes: Sequence[str], baseline_runtimes: Sequence[str]) -> list
         # Not part of the targets: the same config with batches run on the event loop.
         out.append(Scenario("(c') batching, inline", "tflite",
                             DEFAULT_CONFIG.with_changes(runtime="tflite", num_batch_threads=0)))
+    for rt in workers:
+        two = DEFAULT_CONFIG.with_changes(runtime=rt, workers=2)
+        out += [Scenario(WORKERS_LABEL, rt, two), Scenario(WORKERS_2X_LABEL, rt, two, clients_factor=2)]
     return out
 
 
@@ -408,6 +428,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="drive the load with the built-in Python client even when wrk is installed")
     p.add_argument("--baseline-tflite-only", action="store_true",
                    help="measure (b) batching off with tflite only instead of every runtime")
+    p.add_argument("--workers", default="", metavar="RUNTIMES",
+                   help="also measure these runtimes (comma-separated) with --workers 2, both workers on the "
+                        "server's core, against one worker (target: CPU per request <= 1.1x)")
+    p.add_argument("--no-per-batch", action="store_true",
+                   help="skip the per-runtime table of the model call in process vs served per batch")
     p.add_argument("--serve-reference", nargs=2, metavar=("KIND", "MODEL"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.serve_reference is not None:  # the bench's own server process for scenario (f) or (g)
@@ -425,7 +450,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     generator = (f"wrk ({wrk}, 1 thread, pinned to core {CLIENT_CORE})" if wrk
                  else f"Python asyncio client (pinned to core {CLIENT_CORE}"
                  f"{', wrk not installed' if not args.python_client else ''})")
-    plan = scenarios(runtimes, ["tflite"] if args.baseline_tflite_only else runtimes)
+    workers = [r.strip() for r in args.workers.split(",") if r.strip()]
+    if any(r not in runtimes for r in workers):
+        p.error("--workers runtimes must be among --runtimes (their one-worker scenario is the reference)")
+    plan = scenarios(runtimes, ["tflite"] if args.baseline_tflite_only else runtimes, workers)
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         # The servers record serve runs like any CLI; the bench's scaffolding stays out of the user's registry.
         os.environ["TUNESWARM_HOME"] = str(Path(tmp) / "state")
@@ -438,9 +466,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         for rnd in range(args.rounds):
             print(f"-- round {rnd + 1}/{args.rounds}", flush=True)
             for sc in plan:
-                r = measure(sc, model, bodies, args.clients, args.seconds, wrk)
+                r = measure(sc, model, bodies, args.clients * sc.clients_factor, args.seconds, wrk)
                 per[sc].append(r)
                 _print_row(r)
+        if not args.no_per_batch:
+            print_per_batch(per, model)
     print(f"\n== median round per scenario (among rounds with the server core >= {SATURATED_BUSY:.0%} busy, "
           "where there are any) ==")
     print(HEADER)
@@ -448,6 +478,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         _print_row(median_result(rs), header=False)
     print(f"load after: {_load_average()}  load generator: {'wrk' if wrk else 'Python client'}")
     return report(per)
+
+
+IN_PROCESS_CALLS = 200  # model calls per timing
+IN_PROCESS_TIMINGS = 5
+
+
+def in_process_us(runtime: str, model: Path, rows: int) -> float:
+    """CPU microseconds of one ``Runtime.predict`` on ``rows`` rows, in this process (median timing)."""
+    from agent.serving.runtimes import make_runtime
+
+    rt = make_runtime(runtime, model, DEFAULT_CONFIG.with_changes(runtime=runtime))
+    x = np.random.default_rng(0).random((rows, rt.n_features), dtype=np.float32)
+    for _ in range(20):  # first calls build threads' interpreters, trace shapes, compile
+        rt.predict(x)
+    timings = []
+    for _ in range(IN_PROCESS_TIMINGS):
+        t0 = time.process_time()
+        for _ in range(IN_PROCESS_CALLS):
+            rt.predict(x)
+        timings.append((time.process_time() - t0) / IN_PROCESS_CALLS * 1e6)
+    return float(np.median(timings))
+
+
+def print_per_batch(per: dict[Scenario, list[Result]], model: Path) -> None:
+    """Per runtime: the model call alone beside the served CPU per batch (see the docstring)."""
+    print("\n== per batch, per runtime: the model call in process vs served (server CPU per request x mean batch) ==")
+    print(f"{'runtime':<13}{'batch':>6}{'in-process us':>14}{'served us':>11}{'served - model':>15}"
+          f"{'per request':>12}")
+    for sc, rs in per.items():
+        if not sc.label.startswith("(c)"):
+            continue
+        med = median_result(rs)
+        batch = med.mean_batch or 1.0
+        model_us = in_process_us(sc.runtime, model, max(1, round(batch)))
+        served = med.cpu_us_per_request * batch
+        print(f"{sc.runtime:<13}{batch:>6.1f}{model_us:>14.1f}{served:>11.1f}{served - model_us:>15.1f}"
+              f"{(served - model_us) / batch:>12.1f}", flush=True)
 
 
 def _load_average() -> str:
@@ -497,6 +564,12 @@ def report(per: dict[Scenario, list[Result]]) -> int:
     if stripped is not None:
         print(f"g / a (batching with nothing else)         = {paired_ratio(stripped, ceiling):.2f}   "
               f"(ratio of medians {medians[('(g) stripped batching', 'tflite')].cpu_us_per_request / ceiling_cpu:.2f})")
+    for (label, rt), rs in by_label.items():
+        if label in (WORKERS_LABEL, WORKERS_2X_LABEL):
+            w = paired_ratio(rs, batched[rt])
+            name = "w / c " if label == WORKERS_LABEL else "w2 / c"
+            print(f"{name} ({rt}, 2 workers / 1), paired = {w:.2f}   target <= {WORKERS_TARGET:.2f}  "
+                  f"{'OK' if w <= WORKERS_TARGET else 'MISSED'}   (not in the exit code)")
     vs_ceiling = paired_ratio(batched[best], ceiling)
     ok = vs_ceiling <= CEILING_TARGET
     print(f"c_best / a (ceiling), paired             = {vs_ceiling:.2f}   target <= {CEILING_TARGET:.2f}  "

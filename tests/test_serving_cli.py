@@ -12,6 +12,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ from serving_helpers import request
 from agent.export import ModelFormatError, load_samples
 from agent.serving.__main__ import build_parser, config_from_args
 from agent.serving.config import ServingConfig
-from agent.serving.metrics import parse_metrics
+from agent.serving.metrics import SHARED_DIR_ENV, parse_metrics
 from agent.serving.process import EndpointError, start_endpoint, stop_endpoint
 from runs.jobs import is_alive
 from runs.registry import Registry
@@ -234,5 +235,16 @@ def test_metrics_of_two_workers_answer_for_both(registry: Registry, trained_mode
         for _ in range(4):  # whichever worker takes the scrape answers for both
             snap = parse_metrics(request(handle.port, "GET", "/metrics").body.decode())
             assert snap.requests_by_code.get("200") == sent
+        # Both workers served: each one's own published figures count some of the requests.
+        pids = registry.get_run(handle.run_id).summary["worker_pids"]
+        served = [_worker_figures(pid).requests_by_code.get("200", 0) for pid in pids]
+        assert sum(served) == sent and all(n > 0 for n in served), served
     finally:
         stop_endpoint(registry, handle.run_id)
+
+
+def _worker_figures(pid: int) -> Any:
+    """What worker ``pid`` published into the folder its parent shares (agent/serving/metrics.py)."""
+    env = dict(item.split(b"=", 1) for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in item)
+    folder = Path(env[SHARED_DIR_ENV.encode()].decode())
+    return parse_metrics((folder / f"worker-{pid}.prom").read_text())

@@ -92,3 +92,18 @@ def test_refused_formats(tmp_path: Path, filename: str) -> None:
 def test_unknown_runtime(trained_model: Path) -> None:
     with pytest.raises(ValueError, match="runtime must be one of keras, tf-function"):
         make_runtime("onnx", trained_model)
+
+
+def test_graph_runtimes_call_one_concrete_function_without_retracing(model_copy: Path,
+                                                                     reference: tuple[np.ndarray, np.ndarray]) -> None:
+    from agent.export import load_servable, serving_function
+    from agent.serving.runtimes import direct_call
+
+    x, expected = reference
+    servable = load_servable(model_copy)
+    fn = serving_function(servable)
+    call = direct_call(fn, servable.signature)
+    assert call.__name__ == "direct"  # this TensorFlow's flat call agreed with the public one
+    for rows in (1, 5, len(x)):
+        np.testing.assert_allclose(np.asarray(call(x[:rows])[0]), expected[:rows], atol=FLOAT_ATOL)
+    assert fn.experimental_get_tracing_count() == 1  # one trace, whatever the batch sizes
