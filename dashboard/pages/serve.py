@@ -159,7 +159,7 @@ with right:
     st.subheader("Serving knobs")
     c1, c2 = st.columns(2)
     c1.selectbox("Runtime", RUNTIMES, key=key("runtime"),
-                 help="runtime: keras (eager model call), tf-function (traced graph), xla (jit-compiled), "
+                 help="runtime: keras (Keras predict_on_batch), tf-function (traced graph), xla (jit-compiled), "
                       "tflite (TFLite interpreter, float32), tflite-int8 (dynamic-range quantized)")
     c2.select_slider("Max batch size", BATCH_SIZES, key=key("max_batch_size"),
                      help="max_batch_size: most rows in one model execution; 1 turns batching off")
