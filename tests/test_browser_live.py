@@ -95,8 +95,9 @@ def test_start_endpoint_returns_at_once_and_shows_its_stages(live_app: tuple[str
     # the page stays usable: another page and back, the start-up is still followed
     nav(page, "Load test")
     nav(page, "Serve")
+    # (not asserted "still not ready" here: a warm machine can finish warming up between the page's
+    # tick that drew the stage and the next look at the registry)
     expect(page.get_by_text(re.compile(r"^warming up \(.*…$"))).to_be_visible(timeout=SERVE_TIMEOUT_MS)
-    assert not registry.get_run(run.id).summary.get("ready_at")
     page.get_by_role("heading", name="Endpoint").scroll_into_view_if_needed()
     page.screenshot(path=str(SCREENSHOTS / "serve_starting.png"))  # as is: mid-stage, no waiting to settle
     # ready: the whole page switches to the live endpoint (Try it appears) without a reload
