@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import streamlit as st
@@ -106,10 +107,23 @@ def hide_sub_runs(runs: Sequence[Run], key: str) -> list[Run]:
     return [r for r in runs if not fmt.is_sub_run(r) or r.id == url_run]
 
 
-def next_step(label: str, page: str, run_id: str, key: str, icon: str, help: str) -> None:
-    """A button that opens another page (``page``: its file name) with ``run_id`` selected there."""
-    if st.button(label, key=key, icon=icon, help=help):
-        st.switch_page(PAGES_DIR / page, query_params={RUN_PARAM: run_id})
+@dataclass(frozen=True)
+class NextStep:
+    """A button that opens another page (``page``: its file name) with a run selected there."""
+
+    label: str
+    page: str
+    key: str
+    icon: str
+    help: str
+
+
+def next_steps(steps: Sequence[NextStep], run_id: str, spare: int = 3) -> None:
+    """The next-step buttons in one row (``spare``: width left empty after them, in button widths)."""
+    for col, step in zip(st.columns([1] * len(steps) + [spare]), steps, strict=False):
+        with col:
+            if st.button(step.label, key=step.key, icon=step.icon, help=step.help):
+                st.switch_page(PAGES_DIR / step.page, query_params={RUN_PARAM: run_id})
 
 
 def live_fragment(registry: Registry, run_id: str, draw: Callable[[Run], None], refresh_s: float,

@@ -18,11 +18,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from serving_helpers import wait_until
 
 from runs import jobs
 from runs.registry import ACTIVE_STATUSES, Registry, Run
@@ -183,12 +184,6 @@ def ceiling_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stop_endpoint(registry, handle.run_id)
 
 
-def _wait(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-        time.sleep(0.2)
 
 
 KINDS = ("train", "serve", "swarm", "sweep", "model_sweep")
@@ -221,7 +216,8 @@ def test_signals_and_kill_leave_nothing_running(
                 assert run.pid is not None
                 copies.append(Copy(home, registry, run.pid))
         for copy in copies:
-            _wait(lambda copy=copy: _deep(kind, copy.registry), DEEP_TIMEOUT_S, f"{kind} to be at work in {copy.home}")
+            wait_until(lambda copy=copy: _deep(kind, copy.registry), DEEP_TIMEOUT_S,
+                       f"{kind} to be at work in {copy.home}")
 
         active_before = []
         for copy, sig in zip(copies, SIGNALS, strict=True):
@@ -236,7 +232,7 @@ def test_signals_and_kill_leave_nothing_running(
 
             remaining = GONE_WITHIN_S - (time.monotonic() - sent)
             try:
-                _wait(gone, max(0.5, remaining), f"every process of the {sig.name} copy to end")
+                wait_until(gone, max(0.5, remaining), f"every process of the {sig.name} copy to end")
             except AssertionError:
                 raise AssertionError(f"{kind} via {launcher}, {sig.name}: still alive after {GONE_WITHIN_S:.0f}s: "
                                      f"{_leftovers(copy)}") from None

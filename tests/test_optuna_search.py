@@ -6,11 +6,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from serving_helpers import wait_until
 
 from runs.jobs import reap, stop_job
 from runs.registry import Registry
@@ -27,12 +27,6 @@ SPEC = ModelSweepSpec(dataset="digits", search="optuna", n_trials=8, objective="
                       slos=("p99<=5000ms", "fail_ratio<=0.5"))
 
 
-def _wait(predicate, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-        time.sleep(0.2)
 
 
 def _group_gone(pid: int, registry: Registry) -> bool:
@@ -55,12 +49,12 @@ def test_optuna_search_resumes_after_kill_9_without_repeating_trials_and_reports
                                                                                            home: Path) -> None:
     run_id = start(registry, SPEC)
     try:
-        _wait(lambda: registry.get_run(run_id).pid is not None, 60, "the job to start")
+        wait_until(lambda: registry.get_run(run_id).pid is not None, 60, "the job to start")
         job_pid = registry.get_run(run_id).pid
-        _wait(lambda: _mid_trial(registry, run_id, 3), 150, "three finished trials and a fourth training")
+        wait_until(lambda: _mid_trial(registry, run_id, 3), 150, "three finished trials and a fourth training")
         before = {r["trial"]: r for r in registry.get_run(run_id).summary["models"]}
         os.killpg(job_pid, signal.SIGKILL)  # no clean-up at all: as if the machine lost the process
-        _wait(lambda: _group_gone(job_pid, registry), 10, "the search's process group to die")
+        wait_until(lambda: _group_gone(job_pid, registry), 10, "the search's process group to die")
         assert registry.get_run(run_id).status == "interrupted"
 
         env = {**os.environ, "TUNESWARM_HOME": str(home), "PYTHONPATH": str(ROOT)}

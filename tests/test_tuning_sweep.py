@@ -7,11 +7,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+from serving_helpers import wait_until
 
 from agent.serving.config import ServingConfig
 from runs.jobs import reap, stop_job
@@ -27,12 +27,6 @@ LAX_SLOS = ("p95<=5000ms", "fail_ratio<=0.5")
 UNINTERRUPTED_OUT = ("points.json", "serving_config.json", "batching_parameters.txt", "recommendation.json")
 
 
-def _wait(predicate, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-        time.sleep(0.2)
 
 
 def _stop_everything(registry: Registry) -> None:
@@ -61,9 +55,9 @@ def test_killed_sweep_resumes_without_remeasuring_finished_points(registry: Regi
     run_id = create_sweep(registry, spec)
     try:
         job = start_sweep_job(registry, run_id)
-        _wait(lambda: len(registry.get_run(run_id).summary.get("points", [])) >= 1, 120, "the first point")
+        wait_until(lambda: len(registry.get_run(run_id).summary.get("points", [])) >= 1, 120, "the first point")
         os.killpg(job.pid, signal.SIGKILL)  # no clean-up at all: as if the machine lost the process
-        _wait(lambda: _group_gone(job.pid, registry), 10, "the sweep's process group to die")
+        wait_until(lambda: _group_gone(job.pid, registry), 10, "the sweep's process group to die")
         killed = registry.get_run(run_id)
         assert killed.status == "interrupted" and "SIGKILL" in killed.error
         before = load_points(registry, run_id)
@@ -106,7 +100,7 @@ def test_stopping_a_sweep_keeps_its_points_and_leaves_nothing_running(registry: 
     run_id = create_sweep(registry, spec)
     try:
         job = start_sweep_job(registry, run_id)
-        _wait(lambda: len(registry.get_run(run_id).summary.get("points", [])) >= 1, 120, "the first point")
+        wait_until(lambda: len(registry.get_run(run_id).summary.get("points", [])) >= 1, 120, "the first point")
         status = stop_job(registry, run_id, grace_s=30)
         assert status == "stopped"
         run = registry.get_run(run_id)

@@ -379,13 +379,12 @@ if endpoint is None:
     st.info("No endpoint yet. Pick a model and press **Start endpoint**.")
 else:
     if endpoint.active:
-        n1, n2, _ = st.columns([1, 1, 3])
-        with n1:
-            ui.next_step("Swarm this endpoint", "load_test.py", endpoint.id, key("to_swarm"), ":material/speed:",
-                         help="open the Load test page with this endpoint as the target")
-        with n2:
-            ui.next_step("Tune it", "tune.py", endpoint.id, key("to_tune"), ":material/tune:",
-                         help="open the Tune page with this endpoint's model picked for a serving sweep")
+        ui.next_steps([
+            ui.NextStep("Swarm this endpoint", "load_test.py", key("to_swarm"), ":material/speed:",
+                        help="open the Load test page with this endpoint as the target"),
+            ui.NextStep("Tune it", "tune.py", key("to_tune"), ":material/tune:",
+                        help="open the Tune page with this endpoint's model picked for a serving sweep"),
+        ], endpoint.id)
         a1, a2, a3 = st.columns([1, 2, 3])
         with a1:
             ui.stop_button(registry, endpoint, key=key("stop"), label="Stop endpoint", stopper=stop)

@@ -431,13 +431,12 @@ def _num(value: float | None, spec: str = ".4f") -> str:
 def _results(registry: Registry, run: Run) -> None:
     s = run.summary
     if s.get("model_path") and Path(s["model_path"]).exists():  # the next steps first, where they are seen
-        n1, n2, _ = st.columns([1, 1, 4])
-        with n1:
-            ui.next_step("Serve this model", "serve.py", run.id, key("to_serve"), ":material/dns:",
-                         help="open the Serve page with this model picked")
-        with n2:
-            ui.next_step("Tune it", "tune.py", run.id, key("to_tune"), ":material/tune:",
-                         help="open the Tune page with this model picked for a serving sweep")
+        ui.next_steps([
+            ui.NextStep("Serve this model", "serve.py", key("to_serve"), ":material/dns:",
+                        help="open the Serve page with this model picked"),
+            ui.NextStep("Tune it", "tune.py", key("to_tune"), ":material/tune:",
+                        help="open the Tune page with this model picked for a serving sweep"),
+        ], run.id, spare=4)
     metrics = s.get("test_metrics") or {}
     if metrics:
         st.subheader("Test metrics")
