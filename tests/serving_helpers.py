@@ -56,18 +56,24 @@ def raw_exchange(port: int, data: bytes, timeout: float = 10.0) -> bytes:
     """Send raw bytes, return what the server answers before closing or going quiet."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         s.sendall(data)
-        chunks = []
-        while True:
-            try:
-                chunk = s.recv(65536)
-            except TimeoutError:
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-            if b"\r\n\r\n" in b"".join(chunks) and _complete(b"".join(chunks)):
-                break
-        return b"".join(chunks)
+        return read_response(s)
+
+
+def read_response(s: socket.socket) -> bytes:
+    """One whole answer from ``s``: until its head and Content-Length body are in, the peer closes, or the
+    socket's timeout passes. One ``recv`` may return only the head (the server writes head and body apart)."""
+    chunks: list[bytes] = []
+    while True:
+        try:
+            chunk = s.recv(65536)
+        except TimeoutError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+        if b"\r\n\r\n" in b"".join(chunks) and _complete(b"".join(chunks)):
+            break
+    return b"".join(chunks)
 
 
 def _complete(data: bytes) -> bool:

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
-from serving_helpers import raw_exchange, request, running_server
+from serving_helpers import raw_exchange, read_response, request, running_server
 
 from agent.export import load_samples
 from agent.serving.app import create_app
@@ -201,7 +201,7 @@ def test_connections_over_the_limit_get_503_and_fds_return_to_baseline(
         for _ in range(MAX_CONNECTIONS + 8):  # each sends its request at once (the receive limit is short)
             socks.append(socket.create_connection(("127.0.0.1", port), timeout=5))
             socks[-1].sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        answers = [s.recv(65536) for s in socks]
+        answers = [read_response(s) for s in socks]
         codes = [a[9:12] for a in answers]
         assert codes.count(b"200") == MAX_CONNECTIONS and codes.count(b"503") == 8, codes
         assert all(b"too many connections (limit 24)" in a for a in answers if a[9:12] == b"503")
@@ -210,7 +210,7 @@ def test_connections_over_the_limit_get_503_and_fds_return_to_baseline(
             if code == b"503":
                 assert _closed_by_server(s, 3.0)[0]
         socks[0].sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert socks[0].recv(65536).startswith(b"HTTP/1.1 200 ")
+        assert read_response(socks[0]).startswith(b"HTTP/1.1 200 ")
     finally:
         for s in socks:
             s.close()
