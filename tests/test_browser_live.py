@@ -95,14 +95,17 @@ def test_start_endpoint_returns_at_once_and_shows_its_stages(live_app: tuple[str
     # the page stays usable: another page and back, the start-up is still followed
     nav(page, "Load test")
     nav(page, "Serve")
-    # (not asserted "still not ready" here: a warm machine can finish warming up between the page's
-    # tick that drew the stage and the next look at the registry)
-    expect(page.get_by_text(re.compile(r"^warming up \(.*…$"))).to_be_visible(timeout=SERVE_TIMEOUT_MS)
+    # The page follows the start-up to its last stage. Warming up is the last before ready and, on a fast
+    # machine, shorter than the page's refresh, so the page shows it or has already moved on to ready;
+    # the job's record says it was gone through.
+    expect(page.get_by_text(re.compile(r"^warming up \(.*…$")).or_(page.get_by_role("button", name="Send request"))
+           ).to_be_visible(timeout=SERVE_TIMEOUT_MS)
     page.get_by_role("heading", name="Endpoint").scroll_into_view_if_needed()
     page.screenshot(path=str(SCREENSHOTS / "serve_starting.png"))  # as is: mid-stage, no waiting to settle
     # ready: the whole page switches to the live endpoint (Try it appears) without a reload
     expect(page.get_by_role("button", name="Send request")).to_be_visible(timeout=SERVE_TIMEOUT_MS)
-    assert registry.get_run(run.id).progress["stage"] == "ready"
+    progress = registry.get_run(run.id).progress
+    assert progress["stage"] == "ready" and "warming up" in progress["stages"], progress
 
 
 def test_restart_keeps_the_url(live_app: tuple[str, Registry], page: Any) -> None:
