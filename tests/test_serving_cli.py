@@ -191,6 +191,12 @@ def test_two_workers_share_the_port(registry: Registry) -> None:
         assert len(pids) == 2 and handle.pid not in pids
         for _ in range(6):  # fresh connections: the kernel hands them to either worker
             assert request(handle.port, "POST", "/v1/models/m:predict", {"instances": [[1.0]]}).status == 200
+        # The workers listen with SO_REUSEPORT; another endpoint's workers must still not join them on the port.
+        for workers in (2, 1):
+            with pytest.raises(EndpointError, match="in use"):
+                start_endpoint(registry, None, ServingConfig(workers=workers), port=handle.port, ceiling=True,
+                               ready_timeout_s=60)
+        assert request(handle.port, "POST", "/v1/models/m:predict", {"instances": [[1.0]]}).status == 200
     finally:
         assert stop_endpoint(registry, handle.run_id) == "stopped"
     for pid in pids:

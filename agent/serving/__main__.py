@@ -19,14 +19,21 @@ import json
 import logging
 import os
 import signal
-import socket
 import sys
 import time
 from typing import Any, NoReturn
 
 from agent.serving.config import DEFAULT_CONFIG, RUNTIMES, ServingConfig
 from agent.serving.process import ServeJob
-from agent.serving.server import READY_PREFIX, ServeOptions, bind_socket_waiting, serve_single, serve_workers, url_for
+from agent.serving.server import (
+    READY_PREFIX,
+    ServeOptions,
+    bind_socket,
+    bind_socket_waiting,
+    serve_single,
+    serve_workers,
+    url_for,
+)
 from runs import jobs, lifecycle
 from runs.configs import int_list
 from runs.registry import Registry, State
@@ -94,8 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "the other flags are then ignored")
     p.add_argument("--log-level", choices=LOG_LEVELS, default="warning", help="server log level (default: warning)")
     # Internal: how a --workers parent starts its workers.
-    p.add_argument("--inherit-fd", type=int, help=argparse.SUPPRESS)
-    p.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     p.add_argument("--config-json", help=argparse.SUPPRESS)
     return p
 
@@ -126,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.inherit_fd is not None:
+    if args.worker_index is not None:
         try:
             config = config_from_args(args)
             return _worker(args, config, _check_model(args, config.runtime))
@@ -206,7 +212,8 @@ def _serve(registry: Registry, run_id: str, job: ServeJob, ctx: lifecycle.JobCon
     try:
         sock = bind_socket_waiting(job.host, job.port, job.port_wait_s,
                                    on_wait=lambda: stage("waiting for the port", f"{job.port}, until the old "
-                                                         "endpoint has released it"))
+                                                         "endpoint has released it"),
+                                   shared=job.serving.workers > 1)
     except OSError as exc:
         raise ValueError(str(exc)) from None
     port = sock.getsockname()[1]
@@ -229,7 +236,7 @@ def _serve(registry: Registry, run_id: str, job: ServeJob, ctx: lifecycle.JobCon
             return
         if job.serving.workers > 1:
             stage("loading TensorFlow and the model", f"in {job.serving.workers} worker processes")
-            error = serve_workers(opts, sock, announce)
+            error = serve_workers(opts, announce)  # sock holds the port while the workers listen on it
         else:
             error = serve_single(opts, sock, lambda app: announce(), on_stage=stage)
     finally:
@@ -264,8 +271,13 @@ def _check_model(args: argparse.Namespace, runtime: str) -> str | None:
 
 
 def _worker(args: argparse.Namespace, config: ServingConfig, model_path: str | None) -> int:
-    """A worker of a --workers parent: serve on the inherited socket, report ready on stdout."""
-    sock = socket.socket(fileno=args.inherit_fd)
+    """A worker of a --workers parent: listen on the parent's port beside the other workers
+    (``SO_REUSEPORT``), serve, report ready on stdout."""
+    try:
+        sock = bind_socket(args.host, args.port, reuse_port=True)
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     opts = ServeOptions(model_path, args.name, args.host, 0, config.with_changes(workers=1), args.ceiling,
                         args.log_level)
     error = serve_single(opts, sock, lambda app: print(f"{READY_PREFIX}worker {args.worker_index}", flush=True))

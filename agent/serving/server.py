@@ -1,10 +1,14 @@
 """Running the endpoint: socket, uvicorn, worker processes, registry bookkeeping.
 
 The listening socket is bound here rather than by uvicorn so that ``--port 0``
-yields a known port before anything prints "ready", and so that ``--workers N``
-can hand the same listening socket to N worker processes (each inherits the file
-descriptor and runs its own uvicorn, batcher and runtime; the kernel spreads
-connections between them).
+yields a known port before anything prints "ready". With ``--workers N`` each of
+the N worker processes (its own uvicorn, batcher and runtime) listens on a socket
+of its own bound to that port with ``SO_REUSEPORT``, and the kernel hashes every
+new connection to one of them. One listening socket shared by all workers would
+hand each connection to whichever worker woke first, and an idle worker wins
+nearly every race: connections, and so batches, pile onto one worker. The
+parent holds the port meanwhile with a bound socket that does not listen (a
+socket that does not listen is given no connections).
 """
 
 from __future__ import annotations
@@ -51,23 +55,44 @@ class ServeOptions:
     log_level: str = "warning"
 
 
-def bind_socket(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on host:port (port 0 = a free port)."""
+def bind_socket(host: str, port: int, *, reuse_port: bool = False, listen: bool = True) -> socket.socket:
+    """A TCP socket bound to host:port (port 0 = a free port), listening unless ``listen`` is False.
+
+    ``reuse_port`` sets ``SO_REUSEPORT``: other sockets of this user that set it too
+    may bind the same port, and the kernel spreads connections among those that listen.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
         raise OSError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    sock.listen(LISTEN_BACKLOG)
+    if listen:
+        sock.listen(LISTEN_BACKLOG)
     return sock
 
 
+def reserve_shared_port(host: str, port: int) -> socket.socket:
+    """Hold host:port for worker processes that each listen on it with ``SO_REUSEPORT``.
+
+    The port is first taken without ``SO_REUSEPORT``, which fails while anything else
+    holds it (another endpoint's workers included, which would otherwise share it
+    with ours), then held by a bound socket that sets the option and does not listen.
+    """
+    probe = bind_socket(host, port, listen=False)
+    port = probe.getsockname()[1]
+    probe.close()
+    return bind_socket(host, port, reuse_port=True, listen=False)
+
+
 def bind_socket_waiting(host: str, port: int, wait_s: float,
-                        on_wait: Callable[[], None] | None = None) -> socket.socket:
-    """:func:`bind_socket`, retrying for up to ``wait_s`` while the port is still in use.
+                        on_wait: Callable[[], None] | None = None, *, shared: bool = False) -> socket.socket:
+    """:func:`bind_socket` (``shared``: :func:`reserve_shared_port`), retrying for up to ``wait_s``
+    while the port is still in use.
 
     A restart that keeps its URL starts the new endpoint while the old one is still
     shutting down (in-flight requests finish first); the new one takes the port as
@@ -77,7 +102,7 @@ def bind_socket_waiting(host: str, port: int, wait_s: float,
     waited = False
     while True:
         try:
-            return bind_socket(host, port)
+            return reserve_shared_port(host, port) if shared else bind_socket(host, port)
         except OSError as exc:
             if port == 0 or "in use" not in str(exc).lower() or time.monotonic() >= deadline:
                 if waited:
@@ -164,9 +189,9 @@ def serve_single(opts: ServeOptions, sock: socket.socket, on_ready: Callable[[An
 # -- worker processes ------------------------------------------------------------------------------
 
 
-def worker_argv(opts: ServeOptions, fd: int, index: int) -> list[str]:
-    argv = [sys.executable, "-m", "agent.serving", "--inherit-fd", str(fd), "--worker-index", str(index),
-            "--name", opts.name, "--host", opts.host, "--port", "0",
+def worker_argv(opts: ServeOptions, index: int) -> list[str]:
+    argv = [sys.executable, "-m", "agent.serving", "--worker-index", str(index),
+            "--name", opts.name, "--host", opts.host, "--port", str(opts.port),
             "--config-json", json.dumps(opts.config.to_dict()), "--log-level", opts.log_level]
     if opts.ceiling:
         argv.append("--ceiling")
@@ -176,14 +201,13 @@ def worker_argv(opts: ServeOptions, fd: int, index: int) -> list[str]:
     return argv
 
 
-def serve_workers(opts: ServeOptions, sock: socket.socket, on_ready: Callable[[list[int]], None]) -> str | None:
-    """Run ``config.workers`` worker processes on the shared socket and supervise them.
+def serve_workers(opts: ServeOptions, on_ready: Callable[[list[int]], None]) -> str | None:
+    """Run ``config.workers`` worker processes on ``opts.port`` and supervise them.
 
-    Returns None after a clean shutdown (SIGTERM/SIGINT forwarded, all workers
-    exited 0) or an error message.
+    The caller holds the port with :func:`reserve_shared_port`; each worker listens
+    on it with a socket of its own. Returns None after a clean shutdown
+    (SIGTERM/SIGINT forwarded, all workers exited 0) or an error message.
     """
-    fd = sock.fileno()
-    os.set_inheritable(fd, True)
     procs: list[subprocess.Popen[bytes]] = []
     stopping = {"flag": False}
 
@@ -196,7 +220,7 @@ def serve_workers(opts: ServeOptions, sock: socket.socket, on_ready: Callable[[l
     env = {**os.environ, SHARED_DIR_ENV: shared}
     try:
         for i in range(opts.config.workers):
-            procs.append(subprocess.Popen(worker_argv(opts, fd, i), stdout=subprocess.PIPE, pass_fds=(fd,), env=env,
+            procs.append(subprocess.Popen(worker_argv(opts, i), stdout=subprocess.PIPE, env=env,
                                           preexec_fn=die_with_parent))  # a kill -9 of this parent ends them
         error = _wait_workers_ready(procs, stopping)
         if error is None and not stopping["flag"]:
