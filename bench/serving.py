@@ -7,6 +7,8 @@ other, at 32 concurrent keep-alive clients, for the trained digits model:
 
   (a) ceiling   a minimal handler on the same stack (uvicorn + uvloop + httptools,
                 raw ASGI) that reads the body and returns a fixed predict-shaped answer
+  (a') direct   the same fixed answer through the protocol's direct route (the
+                endpoint's path for ``:predict``: no ASGI task, one write per answer)
   (b) no-batch  the endpoint with batching off (max_batch_size 1, timeout 0), per runtime
   (c) batched   the endpoint with the default batching config, per runtime
   (f) codec     the ceiling's handler plus the endpoint's own per-request JSON work
@@ -227,7 +229,7 @@ def start_server(sc: Scenario, model: Path) -> tuple[subprocess.Popen[str], int]
     args = [sys.executable, "-m", "agent.serving", "--port", "0", "--name", MODEL_NAME, "--log-level", "warning"]
     if sc.server == "ceiling":
         args.append("--ceiling")
-    elif sc.server in ("codec", "stripped"):
+    elif sc.server in ("codec", "stripped", "direct-ceiling"):
         args = [sys.executable, str(Path(__file__).resolve()), "--serve-reference", sc.server, str(model)]
     else:
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as cfg:
@@ -259,8 +261,9 @@ def serve_reference(kind: str, model: Path) -> int:
     handler (same body read, same response write) and differ from it only in the work
     named in their docstrings."""
     from agent.export import load_metadata
-    from agent.serving.app import CeilingApp, read_body, respond
+    from agent.serving.app import CEILING_BODY, CeilingApp, read_body, respond
     from agent.serving.codec import RowChecker, decode_predict, encode_predict, json_rows
+    from agent.serving.protocol import DirectRoute, Reply
     from agent.serving.server import READY_PREFIX, bind_socket, run_uvicorn, url_for
 
     meta = load_metadata(model)
@@ -308,7 +311,20 @@ def serve_reference(kind: str, model: Path) -> int:
                     fut.set_result(outputs[i : i + 1])
             await respond(send, 200, encode_predict(await done, False))
 
-    apps = {"codec": CodecOnlyApp, "stripped": StrippedBatchedApp}
+    class DirectCeilingApp(CeilingApp):
+        """(a') The ceiling's fixed answer through the protocol's direct route: no ASGI task,
+        the answer in one write (the endpoint's own minimal handler for ``:predict``)."""
+
+        def __init__(self, on_ready: Callable[[CeilingApp], None]) -> None:
+            super().__init__(on_ready)
+            self.direct = DirectRoute()
+            self.direct.enable(frozenset({f"/v1/models/{MODEL_NAME}:predict"}), self.direct_answer)
+
+        def direct_answer(self, scope: dict, body: bytes, content_type: bytes, reply: Reply, token: object) -> bool:
+            reply(token, 200, CEILING_BODY, b"")
+            return True
+
+    apps = {"codec": CodecOnlyApp, "stripped": StrippedBatchedApp, "direct-ceiling": DirectCeilingApp}
     sock = bind_socket("127.0.0.1", 0)
     url = url_for("127.0.0.1", sock.getsockname()[1])
     try:
@@ -397,6 +413,7 @@ FEATURES_TARGET = 1.4  # (c) tflite CPU/request <= 1.4 x (g), the stripped batch
 def scenarios(runtimes: Sequence[str], baseline_runtimes: Sequence[str],
               workers: Sequence[str] = ()) -> list[Scenario]:
     out = [Scenario("(a) ceiling", "-", DEFAULT_CONFIG, server="ceiling"),
+           Scenario("(a') direct ceiling", "-", DEFAULT_CONFIG, server="direct-ceiling"),
            Scenario("(f) codec only", "-", DEFAULT_CONFIG, server="codec"),
            Scenario("(g) stripped batching", "tflite", DEFAULT_CONFIG, server="stripped")]
     out += [Scenario("(b) no batching", rt, NO_BATCHING.with_changes(runtime=rt)) for rt in baseline_runtimes]
@@ -580,6 +597,10 @@ def report(per: dict[Scenario, list[Result]]) -> int:
             name = "w / c " if label == WORKERS_LABEL else "w2 / c"
             print(f"{name} ({rt}, 2 workers / 1), paired = {w:.2f}   target <= {WORKERS_TARGET:.2f}  "
                   f"{'OK' if w <= WORKERS_TARGET else 'MISSED'}   (not in the exit code)")
+    direct_ceiling = by_label.get(("(a') direct ceiling", "-"))
+    if direct_ceiling is not None:
+        print(f"a' / a (the direct route's own fixed answer)  = {paired_ratio(direct_ceiling, ceiling):.2f}")
+        print(f"c_best / a' (the direct route's ceiling), paired = {paired_ratio(batched[best], direct_ceiling):.2f}")
     vs_ceiling = paired_ratio(batched[best], ceiling)
     ok = vs_ceiling <= CEILING_TARGET
     print(f"c_best / a (ceiling), paired             = {vs_ceiling:.2f}   target <= {CEILING_TARGET:.2f}  "

@@ -18,6 +18,13 @@ batcher, limits, metrics and errors:
 - ``GET  /v2/models/{name}[/versions/{v}]`` (metadata) and ``.../ready``
 - ``POST /v2/models/{name}[/versions/{v}]/infer`` (JSON tensors; binary tensor extension)
 
+A ``:predict`` request that will get a prediction (a complete JSON body of at most
+64 KiB that decodes, while the queue has room) does not run as an ASGI task: the
+server's protocol hands it to ``direct_predict`` (``DirectRoute`` in
+agent/serving/protocol.py) and writes the answer in one piece. Every other request,
+and every answer to bad input, goes through the ASGI app below, so both paths answer
+with the same bytes (tests/test_serving_direct.py).
+
 Every error is ``{"error": "..."}`` with a 4xx for client mistakes, 503 +
 Retry-After when shedding load, 504 past a request deadline; an unexpected fault
 in the server is logged and answered 500 with a JSON error, never a traceback.
@@ -27,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import os
@@ -49,7 +57,7 @@ from agent.serving.codec import (
 )
 from agent.serving.config import ServingConfig
 from agent.serving.metrics import SHARE_INTERVAL_S, ServingMetrics
-from agent.serving.protocol import Admission
+from agent.serving.protocol import Admission, DirectRoute, Reply
 from agent.serving.v2 import HEADER_LENGTH, decode_infer, encode_infer, model_metadata
 from agent.signature import Signature, TensorSpec
 
@@ -122,8 +130,10 @@ class ServingApp:
         self._fast_predict = {f"/v1/models/{name}:predict", f"/v1/models/{name}/versions/{MODEL_VERSION}:predict"}
         # Admitted (and shed from the head) exactly like :predict.
         self._infer_paths = {f"/v2/models/{name}/infer", f"/v2/models/{name}/versions/{MODEL_VERSION}/infer"}
-        # The server's protocol refuses predict requests from their head while the queue is full.
+        # The server's protocol refuses predict requests from their head while the queue is full,
+        # and hands the common one to ``direct_predict`` without an ASGI task.
         self.admission = Admission()
+        self.direct = DirectRoute()
 
     # -- ASGI entry ------------------------------------------------------------------------------
 
@@ -260,13 +270,59 @@ class ServingApp:
         """The rows' outputs through the batcher; an int is the status already answered."""
         try:
             return await self.batcher.enqueue(x, self._timeout_s)  # type: ignore[union-attr]
-        except RequestError as exc:
-            return await _error(send, exc.status, exc.message)
-        except QueueFullError as exc:
+        except (RequestError, QueueFullError, DeadlineExceededError) as exc:
+            code, message, retry_after = self._batch_failure(exc)
+            return await _error(send, code, message, retry_after=retry_after)
+
+    def _batch_failure(self, exc: Exception) -> tuple[int, str, bytes | None]:
+        """How a request whose rows the batcher refused or failed is answered: status, message,
+        Retry-After. Anything but the batcher's own errors is a fault of the server (500)."""
+        if isinstance(exc, RequestError):
+            return exc.status, exc.message, None
+        if isinstance(exc, QueueFullError):
             self.metrics.shed()
-            return await _error(send, 503, str(exc), retry_after=str(exc.retry_after_s).encode())
-        except DeadlineExceededError as exc:
-            return await _error(send, 504, str(exc))
+            return 503, str(exc), str(exc.retry_after_s).encode()
+        if isinstance(exc, DeadlineExceededError):
+            return 504, str(exc), None
+        log.error("unexpected error serving a predict request: %r", exc)
+        return 500, "internal server error; see the server log", None
+
+    def direct_predict(self, scope: Scope, body: bytes, content_type: bytes, reply: Reply, token: Any) -> bool:
+        """The protocol's direct route (``DirectRoute``) for ``:predict``: queue the rows and
+        answer from the batch's callback, without an ASGI task.
+
+        Takes only a request that will get a prediction or the batcher's own answer (504 past
+        its deadline, 400 for rows a batch's conversion refuses, 503 while shutting down);
+        anything the checks of :meth:`_predict` would answer (type, size, readiness, a full
+        queue, a body that does not decode) is left to the ASGI path, which answers it.
+        """
+        batcher = self.batcher
+        if (not self.ready or batcher is None or batcher.full or len(body) > self._max_body
+                or (content_type and content_type != b"application/json" and not _is_json_type(content_type))):
+            return False
+        t0 = time.perf_counter()
+        try:
+            req = decode_predict(body, self.signature, self.config.max_instances)  # type: ignore[arg-type]
+            future = batcher.enqueue(req.x, self._timeout_s)
+        except (RequestError, QueueFullError):
+            return False
+        future.add_done_callback(functools.partial(self._direct_done, req.columnar, t0, reply, token))
+        return True
+
+    def _direct_done(self, columnar: bool, t0: float, reply: Reply, token: Any, future: asyncio.Future) -> None:
+        try:
+            exc = future.exception()
+            if exc is None:
+                code, body, extra = 200, self.encoder.encode(future.result(), columnar), b""  # type: ignore[union-attr]
+            else:
+                code, message, retry_after = self._batch_failure(exc)  # type: ignore[arg-type]
+                body = encode_error(message)
+                extra = b"" if retry_after is None else b"retry-after: " + retry_after + b"\r\n"
+        except Exception:
+            log.exception("unexpected error answering a predict request")
+            code, body, extra = 500, encode_error("internal server error; see the server log"), b""
+        reply(token, code, body, extra)
+        self.metrics.request_done(code, time.perf_counter() - t0)
 
     async def _predict(self, scope: Scope, receive: Receive, send: Send) -> int:
         body = await self._request_body(scope, receive, send)
@@ -418,6 +474,7 @@ class ServingApp:
                               frozenset(p.encode() for p in self._fast_predict | self._infer_paths),
                               self._shed_message,
                               self.metrics.shed_answered)
+        self.direct.enable(frozenset(self._fast_predict), self.direct_predict)
         self.ready = True
         if self.on_ready is not None:
             self.on_ready(self)

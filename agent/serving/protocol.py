@@ -27,6 +27,13 @@ only). This subclass, passed to uvicorn as its ``http`` protocol class, adds:
   retries at once cannot keep the event loop answering 503s while the batcher
   waits for it.
 
+- a direct route (see ``DirectRoute``): a complete, small POST to one of the app's
+  predict paths is handed to the app's handler from the protocol itself, without
+  an ASGI task, scope messages or ``send`` calls, and its answer goes out in one
+  write. Anything the handler does not take (an error to answer, a large or
+  chunked body, ``Expect: 100-continue``) runs as an ASGI task as before, so every
+  answer but the common one is the app's own;
+
 and, optionally (``protocol_class(..., one_write=True)``), one write per response
 (``one_write_send``): uvicorn writes a response's status line and headers when the app
 sends ``http.response.start`` and its body in a second ``transport.write``, two ``send``
@@ -48,15 +55,19 @@ from __future__ import annotations
 
 import collections
 import json
+import logging
 import resource
 import time
 from collections.abc import Callable
 from types import MethodType
 from typing import Any, Protocol
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
 from agent.serving.config import ServingConfig
+
+log = logging.getLogger("agent.serving")
 
 RETRY_AFTER_S = 1  # a shed connection is read again at the latest after this long
 FD_HEADROOM = 64  # file descriptors kept for the model, logs and the listening socket under RLIMIT_NOFILE
@@ -179,6 +190,56 @@ class Admission:
         return len(self._parked)
 
 
+# A reply to a direct request: (token, status, body, extra header lines) -> None; the token is
+# what the handler was given, and the body is always JSON with an exact content-length.
+Reply = Callable[[Any, int, bytes, bytes], None]
+
+
+class DirectHandler(Protocol):
+    def __call__(self, scope: dict[str, Any], body: bytes, content_type: bytes, reply: Reply, token: Any) -> bool:
+        """Take the request (True: ``reply(token, ...)`` will be called exactly once, later or now)
+        or leave it (False: nothing was done, and it runs as an ASGI task)."""
+        ...
+
+
+class DirectRoute:
+    """Predict requests the protocol hands to the app without an ASGI task.
+
+    An ASGI request costs a task, its coroutine chain (proxy-headers middleware, the
+    app, ``receive``), two ``send`` messages and two writes; a batched request's
+    own work is smaller than that. For a POST to one of ``paths`` whose body is
+    complete, no larger than the protocol's read-pausing mark and announced by a
+    ``content-length``, the protocol calls ``handler`` with the body once it has
+    arrived; the handler queues the rows and later calls ``reply``, which writes
+    the whole response at once. The handler leaves the request (returns False)
+    whenever it would answer anything but a prediction (bad input, not ready,
+    queue full), and the request then runs through the app as any other.
+    The app enables it once its model is ready.
+    """
+
+    def __init__(self) -> None:
+        self.paths: frozenset[str] = frozenset()
+        self.handler: DirectHandler | None = None
+
+    def enable(self, paths: frozenset[str], handler: DirectHandler) -> None:
+        self.paths = paths
+        self.handler = handler
+
+
+def _noop() -> None:
+    pass
+
+
+_default_headers: list[Any] = [None, b""]  # uvicorn's default header list (it replaces it each second), as bytes
+
+
+def _default_header_lines(headers: list[tuple[bytes, bytes]]) -> bytes:
+    if headers is not _default_headers[0]:
+        _default_headers[1] = b"".join(n + b": " + v + b"\r\n" for n, v in headers)
+        _default_headers[0] = headers
+    return _default_headers[1]  # type: ignore[no-any-return]
+
+
 class _Event:
     def set(self) -> None:
         pass
@@ -272,6 +333,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     limits: ServingConfig = ServingConfig()
     admission: Admission | None = None
+    direct: DirectRoute | None = None
     max_connections: int = ServingConfig().max_connections  # limits.max_connections, within the open-file limit
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -290,6 +352,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._big_read = False  # the last read that started outside a head was larger than the head limit
         self._over_limit = False
         self.reserved = False  # holds a row of queue room (Admission.room)
+        self._direct = self.direct
+        self._direct_pending: tuple[RequestResponseCycle, Any, bytes] | None = None  # waits for its body
 
     # -- connection ------------------------------------------------------------------------------
 
@@ -420,6 +484,64 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             return
         _Base.on_headers_complete(self)
 
+    # -- the direct route -------------------------------------------------------------------------
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        route = self._direct
+        if route is not None and route.handler is not None and cycle.scope["path"] in route.paths \
+                and cycle.scope["method"] == "POST" and not cycle.waiting_for_100_continue:
+            length = -1
+            content_type = b""
+            for name, value in cycle.scope["headers"]:
+                if name == b"content-length":
+                    length = int(value) if value.isdigit() else -1
+                elif name == b"content-type":
+                    content_type = value
+            # Beyond the mark uvicorn stops reading until the app asks for the body: only the app can.
+            if 0 <= length <= HIGH_WATER_LIMIT:
+                if cycle.more_body:
+                    self._direct_pending = (cycle, app, content_type)
+                else:
+                    self._run_direct(cycle, app, content_type)
+                return
+        _Base._start_asgi_task(self, cycle, app)
+
+    def on_message_complete(self) -> None:
+        _Base.on_message_complete(self)
+        pending = self._direct_pending
+        if pending is not None and pending[0] is self.cycle:
+            self._direct_pending = None
+            self._run_direct(*pending)
+
+    def _run_direct(self, cycle: RequestResponseCycle, app: Any, content_type: bytes) -> None:
+        handler = self._direct.handler  # type: ignore[union-attr]
+        try:
+            taken = handler(cycle.scope, bytes(cycle.body), content_type, self._reply, cycle)  # type: ignore[misc]
+        except Exception:
+            log.exception("the direct predict route failed; serving the request through the app")
+            taken = False
+        if not taken:
+            _Base._start_asgi_task(self, cycle, app)
+
+    def _reply(self, cycle: RequestResponseCycle, status: int, body: bytes, extra: bytes) -> None:
+        """Write a direct request's whole response in one write, then finish it as uvicorn's
+        ``send`` does (close when not keep-alive, start the next pipelined request)."""
+        if cycle.response_complete:
+            return
+        cycle.response_started = cycle.response_complete = True
+        if not cycle.disconnected:
+            keep_alive = cycle.keep_alive  # cleared by a graceful shutdown while the request was queued
+            cycle.transport.write(
+                STATUS_LINE[status] + _default_header_lines(self.server_state.default_headers)
+                + b"content-type: application/json\r\n" + extra
+                + b"content-length: %d\r\n" % len(body) + (b"\r\n" if keep_alive else b"connection: close\r\n\r\n")
+                + body)
+            if not keep_alive:
+                cycle.transport.close()
+        cycle.message_event.set()
+        on_response, cycle.on_response = cycle.on_response, _noop  # as uvicorn does once an app returns
+        on_response()
+
     def on_response_complete(self) -> None:
         _Base.on_response_complete(self)
         # A predict connection just answered while the queue is full would only send a
@@ -469,14 +591,15 @@ class OneWriteHttpToolsProtocol(BoundedHttpToolsProtocol):
         # later, so the cycle can still take the one-write ``send`` here.
         cycle._held = None  # type: ignore[attr-defined]
         cycle.send = MethodType(one_write_send, cycle)  # type: ignore[method-assign]
-        _Base._start_asgi_task(self, cycle, app)
+        BoundedHttpToolsProtocol._start_asgi_task(self, cycle, app)
 
 
-def protocol_class(limits: ServingConfig, admission: Admission | None, *,
+def protocol_class(limits: ServingConfig, admission: Admission | None, *, direct: DirectRoute | None = None,
                    one_write: bool = False) -> type[BoundedHttpToolsProtocol]:
     """The ``http`` protocol class for ``uvicorn.Config`` (which takes a class there): the
-    bounded protocol with these limits and this admission (writing each complete response
-    in one write with ``one_write``)."""
+    bounded protocol with these limits, this admission and this direct route (writing each
+    complete ASGI response in one write with ``one_write``)."""
     base = OneWriteHttpToolsProtocol if one_write else BoundedHttpToolsProtocol
     return type("BoundedHttpToolsProtocol", (base,),
-                {"limits": limits, "admission": admission, "max_connections": connection_limit(limits.max_connections)})
+                {"limits": limits, "admission": admission, "direct": direct,
+                 "max_connections": connection_limit(limits.max_connections)})

@@ -133,8 +133,8 @@ def uvicorn_config(app: Any, log_level: str, limits: ServingConfig | None = None
     """The ``uvicorn.Config`` the endpoint runs with (tests serve with it too).
 
     The protocol is uvicorn's httptools one with the connection limits of ``limits``
-    (default: the default config's) and, when the app has one, its admission
-    (agent/serving/protocol.py); ``timeout_keep_alive`` is uvicorn's own.
+    (default: the default config's) and, when the app has them, its admission and
+    direct route (agent/serving/protocol.py); ``timeout_keep_alive`` is uvicorn's own.
     """
     import uvicorn
 
@@ -143,7 +143,8 @@ def uvicorn_config(app: Any, log_level: str, limits: ServingConfig | None = None
     return uvicorn.Config(
         app,
         loop="uvloop",
-        http=protocol_class(limits or ServingConfig(), getattr(app, "admission", None)),
+        http=protocol_class(limits or ServingConfig(), getattr(app, "admission", None),
+                            direct=getattr(app, "direct", None)),
         timeout_keep_alive=KEEP_ALIVE_S,
         lifespan="on",
         access_log=False,
