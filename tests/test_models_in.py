@@ -197,7 +197,7 @@ def test_loadtest_cli_swarms_the_model_with_generated_and_user_payloads(
 ) -> None:
     model = zoo[which]
     common = ["--serve", str(model.path), "--model-name", "m", "--runtime", "tf-function", "-u", "4", "-r", "4",
-              "--run-time", "5s", "--slo", "fail_ratio<=0.01", "--slo", "rps>=20"]  # rps: requests did flow
+              "--run-time", "3s", "--slo", "fail_ratio<=0.01", "--slo", "rps>=20"]  # rps: requests did flow
     generated = _loadtest(*common, "--payload-dist", "normal", "--payload-low", "-1", "--payload-high", "1",
                           "--vocab-size", "20")
     assert generated.returncode == 0, generated.stdout + generated.stderr
