@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from serving_helpers import request
+from serving_helpers import request, wait_until
 
 from agent.export import ModelFormatError, load_samples
 from agent.serving.__main__ import build_parser, config_from_args
@@ -132,6 +132,8 @@ def test_model_refused_at_load_exits_2_and_records_failed(tmp_path: Path, home: 
         start_endpoint(registry, model, ServingConfig(runtime="keras"))
     page_run = registry.list_runs(kind="serve")[0]
     assert page_run.id != cli_run.id and page_run.status == "failed" and "Lambda" in page_run.error
+    # The run is marked failed before the job prints its last line and exits: read the log once it has.
+    wait_until(lambda: not is_alive(registry.get_run(page_run.id)), 30, "the refused job to exit")
     log = (registry.artifacts_dir(page_run.id) / "job.log").read_text()
     assert "error: " in log and "Traceback" not in log
 
